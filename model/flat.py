@@ -1,0 +1,140 @@
+"""One contiguous float32 buffer behind all of a model's parameters: the shards' view of a model.
+
+A parameter server thinks of a model as one flat key space; a module thinks of it as named
+tensors. `FlatParameters` makes the two the same memory: every parameter's `.data` becomes a
+view into one buffer (in `named_parameters()` order), so weights pulled from the shards are
+written into `flat.data` (or a slice of it) and the model sees them with no further copy, and
+an update rule run over `flat.data` updates every parameter at once.
+
+The views hold only while nothing rebinds a parameter's `.data`. The engine's backward assigns
+new arrays to `.grad` (which is why gradients are gathered by copying), never to `.data`;
+single-process training must likewise update `flat.data` in place (`rule.step(flat.data,
+flat.gather_grads(buf))`), never `p.data = p.data - lr * g`. `check_views()` tells when a
+parameter has been cut loose.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+Spec = tuple[str, tuple[int, ...]]
+
+
+def _pairs(named: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    pairs = list(named.items()) if isinstance(named, Mapping) else list(named)
+    names = [name for name, _ in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"parameter names must be unique, repeated: {duplicates}")
+    return pairs
+
+
+def _offsets(specs: list[Spec]) -> list[int]:
+    """Where each parameter starts in the flat buffer, plus the total size at the end."""
+    offsets = [0]
+    for _, shape in specs:
+        offsets.append(offsets[-1] + int(np.prod(shape, dtype=np.int64)))
+    return offsets
+
+
+def unflatten(flat: np.ndarray, specs: Iterable[Spec]) -> dict[str, np.ndarray]:
+    """Views of a flat buffer as named arrays of the given shapes, in order (no copies)."""
+    specs = [(name, tuple(shape)) for name, shape in specs]
+    offsets = _offsets(specs)
+    flat = flat.reshape(-1)
+    if flat.size != offsets[-1]:
+        raise ValueError(f"flat buffer has {flat.size} elements, the specs need {offsets[-1]}")
+    return {
+        name: flat[start:end].reshape(shape)
+        for (name, shape), start, end in zip(specs, offsets, offsets[1:])
+    }
+
+
+def flatten(named_arrays: Mapping[str, Any] | Iterable[tuple[str, Any]],
+            dtype: Any = np.float32) -> np.ndarray:
+    """Copy named arrays, in order, into one new 1-D buffer (float32 unless told otherwise)."""
+    pairs = _pairs(named_arrays)
+    specs = [(name, np.shape(a)) for name, a in pairs]
+    out = np.empty(_offsets(specs)[-1], dtype)
+    for (name, array), view in zip(pairs, unflatten(out, specs).values()):
+        np.copyto(view, array, casting="same_kind")
+    return out
+
+
+class FlatParameters:
+    """A module's parameters rebound as views into one contiguous buffer.
+
+    Built from `(name, tensor)` pairs (`module.named_parameters()`); a tensor needs a NumPy
+    `.data`, a `.grad` (array or None) and a `.shape`. Attributes: `data` (the 1-D buffer),
+    `specs` ((name, shape) in order), `offsets` (start of each parameter, then `size`), `size`.
+    """
+
+    def __init__(self, named_parameters: Iterable[tuple[str, Any]], dtype: Any = np.float32):
+        pairs = _pairs(named_parameters)
+        seen: dict[int, str] = {}
+        for name, tensor in pairs:
+            if not isinstance(tensor.data, np.ndarray):
+                raise TypeError(f"parameter {name!r} holds {type(tensor.data).__name__}, "
+                                "not a NumPy array: flat buffers live in host memory")
+            if id(tensor) in seen:
+                raise ValueError(f"parameters {seen[id(tensor)]!r} and {name!r} are the same "
+                                 "tensor: list a shared parameter once")
+            seen[id(tensor)] = name
+        self.specs: list[Spec] = [(name, tuple(t.shape)) for name, t in pairs]
+        self.offsets: list[int] = _offsets(self.specs)
+        self.size: int = self.offsets[-1]
+        self.data: np.ndarray = flatten(((n, t.data) for n, t in pairs), dtype)
+        self._tensors = [t for _, t in pairs]
+        self._views = list(unflatten(self.data, self.specs).values())
+        for tensor, view in zip(self._tensors, self._views):
+            tensor.data = view
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __repr__(self) -> str:
+        return f"FlatParameters({len(self)} tensors, {self.size} x {self.data.dtype})"
+
+    def named_views(self) -> dict[str, np.ndarray]:
+        """Each parameter's view into `data`, by name (writing to one writes the model)."""
+        return {name: view for (name, _), view in zip(self.specs, self._views)}
+
+    def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Views of any buffer of this size shaped like the parameters (e.g. a gradient)."""
+        return unflatten(flat, self.specs)
+
+    def set_data(self, flat: np.ndarray) -> None:
+        """Copy new weights (any buffer of `size` elements) into the model, in place."""
+        flat = np.asarray(flat)
+        if flat.size != self.size:
+            raise ValueError(f"got {flat.size} weights, the model has {self.size}")
+        np.copyto(self.data, flat.reshape(-1), casting="same_kind")
+
+    def gather_grads(self, out: np.ndarray | None = None) -> np.ndarray:
+        """Copy every parameter's `.grad` into one flat buffer (zeros where a grad is None).
+
+        Pass the previous result as `out` to reuse its memory instead of allocating.
+        """
+        if out is None:
+            out = np.empty(self.size, self.data.dtype)
+        elif out.shape != (self.size,):
+            raise ValueError(f"out has shape {out.shape}, expected ({self.size},)")
+        views = self.unflatten(out).values()
+        for (name, shape), tensor, view in zip(self.specs, self._tensors, views):
+            grad = tensor.grad
+            if grad is None:
+                view.fill(0)
+            elif np.shape(grad) != shape:
+                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+            else:
+                np.copyto(view, grad, casting="same_kind")
+        return out
+
+    def check_views(self) -> None:
+        """Raise if any parameter's `.data` is no longer its view into `data` (it was rebound)."""
+        pairs = zip(self.specs, self._tensors, self._views)
+        cut = [name for (name, _), tensor, view in pairs if tensor.data is not view]
+        if cut:
+            raise RuntimeError(f"parameters {cut} no longer share the flat buffer: their .data "
+                               "was replaced instead of updated in place")

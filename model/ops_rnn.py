@@ -1,0 +1,237 @@
+"""Whole-sequence recurrent ops (Elman RNN, GRU, LSTM) with fused backward passes through time.
+
+One op runs one layer over a whole time-major sequence, so the tape records one node instead
+of a dozen per step. Inputs follow torch's layer parameters: x (T,B,I), h0 (B,H) (and c0 for
+the LSTM), weight_ih (G*H,I), weight_hh (G*H,H), then optionally bias_ih and bias_hh (G*H,).
+Gate orders are torch's: LSTM i,f,g,o; GRU r,z,n with n = tanh(W_in x + b_in + r*(W_hn h + b_hn)).
+
+The input projection x @ W_ih.T of all steps is one GEMM before the time loop; each step then
+costs one (B,H)x(H,G*H) GEMM plus a fused elementwise cell (`rnn_cells`; the LSTM and GRU
+compute with the rows of their sigmoid gates halved, see there). Backward mirrors that: one
+GEMM per step for dh, and the weight and input gradients of all steps in three GEMMs.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from . import backend
+from . import rnn_cells as cells
+from .registry import Context, Op, register, samples
+
+
+def _unpack(arrays: tuple, n_states: int) -> tuple:
+    """Split op inputs into x, the initial states, the two weights and the biases (or None)."""
+    if len(arrays) not in (n_states + 3, n_states + 5):
+        raise ValueError(
+            f"expected x, {n_states} initial state(s), weight_ih, weight_hh[, bias_ih, bias_hh]: "
+            f"got {len(arrays)} arrays"
+        )
+    x, states = arrays[0], arrays[1:1 + n_states]
+    w_ih, w_hh, *biases = arrays[1 + n_states:]
+    b_ih, b_hh = biases if biases else (None, None)
+    if x.ndim != 3 or w_ih.shape[1] != x.shape[2] or w_hh.shape[1] != states[0].shape[-1]:
+        raise ValueError(
+            f"shapes do not fit: x {x.shape} (T,B,I), h0 {states[0].shape} (B,H), "
+            f"weight_ih {w_ih.shape}, weight_hh {w_hh.shape}"
+        )
+    return x, states, w_ih, w_hh, b_ih, b_hh
+
+
+def _project_inputs(x: Any, w_ih: Any, bias: Any) -> Any:
+    """x @ W_ih.T (+ bias) for every time step at once: (T, B, G*H)."""
+    steps, batch, _ = x.shape
+    proj = x.reshape(steps * batch, -1) @ w_ih.T
+    if bias is not None:
+        proj += bias
+    return proj.reshape(steps, batch, -1)
+
+
+def _parameter_grads(ctx: Context, d_pre_x: Any, d_pre_h: Any, n_states: int) -> tuple:
+    """Gradients of x and of the weights from the pre-activation gradients of all steps.
+
+    d_pre_x is the gradient of the input projection (x @ W_ih.T + b_ih), d_pre_h that of the
+    recurrent one (h @ W_hh.T + b_hh); they are the same array except in the GRU.
+    """
+    need = ctx.needs_input_grad
+    x, w_ih = ctx.x, ctx.w_ih
+    steps, batch, _ = x.shape
+    flat_x = d_pre_x.reshape(steps * batch, -1)
+    flat_h = d_pre_h.reshape(steps * batch, -1)
+    dx = (flat_x @ w_ih).reshape(x.shape) if need[0] else None
+    dw_ih = flat_x.T @ x.reshape(steps * batch, -1) if need[1 + n_states] else None
+    dw_hh = flat_h.T @ ctx.h_prev.reshape(steps * batch, -1) if need[2 + n_states] else None
+    grads = (dx, *ctx.d_states, dw_ih, dw_hh)
+    if ctx.has_bias:
+        db_ih = flat_x.sum(axis=0) if need[3 + n_states] else None
+        db_hh = flat_h.sum(axis=0) if need[4 + n_states] else None
+        grads += (db_ih, db_hh)
+    return grads
+
+
+def _rnn_samples(rng, n_states: int, gates: int) -> Iterable[tuple[tuple, dict]]:
+    """Small float64 cases with and without biases, the second one of a single step."""
+    for steps, batch, n_in, hidden in ((3, 2, 3, 4), (1, 3, 2, 2)):
+        def w(*shape):
+            return rng.uniform(-0.6, 0.6, shape)
+        x = rng.standard_normal((steps, batch, n_in))
+        states = tuple(rng.standard_normal((batch, hidden)) * 0.5 for _ in range(n_states))
+        weights = (w(gates * hidden, n_in), w(gates * hidden, hidden))
+        yield (x, *states, *weights, w(gates * hidden), w(gates * hidden)), {}
+        yield (x, *states, *weights), {}
+
+
+class _ElmanRNN(Op):
+    """h' = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act being tanh or relu."""
+
+    nonlinearity = ""
+
+    @classmethod
+    def forward(cls, ctx: Context, *arrays: Any) -> Any:
+        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1)
+        xp = backend.array_module(x)
+        bias = None if b_ih is None else b_ih + b_hh
+        proj = _project_inputs(x, w_ih, bias)
+        hs = xp.empty((x.shape[0] + 1, *h0.shape), dtype=x.dtype)
+        hs[0] = h0
+        w_hh_t = xp.ascontiguousarray(w_hh.T)  # (H, H): the GEMM needs no transpose
+        for t in range(x.shape[0]):
+            pre = xp.matmul(hs[t], w_hh_t, out=hs[t + 1])
+            pre += proj[t]
+            cells.activate(pre, cls.nonlinearity)
+        ctx.x, ctx.w_ih, ctx.w_hh, ctx.hs = x, w_ih, w_hh, hs
+        ctx.h_prev, ctx.has_bias = hs[:-1], b_ih is not None
+        return hs[1:]
+
+    @classmethod
+    def backward(cls, ctx: Context, grad: Any) -> tuple:
+        xp = backend.array_module(grad)
+        hs, w_hh = ctx.hs, ctx.w_hh
+        d_pre = xp.empty_like(grad)
+        dh = xp.zeros_like(hs[0])
+        for t in range(grad.shape[0] - 1, -1, -1):
+            dh += grad[t]
+            cells.activation_backward(dh, hs[t + 1], cls.nonlinearity, out=d_pre[t])
+            xp.matmul(d_pre[t], w_hh, out=dh)
+        ctx.d_states = (dh,)
+        return _parameter_grads(ctx, d_pre, d_pre, 1)
+
+    @staticmethod
+    def samples(rng) -> Iterable[tuple[tuple, dict]]:
+        return _rnn_samples(rng, 1, 1)
+
+
+@register
+class RNNTanh(_ElmanRNN):
+    name = "rnn_tanh"
+    nonlinearity = "tanh"
+
+
+@register
+class RNNRelu(_ElmanRNN):
+    name = "rnn_relu"
+    nonlinearity = "relu"
+
+
+@register
+class GRU(Op):
+    """Gated recurrent unit over a sequence; returns the hidden states of all steps (T,B,H)."""
+
+    name = "gru"
+
+    @staticmethod
+    def forward(ctx: Context, *arrays: Any) -> Any:
+        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1)
+        xp = backend.array_module(x)
+        steps, hidden = x.shape[0], h0.shape[-1]
+        scale = cells.gate_scale("gru", hidden, xp, x.dtype)
+        w_hh_halved_t = xp.ascontiguousarray(w_hh.T) * scale  # (H, 3H): the GEMM needs no transpose
+        b_hh_halved = None if b_hh is None else b_hh * scale
+        # the input projections, turned into the gates r, z, n step by step
+        gates = _project_inputs(x, w_ih * scale[:, None], None if b_ih is None else b_ih * scale)
+        hs = xp.empty((steps + 1, *h0.shape), dtype=x.dtype)
+        hs[0] = h0
+        hn = xp.empty_like(hs[1:])  # W_hn h + b_hn, which backward needs apart
+        rec = xp.empty_like(gates[0])
+        for t in range(steps):
+            xp.matmul(hs[t], w_hh_halved_t, out=rec)
+            if b_hh_halved is not None:
+                rec += b_hh_halved
+            cells.gru_forward(gates[t], rec, hs[t], hn[t], hs[t + 1])
+        ctx.x, ctx.w_ih, ctx.w_hh, ctx.hs, ctx.gates, ctx.hn = x, w_ih, w_hh, hs, gates, hn
+        ctx.h_prev, ctx.has_bias, ctx.hidden = hs[:-1], b_ih is not None, hidden
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> tuple:
+        xp = backend.array_module(grad)
+        hs, w_hh = ctx.hs, ctx.w_hh
+        d_pre_x = xp.empty_like(ctx.gates)
+        d_pre_h = xp.empty_like(ctx.gates)
+        dh = xp.zeros_like(hs[0])
+        direct = xp.empty_like(dh)  # the part of dh_{t-1} that skips W_hh: dh_t * z_t
+        for t in range(grad.shape[0] - 1, -1, -1):
+            dh += grad[t]
+            cells.gru_backward(dh, hs[t], ctx.gates[t], ctx.hn[t], d_pre_x[t], d_pre_h[t], direct)
+            xp.matmul(d_pre_h[t], w_hh, out=dh)
+            dh += direct
+        ctx.d_states = (dh,)
+        return _parameter_grads(ctx, d_pre_x, d_pre_h, 1)
+
+    @samples
+    def samples(rng) -> Iterable[tuple[tuple, dict]]:
+        return _rnn_samples(rng, 1, 3)
+
+
+@register
+class LSTM(Op):
+    """Long short-term memory over a sequence.
+
+    An op returns one array, so this one returns (T+1, B, H): rows [:T] are the hidden states
+    of all steps and row T is the final cell state c_T.
+    """
+
+    name = "lstm"
+
+    @staticmethod
+    def forward(ctx: Context, *arrays: Any) -> Any:
+        x, (h0, c0), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 2)
+        xp = backend.array_module(x)
+        steps = x.shape[0]
+        scale = cells.gate_scale("lstm", h0.shape[-1], xp, x.dtype)
+        w_hh_halved_t = xp.ascontiguousarray(w_hh.T) * scale  # (H, 4H): the GEMM needs no transpose
+        bias = None if b_ih is None else (b_ih + b_hh) * scale
+        # the input projections, turned into the gates i, f, g, o step by step
+        gates = _project_inputs(x, w_ih * scale[:, None], bias)
+        # rows: h0, h_1..h_T, c_T: the op's output is the view [1:], h_prev the view [:T]
+        seq = xp.empty((steps + 2, *h0.shape), dtype=x.dtype)
+        seq[0] = h0
+        cs = xp.empty_like(seq[:-1])  # c_0..c_T
+        cs[0] = c0
+        tanh_c = xp.empty_like(seq[1:-1])
+        rec = xp.empty_like(gates[0])
+        for t in range(steps):
+            xp.matmul(seq[t], w_hh_halved_t, out=rec)
+            gates[t] += rec
+            cells.lstm_forward(gates[t], cs[t], cs[t + 1], tanh_c[t], seq[t + 1])
+        seq[-1] = cs[-1]
+        ctx.x, ctx.w_ih, ctx.w_hh, ctx.gates, ctx.cs, ctx.tanh_c = x, w_ih, w_hh, gates, cs, tanh_c
+        ctx.h_prev, ctx.has_bias = seq[:steps], b_ih is not None
+        return seq[1:]
+
+    @staticmethod
+    def backward(ctx: Context, grad: Any) -> tuple:
+        xp = backend.array_module(grad)
+        steps, w_hh = grad.shape[0] - 1, ctx.w_hh
+        d_pre = xp.empty_like(ctx.gates)
+        dh = xp.zeros_like(grad[0])
+        dc = grad[steps].copy()
+        for t in range(steps - 1, -1, -1):
+            dh += grad[t]
+            cells.lstm_backward(dh, dc, ctx.gates[t], ctx.cs[t], ctx.tanh_c[t], d_pre[t])
+            xp.matmul(d_pre[t], w_hh, out=dh)
+        ctx.d_states = (dh, dc)
+        return _parameter_grads(ctx, d_pre, d_pre, 2)
+
+    @samples
+    def samples(rng) -> Iterable[tuple[tuple, dict]]:
+        return _rnn_samples(rng, 2, 4)

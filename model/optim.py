@@ -1,0 +1,474 @@
+"""Update rules over flat buffers: SGD (momentum, Nesterov), Adagrad, Adam, AdamW, and clipping.
+
+The same code updates a parameter-server shard's flat key range and a single-process run's
+whole flat parameter buffer, so both give the same numbers. Hyper-parameter names, defaults
+and formulas are PyTorch's (`torch.optim`, single-tensor path), including where weight decay
+enters, the first momentum step (the buffer starts as a copy of the gradient) and Adam's bias
+correction; results match torch to rounding (tests compare over 200 steps).
+
+Every rule is elementwise: updating a sub-range of a buffer with its own rule instance gives
+bit-for-bit the numbers of one rule over the whole buffer, which is what lets shards split a
+tensor anywhere. A rule holds the state of one buffer; give each buffer its own instance.
+
+Each step exists twice: a Numba loop that reads and writes every element once, chosen for
+C-contiguous float32/float64 buffers when numba imports (unless `DOWNPOUR_NO_NUMBA=1`), and a
+NumPy fallback that does the same arithmetic in the same order through in-place ufuncs on
+persistent scratch buffers. Neither allocates on the hot path; tests check they agree.
+"""
+from __future__ import annotations
+
+import abc
+import inspect
+import logging
+import math
+import os
+from typing import Any, Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+try:
+    if os.environ.get("DOWNPOUR_NO_NUMBA", "") not in ("", "0"):
+        raise ImportError("disabled by DOWNPOUR_NO_NUMBA")
+    import numba
+except ImportError as exc:
+    numba = None
+    log.debug("fused optimizer kernels off (%s): using NumPy", exc)
+
+HAVE_NUMBA = numba is not None
+_fused_enabled = HAVE_NUMBA
+
+
+def set_fused(enabled: bool) -> bool:
+    """Use the Numba kernels (True) or the NumPy path (False); returns the previous choice."""
+    global _fused_enabled
+    if enabled and not HAVE_NUMBA:
+        raise RuntimeError("fused optimizer kernels asked for, but numba is not available")
+    previous, _fused_enabled = _fused_enabled, bool(enabled)
+    return previous
+
+
+if HAVE_NUMBA:
+    # No fastmath: the loops must round exactly like the NumPy path, one operation at a time.
+    _jit = numba.njit(nogil=True, error_model="numpy")
+
+    @_jit
+    def _sgd_kernel(p, g, buf, lr, momentum, keep, weight_decay, nesterov, first):
+        for i in range(p.size):
+            d = g[i] + p[i] * weight_decay if weight_decay != 0 else g[i]
+            if momentum != 0:
+                if first:
+                    b = d
+                elif keep == 1:
+                    b = buf[i] * momentum + d
+                else:
+                    b = buf[i] * momentum + d * keep
+                buf[i] = b
+                d = d + b * momentum if nesterov else b
+            p[i] = p[i] - d * lr
+
+    @_jit
+    def _adagrad_kernel(p, g, acc, clr, weight_decay, eps):
+        for i in range(p.size):
+            d = g[i] + p[i] * weight_decay if weight_decay != 0 else g[i]
+            a = acc[i] + d * d
+            acc[i] = a
+            p[i] = p[i] - d / (np.sqrt(a) + eps) * clr
+
+    @_jit
+    def _adam_kernel(p, g, m, v, vmax, decay, weight_decay, w1, beta2, w2, step_size, bc2_sqrt,
+                     eps, amsgrad):
+        for i in range(p.size):
+            pi = p[i] * decay if decay != 1 else p[i]
+            d = g[i] + pi * weight_decay if weight_decay != 0 else g[i]
+            mi = m[i] + (d - m[i]) * w1
+            vi = v[i] * beta2 + d * w2 * d
+            m[i] = mi
+            v[i] = vi
+            if amsgrad:
+                vi = max(vmax[i], vi)
+                vmax[i] = vi
+            p[i] = pi - mi / (np.sqrt(vi) / bc2_sqrt + eps) * step_size
+
+
+def _real(name: str, value: Any, low: float = 0.0) -> float:
+    real = isinstance(value, (int, float, np.integer, np.floating))
+    if not real or isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    if not value >= low:  # also rejects NaN
+        raise ValueError(f"invalid {name} {value!r}: expected a number >= {low}")
+    return float(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _plain(value: Any) -> Any:
+    """Scalars read back from an .npz arrive as 0-d arrays; make them Python scalars again."""
+    if isinstance(value, (np.ndarray, np.generic)) and np.ndim(value) == 0:
+        return value.item()
+    return value
+
+
+class Rule(abc.ABC):
+    """An update rule with its own state for one buffer: `step(param, grad)` updates in place.
+
+    State buffers are allocated on the first step with the parameter's shape and dtype.
+    `state_dict()` holds only Python scalars (the type, the step count, the hyper-parameters,
+    tuples flattened to `name.0`, `name.1`) and NumPy arrays (the per-element state, each of
+    the parameter's shape), so it goes straight into an .npz file, and its scalars into msgpack.
+    """
+
+    name = ""
+    _scratch_count = 1
+
+    def __init__(self, **hparams: Any):
+        self._hparams = hparams
+        self.step_count = 0
+        self._state: dict[str, np.ndarray] = {}
+        self._scratch: list[np.ndarray] = []
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return dict(self._hparams)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self._hparams.items())
+        return f"{type(self).__name__}({args})"
+
+    def _state_names(self) -> tuple[str, ...]:
+        """The per-element buffers this rule keeps, given its hyper-parameters."""
+        return ()
+
+    def step(self, param: np.ndarray, grad: np.ndarray, index: slice | None = None) -> None:
+        """Apply one update to `param` in place; `grad` is only read.
+
+        With `index`, `param` is that slice of the buffer the state was bound to (see `bind`):
+        a shard applying a push that covers only part of its range. The rules are elementwise,
+        so only that slice of the state is read and written."""
+        if param.shape != grad.shape:
+            raise ValueError(f"{self.name}: grad shape {grad.shape} != param shape {param.shape}")
+        if index is None:
+            self._bind(param)
+            state = self._state
+        else:
+            if self._state_names() and not self._state:
+                raise ValueError(f"{self.name}: a sub-range step needs the whole buffer bound first (bind())")
+            state = {k: v[index] for k, v in self._state.items()}
+            if any(v.shape != param.shape for v in state.values()):
+                raise ValueError(f"{self.name}: index {index} does not match param shape {param.shape}")
+        self.step_count += 1
+        fused = (
+            _fused_enabled
+            and param.dtype in (np.float32, np.float64)
+            and grad.dtype == param.dtype
+            and param.flags.c_contiguous
+            and grad.flags.c_contiguous
+            and param.flags.writeable
+        )
+        if fused:
+            flat = {k: v.reshape(-1) for k, v in state.items()}
+            self._fused_step(param.reshape(-1), grad.reshape(-1), flat, param.dtype.type)
+        else:
+            self._numpy_step(param, grad, state, self._scratch_like(param))
+
+    def bind(self, param: np.ndarray) -> None:
+        """Allocate the state for the whole buffer `param` now (before any sub-range step)."""
+        self._bind(param)
+
+    def _bind(self, param: np.ndarray) -> None:
+        """Allocate state for `param` on the first step, or check the state still fits it."""
+        if not self._state and self._state_names():
+            self._state = {k: self._initial_state(k, param) for k in self._state_names()}
+        for key, buf in self._state.items():
+            if buf.shape != param.shape:
+                raise ValueError(
+                    f"{self.name}: state {key!r} has shape {buf.shape}, param has {param.shape}"
+                )
+            if buf.dtype != param.dtype:
+                self._state[key] = buf.astype(param.dtype)
+
+    def _scratch_like(self, param: np.ndarray) -> list[np.ndarray]:
+        """Buffers for the NumPy path's intermediate results, kept from step to step."""
+        fits = self._scratch and self._scratch[0].shape == param.shape
+        if not fits or self._scratch[0].dtype != param.dtype:
+            self._scratch = [np.empty(param.shape, param.dtype) for _ in range(self._scratch_count)]
+        return self._scratch
+
+    def _initial_state(self, key: str, param: np.ndarray) -> np.ndarray:
+        return np.zeros(param.shape, param.dtype)
+
+    @abc.abstractmethod
+    def _fused_step(self, p: np.ndarray, g: np.ndarray, state: dict, cast: type) -> None:
+        """The Numba kernel on 1-D C-contiguous views; `cast` makes scalars p's dtype."""
+
+    @abc.abstractmethod
+    def _numpy_step(self, p: np.ndarray, g: np.ndarray, state: dict, scratch: list) -> None:
+        """The same arithmetic in the same order, as in-place ufuncs over any shape."""
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.name, "step": self.step_count}
+        for key, value in self._hparams.items():
+            if isinstance(value, tuple):
+                out.update({f"{key}.{i}": v for i, v in enumerate(value)})
+            else:
+                out[key] = value
+        out.update({key: buf.copy() for key, buf in self._state.items()})
+        return out
+
+    def load_state_dict(self, d: dict[str, Any]) -> None:
+        """Restore hyper-parameters, step count and state (copied) from `state_dict()` output."""
+        d = {k: _plain(v) for k, v in d.items()}
+        if d.get("type") != self.name:
+            raise ValueError(f"cannot load {d.get('type')!r} optimizer state into {self.name!r}")
+        fresh = make(self.name, **_hparams_from_scalars(d, type(self)))
+        names = fresh._state_names()
+        unknown = set(d) - set(fresh.state_dict()) - set(names)
+        if unknown:
+            raise ValueError(f"{self.name}: unexpected keys in state dict: {sorted(unknown)}")
+        step = d.get("step")
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"{self.name}: step must be a non-negative integer, got {step!r}")
+        state = {k: np.array(d[k]) for k in names if k in d}
+        if step > 0 and len(state) != len(names):
+            missing = sorted(set(names) - set(state))
+            raise ValueError(f"{self.name}: state dict at step {step} lacks {missing}")
+        if len({a.shape for a in state.values()}) > 1:
+            shapes = {k: a.shape for k, a in state.items()}
+            raise ValueError(f"{self.name}: state buffers differ in shape: {shapes}")
+        self._hparams, self.step_count, self._state = fresh._hparams, step, state
+
+
+def _hparams_from_scalars(d: dict[str, Any], cls: type[Rule]) -> dict[str, Any]:
+    """Gather `cls`'s hyper-parameters from a state dict, re-forming `name.0`, `name.1` tuples."""
+    out: dict[str, Any] = {}
+    for name in inspect.signature(cls).parameters:
+        if name in d:
+            out[name] = d[name]
+        elif f"{name}.0" in d:
+            items, i = [], 0
+            while f"{name}.{i}" in d:
+                items.append(d[f"{name}.{i}"])
+                i += 1
+            out[name] = tuple(items)
+    return out
+
+
+class SGD(Rule):
+    """Stochastic gradient descent with optional (Nesterov) momentum and L2 weight decay."""
+
+    name = "sgd"
+    _scratch_count = 2
+
+    def __init__(self, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0):
+        momentum = _real("momentum", momentum)
+        dampening = _real("dampening", dampening, low=-math.inf)
+        nesterov = _flag("nesterov", nesterov)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("nesterov momentum requires momentum > 0 and dampening == 0")
+        super().__init__(lr=_real("lr", lr), momentum=momentum, dampening=dampening,
+                         nesterov=nesterov, weight_decay=_real("weight_decay", weight_decay))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("momentum_buffer",) if self._hparams["momentum"] != 0 else ()
+
+    def _fused_step(self, p, g, state, cast):
+        h = self._hparams
+        buf = state.get("momentum_buffer", p)  # an unused placeholder when there is no momentum
+        _sgd_kernel(p, g, buf, cast(h["lr"]), cast(h["momentum"]), cast(1 - h["dampening"]),
+                    cast(h["weight_decay"]), h["nesterov"], self.step_count == 1)
+
+    def _numpy_step(self, p, g, state, scratch):
+        h, (s, t) = self._hparams, scratch
+        d = g
+        if h["weight_decay"] != 0:
+            np.multiply(p, h["weight_decay"], out=s)
+            d = np.add(g, s, out=s)
+        if h["momentum"] != 0:
+            buf = state["momentum_buffer"]
+            if self.step_count == 1:
+                np.copyto(buf, d)
+            else:
+                buf *= h["momentum"]
+                if h["dampening"] == 0:
+                    buf += d
+                else:
+                    buf += np.multiply(d, 1 - h["dampening"], out=t)
+            if h["nesterov"]:
+                d = np.add(d, np.multiply(buf, h["momentum"], out=t), out=s)
+            else:
+                d = buf
+        p -= np.multiply(d, h["lr"], out=s)
+
+
+class Adagrad(Rule):
+    """Adagrad: per-element step sizes shrink with the running sum of squared gradients."""
+
+    name = "adagrad"
+    _scratch_count = 2
+
+    def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
+        initial = _real("initial_accumulator_value", initial_accumulator_value)
+        super().__init__(lr=_real("lr", lr), lr_decay=_real("lr_decay", lr_decay),
+                         weight_decay=_real("weight_decay", weight_decay),
+                         initial_accumulator_value=initial, eps=_real("eps", eps))
+
+    def _state_names(self) -> tuple[str, ...]:
+        return ("sum",)
+
+    def _initial_state(self, key: str, param: np.ndarray) -> np.ndarray:
+        return np.full(param.shape, self._hparams["initial_accumulator_value"], param.dtype)
+
+    def _decayed_lr(self) -> float:
+        return self._hparams["lr"] / (1 + (self.step_count - 1) * self._hparams["lr_decay"])
+
+    def _fused_step(self, p, g, state, cast):
+        h = self._hparams
+        clr, weight_decay, eps = cast(self._decayed_lr()), cast(h["weight_decay"]), cast(h["eps"])
+        _adagrad_kernel(p, g, state["sum"], clr, weight_decay, eps)
+
+    def _numpy_step(self, p, g, state, scratch):
+        h, (s, t), acc = self._hparams, scratch, state["sum"]
+        d = g
+        if h["weight_decay"] != 0:
+            np.multiply(p, h["weight_decay"], out=s)
+            d = np.add(g, s, out=s)
+        acc += np.multiply(d, d, out=t)
+        np.sqrt(acc, out=t)
+        t += h["eps"]
+        np.divide(d, t, out=t)
+        p -= np.multiply(t, self._decayed_lr(), out=t)
+
+
+class Adam(Rule):
+    """Adam with bias correction; weight decay is L2 (added to the gradient), as in torch."""
+
+    name = "adam"
+    _scratch_count = 2
+    _decoupled = False
+
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, amsgrad: bool = False):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        betas = (_real("betas[0]", betas[0]), _real("betas[1]", betas[1]))
+        for i, beta in enumerate(betas):
+            if not beta < 1:
+                raise ValueError(f"invalid betas[{i}] {beta!r}: expected 0 <= beta < 1")
+        super().__init__(lr=_real("lr", lr), betas=betas, eps=_real("eps", eps),
+                         weight_decay=_real("weight_decay", weight_decay),
+                         amsgrad=_flag("amsgrad", amsgrad))
+
+    def _state_names(self) -> tuple[str, ...]:
+        moments = ("exp_avg", "exp_avg_sq")
+        return moments + ("max_exp_avg_sq",) if self._hparams["amsgrad"] else moments
+
+    def _scalars(self) -> tuple[float, float, float]:
+        """(decay factor of param, L2 coefficient added to the grad, step size) for this step."""
+        h = self._hparams
+        step_size = h["lr"] / (1 - h["betas"][0] ** self.step_count)
+        if self._decoupled:
+            return 1 - h["lr"] * h["weight_decay"], 0.0, step_size
+        return 1.0, h["weight_decay"], step_size
+
+    def _bc2_sqrt(self) -> float:
+        return (1 - self._hparams["betas"][1] ** self.step_count) ** 0.5
+
+    def _fused_step(self, p, g, state, cast):
+        h, (beta1, beta2) = self._hparams, self._hparams["betas"]
+        decay, l2, step_size = self._scalars()
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        vmax = state.get("max_exp_avg_sq", v)  # an unused placeholder without amsgrad
+        _adam_kernel(p, g, m, v, vmax, cast(decay), cast(l2), cast(1 - beta1), cast(beta2),
+                     cast(1 - beta2), cast(step_size), cast(self._bc2_sqrt()), cast(h["eps"]),
+                     h["amsgrad"])
+
+    def _numpy_step(self, p, g, state, scratch):
+        h, (s, t), (beta1, beta2) = self._hparams, scratch, self._hparams["betas"]
+        decay, l2, step_size = self._scalars()
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        if decay != 1:
+            p *= decay
+        d = g
+        if l2 != 0:
+            np.multiply(p, l2, out=s)
+            d = np.add(g, s, out=s)
+        m += np.multiply(np.subtract(d, m, out=t), 1 - beta1, out=t)
+        v *= beta2
+        v += np.multiply(np.multiply(d, 1 - beta2, out=t), d, out=t)
+        if h["amsgrad"]:
+            v = np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+        np.sqrt(v, out=t)
+        t /= self._bc2_sqrt()
+        t += h["eps"]
+        np.divide(m, t, out=t)
+        p -= np.multiply(t, step_size, out=t)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: the parameter shrinks by lr*weight_decay each step."""
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, lr: float = 0.001, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.01, amsgrad: bool = False):
+        super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+
+
+RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (SGD, Adagrad, Adam, AdamW)}
+
+
+def make(type: str, **hparams: Any) -> Rule:
+    """Build a rule by name ('sgd', 'adagrad', 'adam', 'adamw') with torch's hyper-parameter names."""
+    cls = RULES.get(str(type).lower())
+    if cls is None:
+        raise ValueError(f"unknown optimizer {type!r}: expected one of {', '.join(sorted(RULES))}")
+    accepted = inspect.signature(cls).parameters
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise ValueError(f"unknown hyper-parameter(s) {', '.join(unknown)} for {cls.name}: "
+                         f"expected some of {', '.join(accepted)}")
+    required = [k for k, p in accepted.items() if p.default is inspect.Parameter.empty]
+    missing = [k for k in required if k not in hparams]
+    if missing:
+        raise ValueError(f"{cls.name} needs hyper-parameter(s) {', '.join(missing)}")
+    return cls(**hparams)
+
+
+def from_state_dict(d: dict[str, Any]) -> Rule:
+    """Rebuild a rule, state included, from its `state_dict()` (e.g. read back from a checkpoint)."""
+    kind = _plain(d.get("type"))
+    if kind not in RULES:
+        raise ValueError(f"state dict names optimizer {kind!r}: "
+                         f"expected one of {', '.join(sorted(RULES))}")
+    rule = make(kind, **_hparams_from_scalars({k: _plain(v) for k, v in d.items()}, RULES[kind]))
+    rule.load_state_dict(d)
+    return rule
+
+
+def clip_grad_norm_(grads: np.ndarray | Iterable[np.ndarray | None], max_norm: float) -> float:
+    """Scale gradients in place so their global L2 norm is at most `max_norm`; return the old norm.
+
+    torch.nn.utils.clip_grad_norm_ semantics: the factor is max_norm / (norm + 1e-6), applied
+    only when it is below 1. `None` entries (parameters without a gradient) are skipped.
+    """
+    arrays = [grads] if isinstance(grads, np.ndarray) else [g for g in grads if g is not None]
+    max_norm = _real("max_norm", max_norm)
+    squares = 0.0
+    for g in arrays:
+        flat = g.reshape(-1)
+        squares += float(np.dot(flat, flat))
+    total = math.sqrt(squares)
+    coef = max_norm / (total + 1e-6)
+    if coef < 1 or math.isnan(coef):
+        for g in arrays:
+            g *= coef
+    return total

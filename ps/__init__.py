@@ -1,0 +1,1 @@
+"""The system: wire protocol, layout, shards, coordinator, client, config, checkpoints, launcher, CLI."""

@@ -1,0 +1,224 @@
+"""`downpour`: the face of the system. The one place that reaches every layer.
+
+`launch` runs a whole job on this machine; `coordinator`, `shard`, `worker` and `evaluator`
+run one role each, exactly as a container on another host does.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import signal
+import sys
+import time
+
+import click
+
+from . import config as job_config
+
+log = logging.getLogger("downpour")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def _load(path: str, overrides: tuple[str, ...]) -> dict:
+    try:
+        return job_config.load(path, overrides)
+    except job_config.ConfigError as err:
+        raise click.ClickException(f"{path}: {err}") from None
+    except OSError as err:
+        raise click.ClickException(f"cannot read {path}: {err.strerror}") from None
+
+
+def _check_model(cfg: dict) -> list:
+    """Build the job's model once (seeded): catches model/data errors before anything starts."""
+    from worker import datasets, models
+    from worker.job import load_data
+    try:
+        data = load_data(cfg)
+        return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])
+    except (models.ModelConfigError, datasets.DatasetError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                   help="Override a config value, e.g. --set workers=4 --set consistency.mode=ssp.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """downpour: a parameter-server training system (Downpour SGD over ZeroMQ)."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Where to write the run (default runs/NAME-TIME).")
+@SET
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def launch(config: str, run_dir: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Run a job on a local cluster: coordinator, shards, evaluator and workers as processes."""
+    from . import launcher
+    from .progress import Progress
+    _setup_logging()
+    cfg = _load(config, overrides)
+    _check_model(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    progress = None if quiet else Progress(cfg)
+    code, path = launcher.launch(cfg, run_dir, progress)
+    if progress:
+        progress.close()
+    summary = path / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in s.get("metrics", {}).items())
+        click.echo(f"{s['status']}: {metrics or s.get('reason', '')} ({s['wall_seconds']:.1f} s, "
+                   f"{s['updates_applied']} updates) -> {path}")
+    else:
+        click.echo(f"no summary written; logs in {path / 'logs'}", err=True)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--bind", default="tcp://0.0.0.0:5555", show_default=True)
+@click.option("--run-dir", type=click.Path(file_okay=False), default=".", show_default=True)
+@click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address here once ready.")
+@SET
+def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | None, overrides: tuple[str, ...]) -> None:
+    """Run the coordinator role."""
+    import zmq
+    from .coordinator import Coordinator
+    _setup_logging()
+    cfg = _load(config_path, overrides)
+    params = _check_model(cfg)
+    pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
+    ctx = zmq.Context()
+    coord = Coordinator(ctx, cfg, params, bind, run_dir)
+    log.info("coordinator of job %s at %s", coord.job_id, coord.endpoint)
+    if address_file:
+        tmp = pathlib.Path(address_file + ".tmp")
+        tmp.write_text(coord.endpoint + "\n")
+        tmp.replace(address_file)
+    try:
+        code = coord.serve()
+    finally:
+        coord.close()
+        ctx.term()
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--coordinator", "coordinator_address", required=True, help="tcp://HOST:PORT of the coordinator.")
+@click.option("--bind", default="tcp://0.0.0.0:*", show_default=True)
+@click.option("--advertise", help="HOST or HOST:PORT peers should dial (default: this host's name when bound to 0.0.0.0).")
+@click.option("--rank", type=int, help="Shard rank (default: assigned by the coordinator).")
+@click.option("--run-dir", type=click.Path(file_okay=False), help="Where checkpoints go.")
+@click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+def shard(coordinator_address: str, bind: str, advertise: str | None, rank: int | None,
+          run_dir: str | None, startup_timeout: float) -> None:
+    """Run a parameter-server shard."""
+    from . import shard as shard_role
+    _setup_logging()
+    sys.exit(shard_role.run(coordinator_address, bind, advertise, rank, run_dir, startup_timeout))
+
+
+@main.command()
+@click.option("--coordinator", "coordinator_address", required=True)
+@click.option("--rank", type=int, help="Worker rank (default: assigned by the coordinator).")
+@click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+def worker(coordinator_address: str, rank: int | None, startup_timeout: float) -> None:
+    """Run a training worker."""
+    from worker import loop
+    _setup_logging()
+    sys.exit(loop.run(coordinator_address, rank, startup_timeout))
+
+
+@main.command()
+@click.option("--coordinator", "coordinator_address", required=True)
+@click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+def evaluator(coordinator_address: str, startup_timeout: float) -> None:
+    """Run the evaluator (scores the shards' weights on the test split at the end)."""
+    from worker import evaluator as evaluator_role
+    _setup_logging()
+    sys.exit(evaluator_role.run(coordinator_address, startup_timeout))
+
+
+def _address(target: str) -> str:
+    if target.startswith("tcp://"):
+        return target
+    path = pathlib.Path(target) / "coordinator.addr"
+    if not path.exists():
+        raise click.ClickException(f"{target}: not a run directory with a running coordinator (no {path.name})")
+    return path.read_text().strip()
+
+
+def _control(target: str):
+    import zmq
+    from .client import ControlClient
+    ctx = zmq.Context()
+    return ctx, ControlClient(ctx, _address(target), "client", timeout=5.0)
+
+
+@main.command()
+@click.argument("target")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+def status(target: str, as_json: bool) -> None:
+    """Show a job's nodes and progress (TARGET: a run directory or tcp://HOST:PORT)."""
+    from .progress import status_table
+    ctx, client = _control(target)
+    try:
+        st = client.status()
+    except TimeoutError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        client.close()
+        ctx.term()
+    click.echo(json.dumps(st, indent=2) if as_json else status_table(st))
+
+
+@main.command()
+@click.argument("target")
+def stop(target: str) -> None:
+    """Stop a running job gracefully (shards checkpoint, every process ends)."""
+    ctx, client = _control(target)
+    try:
+        st = client.stop("stopped by `downpour stop`")
+    except TimeoutError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        client.close()
+        ctx.term()
+    click.echo(f"job {st['state']}")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@SET
+def validate(config: str, overrides: tuple[str, ...]) -> None:
+    """Check a job config (and build its model once) without starting anything."""
+    cfg = _load(config, overrides)
+    params = _check_model(cfg)
+    size = sum(a.size for _, a in params)
+    click.echo(f"{config}: ok ({cfg['model']['type']} with {size:,} parameters on {cfg['data']['dataset']}, "
+               f"{cfg['workers']['count']} workers, {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False))
+@SET
+def train(config: str, overrides: tuple[str, ...]) -> None:
+    """Train in this one process (no cluster): the reference a distributed run is compared with."""
+    from worker.local import train_local
+    _setup_logging()
+    cfg = _load(config, overrides)
+    started = time.perf_counter()
+    _, metrics = train_local(cfg)
+    click.echo(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({time.perf_counter() - started:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

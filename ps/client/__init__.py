@@ -1,0 +1,8 @@
+"""What a worker (or any other node) uses to talk to the cluster.
+
+`control` is the line to the coordinator (register, heartbeat, report, status, stop);
+`data` moves weights and gradients to and from all shards at once."""
+from .control import ControlClient, Heartbeat
+from .data import ShardClient
+
+__all__ = ["ControlClient", "Heartbeat", "ShardClient"]

@@ -1,0 +1,340 @@
+"""The coordinator: the one address everybody knows.
+
+Nodes register and get a rank; it hands out the job (the resolved config), the layout and the
+initial weights (each shard its own range), tracks heartbeats and clocks, declares the dead,
+decides when the job is done, answers `status`, and writes the run directory's
+`metrics.jsonl` and `summary.json`. It never touches gradients: that is the shards' work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import secrets
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import zmq
+
+from . import protocol as P
+from .layout import make_layout
+from .wire import Message, WireError, recv, reply, reply_error
+
+log = logging.getLogger(__name__)
+
+EVALUATOR = P.EVALUATOR
+ALIVE, DEAD, FINISHED, LEFT = "alive", "dead", "done", "left"
+
+
+@dataclasses.dataclass
+class Node:
+    role: str
+    rank: int
+    address: str = ""
+    state: str = ALIVE
+    last_seen: float = dataclasses.field(default_factory=time.monotonic)
+    joined: float = dataclasses.field(default_factory=time.time)
+    stats: dict = dataclasses.field(default_factory=dict)
+    registrations: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"{self.role}-{self.rank}"
+
+
+class Coordinator:
+    def __init__(self, ctx: zmq.Context, config: dict, params: Sequence[tuple[str, np.ndarray]],
+                 bind: str, run_dir: str | None = None):
+        self.config = config
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.run_dir = pathlib.Path(run_dir) if run_dir else None
+        self.job_id = f"{config['name']}-{secrets.token_hex(4)}"
+        self.layout = make_layout([(n, a.shape) for n, a in params], config["shards"]["count"])
+        self.initial = np.concatenate([np.asarray(a, np.float32).ravel() for _, a in params]) \
+            if params else np.zeros(0, np.float32)
+        self.num_shards = config["shards"]["count"]
+        self.num_workers = config["workers"]["count"]
+        cluster = config["cluster"]
+        self.max_bytes = int(cluster["max_message_mb"] * (1 << 20))
+        self.heartbeat_timeout = cluster["heartbeat_timeout"]
+        self.startup_timeout = cluster["startup_timeout"]
+        self.nodes: dict[str, Node] = {}
+        self.state = P.STARTING
+        self.reason = ""
+        self.events: list[dict] = []
+        self.results: dict = {}
+        self.latest: dict[str, dict] = {}  # the newest report of each worker
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.ended: float | None = None
+        self._metrics = open(self.run_dir / "metrics.jsonl", "a") if self.run_dir else None
+
+    # ---- membership ----------------------------------------------------------------------
+    def _members(self, role: str, states: tuple[str, ...] = (ALIVE,)) -> list[Node]:
+        return sorted((n for n in self.nodes.values() if n.role == role and n.state in states),
+                      key=lambda n: n.rank)
+
+    def live_workers(self) -> list[int]:
+        return [n.rank for n in self._members(P.WORKER)]
+
+    def shard_addresses(self) -> list[str] | None:
+        shards = {n.rank: n.address for n in self._members(P.SHARD)}
+        if len(shards) < self.num_shards:
+            return None
+        return [shards[r] for r in range(self.num_shards)]
+
+    def _assign_rank(self, role: str, wanted: Any) -> int:
+        limit = {P.SHARD: self.num_shards, EVALUATOR: 1}.get(role)
+        taken = {n.rank for n in self.nodes.values() if n.role == role and n.state == ALIVE}
+        if wanted is not None:
+            if not isinstance(wanted, int) or wanted < 0 or (limit is not None and wanted >= limit):
+                raise WireError(f"{role} rank {wanted!r} is out of range (this job has {limit} {role}s)")
+            if wanted in taken:
+                raise WireError(f"{role} rank {wanted} is already taken by a live node at "
+                                f"{self.nodes[f'{role}-{wanted}'].address or 'unknown address'}")
+            return wanted
+        if role == P.WORKER and self.state == P.STARTING:
+            limit = self.num_workers
+        free = (r for r in range(limit if limit is not None else 1 << 30) if r not in taken
+                and not (role == P.WORKER and self.nodes.get(f"{role}-{r}", Node(role, r, state=DEAD)).state
+                         in (FINISHED, LEFT)))
+        rank = next(free, None)
+        if rank is None:
+            raise WireError(f"all {limit} {role} ranks are taken")
+        return rank
+
+    # ---- requests ------------------------------------------------------------------------
+    def handle(self, msg: Message) -> None:
+        op = msg.op
+        if op == P.STATUS:
+            reply(self.sock, msg, body=self.status())
+            return
+        if op == P.STOP:
+            self._finish(P.STOPPED, msg.body().get("reason", "stopped by request"))
+            reply(self.sock, msg, body={"state": self.state})
+            return
+        if op == P.REGISTER:
+            self._register(msg)
+            return
+        if op not in P.CONTROL_OPS:
+            raise WireError(f"operation {op!r} is not served by the coordinator")
+        if msg.header["job"] != self.job_id:
+            raise WireError(f"job {msg.header['job']!r} is not this coordinator's job {self.job_id!r}")
+        node = self.nodes.get(msg.header["from"])
+        if node is None:
+            raise WireError(f"unknown node {msg.header['from']!r}: register first")
+        node.last_seen = time.monotonic()
+        if node.state == DEAD and op == P.HEARTBEAT:
+            log.warning("%s is back after being declared dead", node.name)
+            node.state = ALIVE
+            self._event("rejoined", node)
+        if op == P.HEARTBEAT:
+            node.stats = msg.body()
+            reply(self.sock, msg, body=self._heartbeat_reply(node))
+        elif op == P.REPORT:
+            self._record(node, msg.body())
+            reply(self.sock, msg)
+        elif op == P.DONE:
+            node.stats.update(msg.body())
+            node.state = FINISHED
+            self._event("finished", node)
+            reply(self.sock, msg, body={"state": self.state})
+            self._check_progress()
+        elif op == P.RESULT:
+            self.results = msg.body()
+            self._record(node, dict(self.results, kind="test"))
+            reply(self.sock, msg)
+            self._finish(P.DONE_STATE, "finished")
+        elif op == P.LEAVE:
+            node.stats.update(msg.body())  # a shard's final counts
+            node.state = LEFT
+            reply(self.sock, msg)
+
+    def _register(self, msg: Message) -> None:
+        role = msg.header["role"]
+        if self.state in P.FINAL_STATES:
+            raise WireError(f"the job is over ({self.state}): not accepting {role}s")
+        body = msg.body()
+        rank = self._assign_rank(role, body.get("rank"))
+        name = f"{role}-{rank}"
+        previous = self.nodes.get(name)
+        node = Node(role, rank, address=str(body.get("address", "")))
+        if previous is not None:
+            node.registrations = previous.registrations + 1
+        self.nodes[name] = node
+        self._event("registered" if previous is None else "re-registered", node)
+        log.info("%s registered%s", name, f" at {node.address}" if node.address else "")
+        info = {"rank": rank, "job_id": self.job_id, "config": self.config,
+                "layout": self.layout.to_dict(), "workers": list(range(self.num_workers)),
+                "world": self.num_workers}
+        arrays = ()
+        if role == P.SHARD:
+            lo, hi = self.layout.ranges[rank]
+            arrays = (self.initial[lo:hi],)
+        reply(self.sock, msg, body=info, arrays=arrays)
+        self._check_progress()
+
+    def _heartbeat_reply(self, node: Node) -> dict:
+        return {"state": self.state, "workers": self.live_workers(),
+                "shards": self.shard_addresses() if self.state != P.STARTING else None,
+                "reason": self.reason}
+
+    def _record(self, node: Node, record: dict) -> None:
+        record = dict(record, time=round(time.time(), 3), role=node.role, rank=node.rank)
+        if node.role == P.WORKER:
+            self.latest[node.name] = record
+        if self._metrics:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
+
+    def _event(self, what: str, node: Node, **extra: Any) -> None:
+        self.events.append({"time": round(time.time() - self.started, 3), "event": what,
+                            "node": node.name, **extra})
+
+    # ---- the job's life ------------------------------------------------------------------
+    def _check_progress(self) -> None:
+        if self.state == P.STARTING:
+            if (len(self._members(P.SHARD)) == self.num_shards and len(self._members(EVALUATOR)) == 1
+                    and len(self._members(P.WORKER)) >= self.num_workers):
+                self.state = P.RUNNING
+                self.running_since = time.monotonic()
+                log.info("all %d shards, %d workers and the evaluator registered: running",
+                         self.num_shards, self.num_workers)
+        elif self.state == P.RUNNING and not self._members(P.WORKER):
+            finished = self._members(P.WORKER, (FINISHED,))
+            if not finished:
+                self._finish(P.FAILED, "every worker died")
+            else:
+                self.state = P.FINISHING
+                log.info("all workers finished: evaluating")
+
+    def check_liveness(self) -> None:
+        now = time.monotonic()
+        for node in list(self.nodes.values()):
+            if node.state == ALIVE and now - node.last_seen > self.heartbeat_timeout:
+                node.state = DEAD
+                silent = now - node.last_seen
+                self._event("dead", node, silent_seconds=round(silent, 3))
+                log.warning("%s declared dead: no heartbeat for %.1f s", node.name, silent)
+                if node.role == P.SHARD and self.state not in P.FINAL_STATES:
+                    self._finish(P.FAILED, f"{node.name} at {node.address} died")
+                elif node.role == EVALUATOR and self.state not in P.FINAL_STATES:
+                    self._finish(P.FAILED, "the evaluator died")
+        if self.state == P.STARTING and now - self.started_mono > self.startup_timeout:
+            self._finish(P.FAILED, f"start-up timed out after {self.startup_timeout:g} s: {self._missing()}")
+        self._check_progress()
+
+    def _missing(self) -> str:
+        need = {P.SHARD: self.num_shards, P.WORKER: self.num_workers, EVALUATOR: 1}
+        parts = []
+        for role, count in need.items():
+            have = {n.rank for n in self._members(role)}
+            absent = [r for r in range(count) if r not in have]
+            if absent:
+                parts.append(f"waiting for {role} {', '.join(map(str, absent))}")
+        return "; ".join(parts) or "nobody missing"
+
+    def _finish(self, state: str, reason: str) -> None:
+        if self.state in P.FINAL_STATES:
+            return
+        self.state, self.reason, self.ended = state, reason, time.time()
+        (log.info if state == P.DONE_STATE else log.error)("job %s: %s", state, reason)
+        self.write_summary()
+
+    def status(self) -> dict:
+        shards = self._members(P.SHARD, (ALIVE, DEAD, LEFT))
+        return {"job_id": self.job_id, "name": self.config["name"], "state": self.state, "reason": self.reason,
+                "elapsed": round((self.ended or time.time()) - self.started, 3),
+                "consistency": self.config["consistency"]["mode"],
+                "steps_per_worker": self.config["train"]["steps"],
+                # A model update counts once every shard has applied it to its range.
+                "updates_applied": min((n.stats.get("updates", 0) for n in shards), default=0),
+                "pushes_applied": min((n.stats.get("pushes", 0) for n in shards), default=0),
+                "pushes_sent": sum(n.stats.get("clock", 0) for n in self.nodes.values() if n.role == P.WORKER),
+                "nodes": [{"name": n.name, "role": n.role, "rank": n.rank, "address": n.address,
+                           "state": n.state, "last_heartbeat": round(time.monotonic() - n.last_seen, 3),
+                           "stats": n.stats, "latest": self.latest.get(n.name, {})}
+                          for n in sorted(self.nodes.values(), key=lambda n: (n.role, n.rank))],
+                "events": self.events[-50:], "results": self.results}
+
+    def write_summary(self) -> None:
+        if self.run_dir is None:
+            return
+        status = self.status()
+        shards = [n for n in status["nodes"] if n["role"] == P.SHARD]
+        target = self.config.get("target") or None
+        metrics = {k: v for k, v in self.results.items() if isinstance(v, (int, float))}
+        summary = {"status": self.state, "reason": self.reason, "job_id": self.job_id,
+                   "name": self.config["name"],
+                   "consistency": dict(self.config["consistency"]),
+                   "workers": self.num_workers, "shards": self.num_shards,
+                   "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
+                   "pushes_sent": status["pushes_sent"],
+                   "updates_per_shard": [s["stats"].get("updates", 0) for s in shards],
+                   "wall_seconds": status["elapsed"], "metrics": metrics,
+                   "target": _judge(target, metrics),
+                   "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),
+                   "push_staleness": _merge([s["stats"].get("push_staleness", {}) for s in shards]),
+                   "events": self.events}
+        path = self.run_dir / "summary.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        tmp.replace(path)
+
+    # ---- the loop ------------------------------------------------------------------------
+    def serve(self) -> int:
+        """Serve until the job is over and every shard has left (or a grace period ends)."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        linger_until = None
+        while True:
+            if self.state in P.FINAL_STATES:
+                if linger_until is None:
+                    linger_until = time.monotonic() + 2 * self.heartbeat_timeout
+                nodes_out = all(n.state != ALIVE for n in self.nodes.values())
+                if nodes_out or time.monotonic() > linger_until:
+                    break
+            if poller.poll(100):
+                for _ in range(256):
+                    try:
+                        msg = recv(self.sock, router=True, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except WireError as err:
+                        reply_error(self.sock, getattr(err, "envelope", []), 0, str(err))
+                        continue
+                    try:
+                        self.handle(msg)
+                    except WireError as err:
+                        reply_error(self.sock, msg.envelope, msg.seq, str(err))
+            self.check_liveness()
+        self.write_summary()
+        return 0 if self.state == P.DONE_STATE else 1
+
+    def close(self) -> None:
+        if self._metrics:
+            self._metrics.close()
+        self.sock.close(0)
+
+
+def _merge(histograms: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for h in histograms:
+        for k, v in h.items():
+            out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def _judge(target: dict | None, metrics: dict) -> dict | None:
+    if not target:
+        return None
+    value = metrics.get(target["metric"])
+    met = None
+    if value is not None:
+        met = value >= target["min"] if target.get("min") is not None else value <= target["max"]
+    return dict(target, value=value, met=met)

@@ -1,0 +1,48 @@
+"""Protocol constants: the operations, the version and the limits, in one place.
+
+Control plane (nodes <-> coordinator) and data plane (workers <-> shards) share the framing
+in `wire.py` but use disjoint operations, so a shard rejects a control message and vice versa.
+"""
+from __future__ import annotations
+
+VERSION = 1
+
+# Control plane: every node talks to the coordinator.
+REGISTER = "register"      # node joins; the reply carries its rank, the job and the layout
+HEARTBEAT = "heartbeat"    # periodic liveness + clock; the reply carries the job state and live workers
+REPORT = "report"          # a worker's metrics record
+DONE = "done"              # a worker has finished its steps
+RESULT = "result"          # the evaluator's final metrics
+LEAVE = "leave"            # a shard is shutting down cleanly
+STATUS = "status"          # anyone: the state of the job and of every node
+STOP = "stop"              # anyone: ask the job to stop
+CONTROL_OPS = frozenset({REGISTER, HEARTBEAT, REPORT, DONE, RESULT, LEAVE, STATUS, STOP})
+
+# Data plane: workers talk to shards.
+PULL = "pull"              # read a key range
+PUSH = "push"              # send a gradient for a key range
+PUSH_PULL = "push_pull"    # both in one round trip: apply the gradient, then read
+DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL})
+
+# Replies.
+OK = "ok"
+ERROR = "error"
+REPLY_OPS = frozenset({OK, ERROR})
+
+# Roles.
+COORDINATOR, SHARD, WORKER, EVALUATOR = "coordinator", "shard", "worker", "evaluator"
+ROLES = frozenset({SHARD, WORKER, EVALUATOR})  # the roles that register with the coordinator
+
+# Job states as the coordinator reports them.
+STARTING, RUNNING, FINISHING, DONE_STATE, FAILED, STOPPED = (
+    "starting", "running", "finishing", "done", "failed", "stopped")
+FINAL_STATES = frozenset({DONE_STATE, FAILED, STOPPED})
+
+# Limits. The message limit is per job (`cluster.max_message_mb`); these bound the header.
+MAX_HEADER_BYTES = 1 << 20
+MAX_FRAMES = 64
+MAX_NAME_CHARS = 256
+DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+
+# Array dtypes that may travel on the wire (gradients may be compressed to fp16 or int8).
+WIRE_DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int32", "int64", "float64"})

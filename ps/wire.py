@@ -1,0 +1,268 @@
+"""The wire: one ZeroMQ multipart message = a msgpack header frame + raw array frames.
+
+Arrays travel without copies: senders hand NumPy buffers to ZeroMQ (`copy=False`), receivers
+view the received frames with `np.frombuffer`. Every incoming message is decoded and validated
+here (framing, header types, array descriptors against frame sizes, the size limit) before
+anybody acts on it; what fails becomes a `WireError` whose reason goes back as an ERROR reply.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Iterable, Sequence
+
+import msgpack
+import numpy as np
+import zmq
+
+from . import protocol as P
+
+
+class WireError(ValueError):
+    """A message that cannot be acted upon; `str()` is the reason sent back to the peer."""
+
+
+@dataclasses.dataclass
+class Message:
+    header: dict
+    arrays: list[np.ndarray]
+    envelope: list[bytes] = dataclasses.field(default_factory=list)  # ROUTER routing frames
+
+    @property
+    def op(self) -> str:
+        return self.header["op"]
+
+    @property
+    def seq(self) -> int:
+        return self.header.get("seq", 0)
+
+    def body(self) -> dict:
+        return self.header.get("body") or {}
+
+
+# ---- encoding ------------------------------------------------------------------------------
+
+def encode(header: dict, arrays: Sequence[np.ndarray] = ()) -> list:
+    """Frames for a message: the packed header (with array descriptors) then each array's buffer."""
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    header = dict(header)
+    header["v"] = P.VERSION
+    header["arrays"] = [[a.dtype.name, list(a.shape)] for a in arrays]
+    return [msgpack.packb(header, use_bin_type=True)] + [memoryview(a).cast("B") for a in arrays]
+
+
+def send(sock: zmq.Socket, header: dict, arrays: Sequence[np.ndarray] = (),
+         envelope: Sequence[bytes] = ()) -> None:
+    """Send one message; arrays go by reference (ZeroMQ copies small frames itself)."""
+    sock.send_multipart(list(envelope) + encode(header, arrays), copy=False)
+
+
+def reply(sock: zmq.Socket, request: Message, op: str = P.OK, body: dict | None = None,
+          arrays: Sequence[np.ndarray] = (), **fields: Any) -> None:
+    """Answer `request` on a ROUTER socket, echoing its sequence number."""
+    header = {"op": op, "seq": request.header.get("seq", 0) if isinstance(request.header, dict) else 0}
+    header.update(fields)
+    if body is not None:
+        header["body"] = body
+    send(sock, header, arrays, request.envelope)
+
+
+def reply_error(sock: zmq.Socket, envelope: Sequence[bytes], seq: Any, reason: str) -> None:
+    """An ERROR reply; usable even when the request's header could not be decoded."""
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
+    send(sock, {"op": P.ERROR, "seq": seq, "reason": reason[:1000]}, (), envelope)
+
+
+# ---- decoding and validation ---------------------------------------------------------------
+
+def recv(sock: zmq.Socket, *, router: bool, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
+         flags: int = 0) -> Message:
+    """Receive and decode one message. On a ROUTER socket the routing envelope is split off
+    first (including the empty delimiter a REQ peer adds), so a reply can always be routed,
+    even when decoding fails: the raised WireError then carries `.envelope`."""
+    frames = sock.recv_multipart(flags=flags, copy=False)
+    envelope: list[bytes] = []
+    if router:
+        envelope = [frames[0].bytes]
+        frames = frames[1:]
+        if frames and len(frames[0]) == 0:  # a REQ peer's delimiter
+            envelope.append(b"")
+            frames = frames[1:]
+    try:
+        msg = decode(frames, max_bytes=max_bytes)
+    except WireError as err:
+        err.envelope = envelope  # type: ignore[attr-defined]
+        raise
+    msg.envelope = envelope
+    return msg
+
+
+def decode(frames: Sequence[Any], max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) -> Message:
+    """Turn received frames into a validated Message (arrays are read-only views, no copy)."""
+    if not frames:
+        raise WireError("empty message: expected a header frame")
+    if len(frames) - 1 > P.MAX_FRAMES:
+        raise WireError(f"too many frames: {len(frames)} (limit {P.MAX_FRAMES + 1})")
+    total = sum(len(f) for f in frames)
+    if total > max_bytes:
+        raise WireError(f"message of {total} bytes is over the size limit of {max_bytes} bytes")
+    raw = _bytes(frames[0])
+    if len(raw) > P.MAX_HEADER_BYTES:
+        raise WireError(f"header of {len(raw)} bytes is over the limit of {P.MAX_HEADER_BYTES}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise WireError(f"malformed header: not msgpack ({type(exc).__name__})") from None
+    if not isinstance(header, dict):
+        raise WireError(f"malformed header: expected a map, got {type(header).__name__}")
+    version = header.get("v")
+    if version != P.VERSION:
+        raise WireError(f"protocol version {version!r} not supported (expected {P.VERSION})")
+    op = header.get("op")
+    if not isinstance(op, str) or op not in P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS:
+        raise WireError(f"unknown operation {op!r}")
+    _check_fields(header, COMMON_FIELDS)
+    _check_fields(header, OP_FIELDS.get(op, {}))
+    arrays = _arrays(header.get("arrays", []), frames[1:])
+    return Message(header, arrays)
+
+
+def _bytes(frame: Any) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
+
+
+def _buffer(frame: Any) -> Any:
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def _arrays(descriptors: Any, frames: Sequence[Any]) -> list[np.ndarray]:
+    if not isinstance(descriptors, list):
+        raise WireError("header field 'arrays': expected a list of [dtype, shape]")
+    if len(descriptors) != len(frames):
+        raise WireError(f"header describes {len(descriptors)} arrays but {len(frames)} frames followed")
+    out = []
+    for i, (desc, frame) in enumerate(zip(descriptors, frames)):
+        if not (isinstance(desc, list) and len(desc) == 2 and isinstance(desc[0], str)
+                and isinstance(desc[1], list)):
+            raise WireError(f"array {i}: expected [dtype, shape], got {desc!r}"[:200])
+        dtype, shape = desc
+        if dtype not in P.WIRE_DTYPES:
+            raise WireError(f"array {i}: dtype {dtype!r} not allowed (expected one of {sorted(P.WIRE_DTYPES)})")
+        if len(shape) > 8 or not all(_is_int(n) and n >= 0 for n in shape):
+            raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints"[:200])
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        if nbytes != len(frame):
+            raise WireError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes, frame has {len(frame)}")
+        out.append(np.frombuffer(_buffer(frame), dtype=dtype).reshape(shape))
+    return out
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _nonneg_int(x: Any) -> bool:
+    return _is_int(x) and 0 <= x < 1 << 62
+
+
+def _short_str(x: Any) -> bool:
+    return isinstance(x, str) and len(x) <= P.MAX_NAME_CHARS
+
+
+# Field checks: name -> (predicate, what was expected). Missing fields are errors.
+COMMON_FIELDS = {"seq": (_nonneg_int, "a non-negative integer")}
+_DATA = {
+    "job": (_short_str, "a job id string"),
+    "from": (_short_str, "a sender name"),
+    "clock": (_nonneg_int, "a non-negative integer"),
+    "lo": (_nonneg_int, "a non-negative integer"),
+    "hi": (_nonneg_int, "a non-negative integer"),
+}
+_NODE = {"job": (_short_str, "a job id string"), "from": (_short_str, "a sender name")}
+OP_FIELDS: dict[str, dict] = {
+    P.PULL: _DATA,
+    P.PUSH: _DATA,
+    P.PUSH_PULL: _DATA,
+    P.REGISTER: {"role": (lambda r: r in P.ROLES, f"one of {sorted(P.ROLES)}"),
+                 "body": (lambda b: isinstance(b, dict), "a map")},
+    P.HEARTBEAT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
+    P.REPORT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
+    P.DONE: _NODE,
+    P.RESULT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
+    P.LEAVE: _NODE,
+    P.ERROR: {"reason": (lambda r: isinstance(r, str), "a string")},
+}
+
+
+def _check_fields(header: dict, fields: dict) -> None:
+    for name, (ok, expected) in fields.items():
+        if name not in header:
+            raise WireError(f"header field {name!r} missing (expected {expected})")
+        if not ok(header[name]):
+            raise WireError(f"header field {name!r}: expected {expected}, got {header[name]!r}"[:300])
+
+
+# ---- request/reply over a DEALER socket ------------------------------------------------------
+
+class Channel:
+    """A DEALER socket to one peer, matching replies to requests by sequence number.
+
+    DEALER rather than REQ: a lost reply never wedges the socket, and several requests to
+    several peers can be in flight at once (the client polls all shards together)."""
+
+    def __init__(self, ctx: zmq.Context, address: str, name: str,
+                 max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES, configure=None):
+        self.address = address
+        self.name = name
+        self.max_bytes = max_bytes
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if configure is not None:
+            configure(self.sock)
+        self.sock.connect(address)
+        self._seq = 0
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def send(self, header: dict, arrays: Sequence[np.ndarray] = ()) -> int:
+        seq = self.next_seq()
+        send(self.sock, dict(header, seq=seq), arrays)
+        return seq
+
+    def receive(self, seq: int, timeout: float) -> Message:
+        """The reply to request `seq`; older replies (answers to timed-out requests) are dropped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+                raise TimeoutError(f"no reply from {self.name} at {self.address} within {timeout:g} s")
+            msg = recv(self.sock, router=False, max_bytes=self.max_bytes)
+            if msg.seq == seq:
+                return msg
+
+    def request(self, header: dict, arrays: Sequence[np.ndarray] = (), timeout: float = 30.0) -> Message:
+        """Send and wait for the reply; an ERROR reply raises RemoteError."""
+        msg = self.receive(self.send(header, arrays), timeout)
+        raise_for_error(msg, self)
+        return msg
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class RemoteError(RuntimeError):
+    """The peer answered with an ERROR reply."""
+
+
+def raise_for_error(msg: Message, channel: Channel | None = None) -> None:
+    if msg.op == P.ERROR:
+        where = f"{channel.name} at {channel.address}" if channel else "peer"
+        raise RemoteError(f"{where} replied with an error: {msg.header.get('reason')}")
+
+
+def close_all(channels: Iterable[Channel]) -> None:
+    for ch in channels:
+        ch.close()

@@ -1,0 +1,101 @@
+"""Shared fixtures: real jobs on real processes, and a guarantee that none of them outlives its test."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs"
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def processes_of(run_dir: pathlib.Path) -> list[int]:
+    """Pids of live processes started for `run_dir` (the launcher marks them in their environment)."""
+    marker = f"DOWNPOUR_RUN_DIR={run_dir.resolve()}".encode()
+    pids = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                if state != "Z":
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class Jobs:
+    """Start `downpour launch` the way a user does, and clean up whatever it leaves."""
+
+    def __init__(self, tmp_path: pathlib.Path):
+        self.tmp_path = tmp_path
+        self.launchers: list[subprocess.Popen] = []
+        self.run_dirs: list[pathlib.Path] = []
+
+    def start(self, config: str | pathlib.Path, *overrides: str, name: str | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
+        run_dir = self.tmp_path / (name or f"run{len(self.run_dirs)}")
+        cmd = [sys.executable, "-m", "ps.cli", "launch", str(config), "--run-dir", str(run_dir), "--quiet"]
+        for o in overrides:
+            cmd += ["--set", o]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, **ONE_THREAD), start_new_session=True)
+        self.launchers.append(proc)
+        self.run_dirs.append(run_dir)
+        return proc, run_dir
+
+    def run(self, config: str | pathlib.Path, *overrides: str, timeout: float = 180, name: str | None = None) -> dict:
+        """Run a job to the end; return its summary.json (with `_run_dir` and `_output` added)."""
+        proc, run_dir = self.start(config, *overrides, name=name)
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            pytest.fail(f"job did not finish in {timeout} s:\n{output}\n{logs(run_dir)}")
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            pytest.fail(f"no summary.json (launcher exit {proc.returncode}):\n{output}\n{logs(run_dir)}")
+        summary = json.loads(summary_path.read_text())
+        summary["_run_dir"], summary["_output"], summary["_exit"] = run_dir, output, proc.returncode
+        return summary
+
+    def cleanup(self) -> list[int]:
+        for proc in self.launchers:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        leftovers = []
+        deadline = time.monotonic() + 5
+        for run_dir in self.run_dirs:
+            while processes_of(run_dir) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for pid in processes_of(run_dir):
+                leftovers.append(pid)
+                os.kill(pid, signal.SIGKILL)
+        return leftovers
+
+
+def logs(run_dir: pathlib.Path, lines: int = 30) -> str:
+    out = []
+    for path in sorted((run_dir / "logs").glob("*.log")) if (run_dir / "logs").exists() else []:
+        text = path.read_text(errors="replace").splitlines()[-lines:]
+        out.append(f"--- {path.name}\n" + "\n".join(text))
+    return "\n".join(out)
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    """Run real jobs; after the test, assert that not one of their processes is still alive."""
+    j = Jobs(tmp_path)
+    yield j
+    leftovers = j.cleanup()
+    assert not leftovers, f"processes left behind: {leftovers}"

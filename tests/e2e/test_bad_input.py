@@ -1,0 +1,137 @@
+"""A live shard answers every bad message with an ERROR reply and keeps serving."""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from ps import config as job_config
+from ps import protocol as P
+from ps.client import ControlClient
+from ps.wire import decode, encode
+from tests.conftest import CONFIGS, ONE_THREAD, ROOT
+from worker import models
+from worker.job import load_data
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def live_shard(tmp_path):
+    """A coordinator and one shard as real processes (no workers: the job stays in start-up)."""
+    cfg_path = tmp_path / "job.yaml"
+    overrides = ["shards=1", "cluster.max_message_mb=0.05", "cluster.startup_timeout=120"]
+    cfg = job_config.load(CONFIGS / "digits_logreg.yaml", overrides)
+    cfg_path.write_text(job_config.dump(cfg))
+    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
+    addr_file = tmp_path / "coordinator.addr"
+    procs = [subprocess.Popen([sys.executable, "-m", "ps.cli", "coordinator", "--config", str(cfg_path),
+                               "--bind", "tcp://127.0.0.1:*", "--run-dir", str(tmp_path),
+                               "--address-file", str(addr_file)], cwd=ROOT, env=env, start_new_session=True,
+                              stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not addr_file.exists():
+            assert time.monotonic() < deadline, "coordinator did not start"
+            time.sleep(0.05)
+        coordinator = addr_file.read_text().strip()
+        procs.append(subprocess.Popen([sys.executable, "-m", "ps.cli", "shard", "--coordinator", coordinator,
+                                       "--bind", "tcp://127.0.0.1:*"], cwd=ROOT, env=env,
+                                      start_new_session=True, stderr=subprocess.DEVNULL))
+        ctx = zmq.Context()
+        control = ControlClient(ctx, coordinator, "client", timeout=5)
+        while True:
+            status = control.status()
+            shards = [n for n in status["nodes"] if n["role"] == "shard"]
+            if shards:
+                break
+            assert time.monotonic() < deadline, "shard did not register"
+            time.sleep(0.05)
+        control.close()
+        data = load_data(cfg)
+        initial = np.concatenate([a.ravel() for _, a in
+                                  models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])])
+        yield {"address": shards[0]["address"], "job": status["job_id"], "ctx": ctx, "initial": initial}
+        ctx.term()
+    finally:
+        for p in procs:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def ask(shard, frames, req=False):
+    sock = shard["ctx"].socket(zmq.REQ if req else zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(shard["address"])
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(5000), "no reply"
+        return decode(sock.recv_multipart())
+    finally:
+        sock.close()
+
+
+def pull(shard, **over):
+    header = {"op": P.PULL, "seq": 7, "job": shard["job"], "from": "client-0", "clock": 0, "lo": 0,
+              "hi": shard["initial"].size}
+    header.update(over)
+    return header
+
+
+def assert_still_serves(shard):
+    reply = ask(shard, encode(pull(shard)))
+    assert reply.op == P.OK and reply.seq == 7
+    np.testing.assert_array_equal(reply.arrays[0], shard["initial"])
+
+
+@pytest.mark.parametrize("frames, reason", [
+    ([b"\x00garbage\xff\xfe"], "malformed header"),
+    ([msgpack.packb({"v": P.VERSION, "op": "explode", "seq": 1})], "unknown operation"),
+    ([msgpack.packb({"v": P.VERSION, "op": P.PUSH, "seq": 1, "arrays": [["float32", [100]]]}), b"\0" * 40], "'job' missing"),
+])
+def test_garbage_and_unknown_ops_get_an_error_reply_then_a_valid_pull_works(live_shard, frames, reason):
+    reply = ask(live_shard, frames)
+    assert reply.op == P.ERROR and reason in reply.header["reason"]
+    assert_still_serves(live_shard)
+
+
+def test_a_req_socket_sending_garbage_gets_its_error_too(live_shard):
+    reply = ask(live_shard, [b"\x93not a map"], req=True)
+    assert reply.op == P.ERROR
+    assert_still_serves(live_shard)
+
+
+def test_a_truncated_frame_gets_an_error_reply(live_shard):
+    n = live_shard["initial"].size
+    header, body = encode(dict(pull(live_shard), op=P.PUSH, **{"from": "worker-0"}), [np.zeros(n, np.float32)])
+    reply = ask(live_shard, [bytes(header), bytes(body)[:-3]])
+    assert reply.op == P.ERROR and "frame has" in reply.header["reason"]
+    assert_still_serves(live_shard)
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_and_nothing_is_applied(live_shard):
+    header = dict(pull(live_shard), op=P.PUSH, **{"from": "worker-0"})
+    reply = ask(live_shard, encode(header, [np.ones(5, np.float32)]))
+    assert reply.op == P.ERROR and "needs one float32 array of shape" in reply.header["reason"]
+    assert_still_serves(live_shard)
+
+
+def test_a_range_outside_the_shard_and_a_foreign_job_are_refused(live_shard):
+    reply = ask(live_shard, encode(pull(live_shard, hi=10**6)))
+    assert reply.op == P.ERROR and "outside this shard's range" in reply.header["reason"]
+    reply = ask(live_shard, encode(pull(live_shard, job="someone-else")))
+    assert reply.op == P.ERROR and "not this shard's job" in reply.header["reason"]
+    assert_still_serves(live_shard)
+
+
+def test_a_message_over_the_size_limit_gets_an_error_reply(live_shard):
+    big = np.zeros(20_000, np.float32)   # 80 kB against a 0.05 MB limit
+    reply = ask(live_shard, encode(dict(pull(live_shard), op=P.PUSH, hi=20_000), [big]))
+    assert reply.op == P.ERROR and "over the size limit" in reply.header["reason"]
+    assert_still_serves(live_shard)

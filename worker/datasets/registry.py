@@ -1,0 +1,69 @@
+"""One registry of data-set loaders, by name; nothing is ever downloaded.
+
+Names: `digits`, `fashion_mnist`, `mnist1d`, `text:jargon`, `text:pydoc`, and `npz:PATH` for
+a user's own arrays. A missing file raises `DatasetError` naming the package to install.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import time
+from typing import Callable
+
+from worker.datasets.arrays import load_npz
+from worker.datasets.dataset import Dataset
+from worker.datasets.errors import DatasetError
+from worker.datasets.generated import load_mnist1d
+from worker.datasets.images import load_digits, load_fashion_mnist
+from worker.datasets.text import read_jargon, read_pydoc_topics, text_dataset
+
+logger = logging.getLogger(__name__)
+
+NPZ_PREFIX = "npz:"
+
+_LOADERS: dict[str, Callable[[int, int | None], Dataset]] = {
+    "digits": lambda seq_len, max_chars: load_digits(),
+    "fashion_mnist": lambda seq_len, max_chars: load_fashion_mnist(),
+    "mnist1d": lambda seq_len, max_chars: load_mnist1d(),
+    "text:jargon": lambda seq_len, max_chars: text_dataset("text:jargon", read_jargon(), seq_len, max_chars),
+    "text:pydoc": lambda seq_len, max_chars: text_dataset("text:pydoc", read_pydoc_topics(), seq_len, max_chars),
+}
+
+
+def available() -> list[str]:
+    """Every name `load` accepts; `npz:PATH` stands for any path to a user's .npz file."""
+    return sorted([*_LOADERS, f"{NPZ_PREFIX}PATH"])
+
+
+def load(
+    name: str,
+    *,
+    validation: float = 0.0,
+    seed: int = 0,
+    limit_train: int | None = None,
+    seq_len: int = 64,
+    max_chars: int | None = None,
+) -> Dataset:
+    """Load data set `name`, carve `validation` (a fraction of train, seeded), then cut train to `limit_train`.
+
+    `seq_len` and `max_chars` apply to text data sets only. Every process that calls this with
+    the same arguments gets the same arrays.
+    """
+    started = time.perf_counter()
+    if name.startswith(NPZ_PREFIX) and len(name) > len(NPZ_PREFIX):
+        dataset = load_npz(name[len(NPZ_PREFIX) :])
+    elif name in _LOADERS:
+        dataset = _LOADERS[name](seq_len, max_chars)
+    else:
+        raise DatasetError(_unknown_name_message(name))
+    dataset = dataset.with_validation(validation, seed)
+    if limit_train is not None:
+        dataset = dataset.with_train_limit(limit_train)
+    logger.info("loaded %s in %.2f s", dataset.describe(), time.perf_counter() - started)
+    return dataset
+
+
+def _unknown_name_message(name: str) -> str:
+    message = f"unknown data set {name!r}; known: {', '.join(available())}"
+    close = difflib.get_close_matches(name, available(), n=1, cutoff=0.6)
+    return f"{message}. Did you mean {close[0]!r}?" if close else message

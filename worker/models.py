@@ -1,0 +1,160 @@
+"""The model zoo: what a job's `model:` section names, built from `model.nn` layers.
+
+Every builder takes the section's keys as keyword arguments (so a typo is a clear error naming
+the key) plus what the data set says about its inputs. Builders are seeded: every process that
+builds the same job gets the same initial weights.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import numpy as np
+
+from model import nn
+from model.tensor import Tensor
+
+
+class ModelConfigError(ValueError):
+    """A `model:` section the builder cannot use; the message names the key."""
+
+
+def _mlp(inputs: int, classes: int, hidden: list[int], dropout: float, activation: str, rng) -> nn.Module:
+    acts = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+    if activation not in acts:
+        raise ModelConfigError(f"model.activation: expected one of {sorted(acts)}, got {activation!r}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = inputs
+    for h in hidden:
+        layers += [nn.Linear(width, h, rng=rng), acts[activation]()]
+        if dropout:
+            layers.append(nn.Dropout(dropout, rng=rng))
+        width = h
+    layers.append(nn.Linear(width, classes, rng=rng))
+    return nn.Sequential(*layers)
+
+
+def logreg(info: dict, rng) -> nn.Module:
+    """Multinomial logistic regression: one linear layer on the flattened input."""
+    return _mlp(int(np.prod(info["input_shape"])), info["num_classes"], [], 0.0, "relu", rng)
+
+
+def mlp(info: dict, rng, hidden: list[int] = (128,), dropout: float = 0.0, activation: str = "relu") -> nn.Module:
+    """A multi-layer perceptron with optional dropout after every hidden layer."""
+    return _mlp(int(np.prod(info["input_shape"])), info["num_classes"], list(hidden), float(dropout), activation, rng)
+
+
+def lenet5(info: dict, rng, dropout: float = 0.0) -> nn.Module:
+    """LeCun et al.'s LeNet-5 (ReLU, max pooling), for 1x28x28 or 1x32x32 images."""
+    c, h, w = info["input_shape"]
+    pad = 2 if h == 28 else 0
+    side = ((h + 2 * pad - 4) // 2 - 4) // 2
+    layers: list[nn.Module] = [
+        nn.Conv2d(c, 6, 5, padding=pad, rng=rng), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, rng=rng), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        nn.Linear(16 * side * side, 120, rng=rng), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout, rng=rng))
+    layers += [nn.Linear(120, 84, rng=rng), nn.ReLU(), nn.Linear(84, info["num_classes"], rng=rng)]
+    return nn.Sequential(*layers)
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(relu(conv(x))): the identity path lets gradients skip the block."""
+
+    def __init__(self, channels: int, rng):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, rng=rng)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, rng=rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x + self.conv2(self.conv1(x).relu())).relu()
+
+
+def resnet(info: dict, rng, channels: list[int] = (16, 32), blocks: int = 1, dropout: float = 0.0) -> nn.Module:
+    """A small residual CNN: per stage a strided-conv stem, `blocks` residual blocks, 2x2 pooling."""
+    c, h, w = info["input_shape"]
+    layers: list[nn.Module] = []
+    for width in channels:
+        layers += [nn.Conv2d(c, width, 3, padding=1, rng=rng), nn.ReLU()]
+        layers += [ResidualBlock(width, rng) for _ in range(blocks)]
+        layers.append(nn.MaxPool2d(2))
+        c, h, w = width, h // 2, w // 2
+    layers.append(nn.Flatten())
+    if dropout:
+        layers.append(nn.Dropout(dropout, rng=rng))
+    layers.append(nn.Linear(c * h * w, info["num_classes"], rng=rng))
+    return nn.Sequential(*layers)
+
+
+class CharRNN(nn.Module):
+    """Embedding -> LSTM/GRU -> linear: a character-level language model (batch-first ids)."""
+
+    def __init__(self, cell: str, vocab: int, embed: int, hidden: int, layers: int, rng):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, embed, rng=rng)
+        rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+        self.rnn = rnn(embed, hidden, num_layers=layers, batch_first=True, rng=rng)
+        self.head = nn.Linear(hidden, vocab, rng=rng)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        out, _ = self.rnn(self.embed(ids))
+        return self.head(out)
+
+
+def char_lstm(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1) -> nn.Module:
+    return CharRNN("lstm", info["num_classes"], embed, hidden, layers, rng)
+
+
+def char_gru(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1) -> nn.Module:
+    return CharRNN("gru", info["num_classes"], embed, hidden, layers, rng)
+
+
+class SequenceGRU(nn.Module):
+    """Classify a (N, C, L) sequence from the GRU's last hidden state."""
+
+    def __init__(self, channels: int, classes: int, hidden: int, layers: int, rng):
+        super().__init__()
+        self.rnn = nn.GRU(channels, hidden, num_layers=layers, batch_first=True, rng=rng)
+        self.head = nn.Linear(hidden, classes, rng=rng)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, h_n = self.rnn(x.transpose(0, 2, 1))
+        return self.head(h_n[-1])
+
+
+def seq_gru(info: dict, rng, hidden: int = 64, layers: int = 1) -> nn.Module:
+    return SequenceGRU(info["input_shape"][0], info["num_classes"], hidden, layers, rng)
+
+
+BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "logreg": logreg, "mlp": mlp, "lenet5": lenet5, "resnet": resnet,
+    "char_lstm": char_lstm, "char_gru": char_gru, "seq_gru": seq_gru,
+}
+
+
+def build(model_cfg: dict, info: dict, seed: int) -> nn.Module:
+    """Build the model a job's `model:` section describes, seeded by the job's seed."""
+    kind = model_cfg.get("type")
+    if kind not in BUILDERS:
+        raise ModelConfigError(f"model.type: expected one of {sorted(BUILDERS)}, got {kind!r}")
+    builder = BUILDERS[kind]
+    kwargs = {k: v for k, v in model_cfg.items() if k != "type"}
+    accepted = [p for p in inspect.signature(builder).parameters if p not in ("info", "rng")]
+    for key in kwargs:
+        if key not in accepted:
+            raise ModelConfigError(f"model.{key}: not used by {kind} (it takes: {', '.join(accepted) or 'nothing'})")
+    nn.manual_seed(seed)
+    return builder(info, np.random.default_rng([seed, 1]), **kwargs)
+
+
+def data_info(data: Any) -> dict:
+    """What a builder needs to know about a data set."""
+    return {"input_shape": tuple(data.input_shape) if data.input_shape is not None else None,
+            "num_classes": int(data.num_classes), "kind": data.kind}
+
+
+def initial_parameters(model_cfg: dict, info: dict, seed: int) -> list[tuple[str, np.ndarray]]:
+    """The seeded initial weights, by PyTorch parameter name (what the coordinator hands out)."""
+    module = build(model_cfg, info, seed)
+    return [(name, np.asarray(p.data, dtype=np.float32)) for name, p in module.named_parameters()]

@@ -1,0 +1,105 @@
+"""A worker-side node's membership in a job: register, hear the heartbeat, find the shards.
+
+Workers and the evaluator both start the same way: join through the coordinator (the only
+address they are given), receive the resolved job config and the layout, keep a heartbeat
+going on a thread of its own, and wait until every shard has registered.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import zmq
+
+from ps import protocol as P
+from ps.client import ControlClient, Heartbeat, ShardClient
+from ps.layout import Layout, layout_from_dict
+
+log = logging.getLogger(__name__)
+
+
+class JobEnded(Exception):
+    """The coordinator says the job is over (stopped, failed) or can no longer be reached."""
+
+
+class Session:
+    def __init__(self, coordinator: str, role: str, rank: int | None = None, startup_timeout: float = 60.0):
+        self.ctx = zmq.Context()
+        self.control = ControlClient(self.ctx, coordinator, role)
+        body = {} if rank is None else {"rank": rank}
+        info = self.control.register(body, startup_timeout).body()
+        self.rank: int = info["rank"]
+        self.world: int = info["world"]
+        self.job_id: str = info["job_id"]
+        self.config: dict = info["config"]
+        self.layout: Layout = layout_from_dict(info["layout"])
+        self.name = self.control.name
+        cluster = self.config["cluster"]
+        self.control.timeout = cluster["request_timeout"]
+        self.state = P.STARTING
+        self.reason = ""
+        self.shards: list[str] | None = None
+        self.clock = 0
+        self.step = 0
+        self._changed = threading.Condition()
+        self._unreachable_since: float | None = None
+        self._unreachable_limit = cluster["heartbeat_timeout"] * 3
+        self.heartbeat = Heartbeat(self.ctx, coordinator, self.job_id, self.name,
+                                   cluster["heartbeat_interval"], self._beat_body, self._on_beat,
+                                   timeout=cluster["heartbeat_timeout"])
+        self.heartbeat.start()
+
+    def _beat_body(self) -> dict:
+        return {"clock": self.clock, "step": self.step}
+
+    def _on_beat(self, body: dict) -> None:
+        with self._changed:
+            if body.get("state") == "unreachable":
+                self._unreachable_since = self._unreachable_since or time.monotonic()
+                if time.monotonic() - self._unreachable_since > self._unreachable_limit:
+                    self.state, self.reason = P.FAILED, f"coordinator unreachable: {body.get('error')}"
+            else:
+                self._unreachable_since = None
+                self.state = body["state"]
+                self.reason = body.get("reason", "")
+                if body.get("shards"):
+                    self.shards = body["shards"]
+            self._changed.notify_all()
+
+    def wait_for(self, states: set[str], timeout: float | None = None) -> str:
+        """Block until the job reaches one of `states` (or ends); return the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self.state not in states:
+                if self.state in P.FINAL_STATES:
+                    raise JobEnded(f"job {self.state}: {self.reason}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{self.name}: job still {self.state} after {timeout:g} s")
+                self._changed.wait(remaining if remaining is not None else 1.0)
+            return self.state
+
+    def check(self) -> None:
+        """Raise JobEnded if the job was stopped or failed while we were computing."""
+        if self.state in (P.STOPPED, P.FAILED):
+            raise JobEnded(f"job {self.state}: {self.reason}")
+
+    def shard_client(self) -> ShardClient:
+        self.wait_for({P.RUNNING, P.FINISHING, P.DONE_STATE}, self.config["cluster"]["startup_timeout"])
+        while self.shards is None:
+            time.sleep(0.01)
+        return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name,
+                           timeout=self.config["cluster"]["request_timeout"],
+                           max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)))
+
+    def close(self, leave: bool = True) -> None:
+        self.heartbeat.stop()
+        self.heartbeat.join(timeout=5)
+        if leave:
+            try:
+                self.control.leave()
+            except (TimeoutError, RuntimeError) as exc:
+                log.info("%s: could not say goodbye: %s", self.name, exc)
+        self.control.close()
+        self.ctx.term()
