@@ -1,4 +1,5 @@
-"""downpour's autodiff engine: tensors, a registry of ops with their gradients, and layers.
+"""downpour's autodiff engine: tensors, a registry of ops with their gradients, layers (`nn`)
+and update rules (`optim`).
 
 Importing the package registers every op (elementwise, matmul, reductions, fused NN ops,
 convolution, pooling, recurrent), so `model.registry.OPS` is complete.
@@ -8,12 +9,15 @@ from . import functional, optim
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 
+from . import nn  # last: the layers are built on everything above
+
 __all__ = [
     "GradcheckError",
     "Tensor",
     "functional",
     "gradcheck",
     "is_grad_enabled",
+    "nn",
     "no_grad",
     "optim",
     "tensor",

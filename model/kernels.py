@@ -87,7 +87,7 @@ def _crop(a: Any, shape: tuple[int, ...], padding: Pair) -> Any:
     return a[:, :, ph:ph + shape[2], pw:pw + shape[3]]
 
 
-def _im2col_numpy(x, kernel, stride, padding):
+def _im2col_numpy(x, kernel, stride, padding, out):
     xp = backend.array_module(x)
     n, c = x.shape[:2]
     (kh, kw), (sh, sw) = kernel, stride
@@ -97,7 +97,8 @@ def _im2col_numpy(x, kernel, stride, padding):
     view = xp.lib.stride_tricks.as_strided(
         xpad, (c, kh, kw, n, oh, ow), (s_c, s_h, s_w, s_n, s_h * sh, s_w * sw)
     )
-    return xp.ascontiguousarray(view).reshape(c * kh * kw, n * oh * ow)
+    out.reshape(view.shape)[...] = view
+    return out
 
 
 def _col2im_numpy(cols, shape, kernel, stride, padding):
@@ -301,14 +302,22 @@ def _divisor_grid(shape, kernel, stride, padding, count_include_pad, dtype):
 
 # ---- the dispatchers --------------------------------------------------------------------
 
-def im2col(x: Any, kernel: Pair, stride: Pair, padding: Pair, use_numba: bool | None = None) -> Any:
-    """Unfold every kernel-sized patch of x (N,C,H,W) into a column: (C*kh*kw, N*OH*OW)."""
-    if not _use_numba(x, use_numba):
-        return _im2col_numpy(x, kernel, stride, padding)
+def im2col(x: Any, kernel: Pair, stride: Pair, padding: Pair, use_numba: bool | None = None,
+           out: Any = None) -> Any:
+    """Unfold every kernel-sized patch of x (N,C,H,W) into a column: (C*kh*kw, N*OH*OW).
+
+    `out`, when given, is a contiguous array of that shape and x's dtype to write into.
+    """
     oh, ow = _out_shape(x.shape, kernel, stride, padding)
-    cols = np.empty((x.shape[1] * kernel[0] * kernel[1], x.shape[0] * oh * ow), dtype=x.dtype)
-    _im2col_loops(np.ascontiguousarray(x), *kernel, *stride, *padding, oh, ow, cols)
-    return cols
+    shape = (x.shape[1] * kernel[0] * kernel[1], x.shape[0] * oh * ow)
+    if out is None:
+        out = backend.array_module(x).empty(shape, dtype=x.dtype)
+    elif out.shape != shape or out.dtype != x.dtype:
+        raise ValueError(f"im2col output must be {shape} {x.dtype}, got {out.shape} {out.dtype}")
+    if not _use_numba(x, use_numba):
+        return _im2col_numpy(x, kernel, stride, padding, out)
+    _im2col_loops(np.ascontiguousarray(x), *kernel, *stride, *padding, oh, ow, out)
+    return out
 
 
 def col2im(cols: Any, shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import backend, kernels
+from . import backend, kernels, workspace
 from .registry import Context, Op, register, samples
+from .tensor import is_grad_enabled
 
 Pair = tuple[int, int]
 
@@ -24,7 +25,12 @@ def pair(value: int | tuple[int, int] | list[int]) -> Pair:
 
 @register
 class Conv2d(Op):
-    """y[n,o] = sum_c x[n,c] (cross-correlated with) w[o,c] + b[o]; bias may be left out."""
+    """y[n,o] = sum_c x[n,c] (cross-correlated with) w[o,c] + b[o]; bias may be left out.
+
+    The columns live in the `workspace` pool from forward to the end of backward, and the
+    GEMM results are staged there too, so steady-state training allocates only what it
+    returns.
+    """
 
     name = "conv2d"
 
@@ -33,34 +39,46 @@ class Conv2d(Op):
                 stride: Any = 1, padding: Any = 0) -> Any:
         xp = backend.array_module(x)
         if x.ndim != 4 or weight.ndim != 4 or x.shape[1] != weight.shape[1]:
-            raise ValueError(f"conv2d wants x (N,C,H,W) and weight (O,C,kh,kw): got {x.shape}, {weight.shape}")
+            raise ValueError(
+                f"conv2d wants x (N,C,H,W) and weight (O,C,kh,kw): got {x.shape}, {weight.shape}")
         stride, padding = pair(stride), pair(padding)
-        kernel = weight.shape[2:]
-        cols = kernels.im2col(x, kernel, stride, padding)
-        out = weight.reshape(weight.shape[0], -1) @ cols
+        n, out_channels, kernel = x.shape[0], weight.shape[0], weight.shape[2:]
+        out_hw = tuple(kernels.output_size(x.shape[2 + a], kernel[a], stride[a], padding[a]) for a in (0, 1))
+        columns = n * out_hw[0] * out_hw[1]
+        cols = kernels.im2col(x, kernel, stride, padding,
+                              out=workspace.take((x.shape[1] * kernel[0] * kernel[1], columns), x.dtype, x))
+        product = workspace.take((out_channels, columns), xp.result_type(x, weight), x)
+        xp.matmul(weight.reshape(out_channels, -1), cols, out=product)
         if bias is not None:
-            out += bias.reshape(-1, 1)
-        n = x.shape[0]
-        out_h = kernels.output_size(x.shape[2], kernel[0], stride[0], padding[0])
-        out = out.reshape(weight.shape[0], n, out_h, -1)
+            product += bias.reshape(-1, 1)
+        out = xp.ascontiguousarray(product.reshape(out_channels, n, *out_hw).transpose(1, 0, 2, 3))
+        workspace.give(product)
+        if not is_grad_enabled():  # no backward will come for these columns
+            workspace.give(cols)
+            return out
         ctx.cols, ctx.weight, ctx.x_shape = cols, weight, x.shape
         ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
-        return xp.ascontiguousarray(out.transpose(1, 0, 2, 3))
+        return out
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple:
-        weight = ctx.weight
+        weight, cols = ctx.weight, ctx.cols
         out_channels = weight.shape[0]
-        grad_rows = grad.transpose(1, 0, 2, 3).reshape(out_channels, -1)
+        grad_rows = workspace.take((out_channels, cols.shape[1]), grad.dtype, grad)
+        grad_rows.reshape(out_channels, grad.shape[0], *grad.shape[2:])[...] = grad.transpose(1, 0, 2, 3)
         need = ctx.needs_input_grad
         dx = dw = db = None
         if need[0]:
-            dcols = weight.reshape(out_channels, -1).T @ grad_rows
+            dcols = workspace.take(cols.shape, grad.dtype, grad)
+            backend.array_module(grad).matmul(weight.reshape(out_channels, -1).T, grad_rows, out=dcols)
             dx = kernels.col2im(dcols, ctx.x_shape, weight.shape[2:], ctx.stride, ctx.padding)
+            workspace.give(dcols)
         if need[1]:
-            dw = (grad_rows @ ctx.cols.T).reshape(weight.shape)
+            dw = (grad_rows @ cols.T).reshape(weight.shape)
         if ctx.has_bias and need[2]:
             db = grad_rows.sum(axis=1)
+        workspace.give(grad_rows)
+        workspace.give(cols)
         ctx.cols = None
         return (dx, dw, db) if ctx.has_bias else (dx, dw)
 

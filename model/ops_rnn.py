@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import backend
+from . import backend, workspace
 from . import rnn_cells as cells
 from .registry import Context, Op, register, samples
 
@@ -38,12 +38,20 @@ def _unpack(arrays: tuple, n_states: int) -> tuple:
 
 
 def _project_inputs(x: Any, w_ih: Any, bias: Any) -> Any:
-    """x @ W_ih.T (+ bias) for every time step at once: (T, B, G*H)."""
+    """x @ W_ih.T (+ bias) for every time step at once: (T, B, G*H), in a workspace array."""
+    xp = backend.array_module(x)
     steps, batch, _ = x.shape
-    proj = x.reshape(steps * batch, -1) @ w_ih.T
+    proj = workspace.take((steps * batch, w_ih.shape[0]), xp.result_type(x, w_ih), x)
+    xp.matmul(x.reshape(steps * batch, -1), w_ih.T, out=proj)
     if bias is not None:
         proj += bias
     return proj.reshape(steps, batch, -1)
+
+
+def _release(*arrays: Any) -> None:
+    """Hand an op's private arrays back to the workspace once backward is done with them."""
+    for array in arrays:
+        workspace.give(array)
 
 
 def _parameter_grads(ctx: Context, d_pre_x: Any, d_pre_h: Any, n_states: int) -> tuple:
@@ -69,10 +77,11 @@ def _parameter_grads(ctx: Context, d_pre_x: Any, d_pre_h: Any, n_states: int) ->
 
 
 def _rnn_samples(rng, n_states: int, gates: int) -> Iterable[tuple[tuple, dict]]:
-    """Small float64 cases with and without biases, the second one of a single step."""
+    """Small float64 cases of three steps and of one, each with and without biases."""
+    def w(*shape):
+        return rng.uniform(-0.6, 0.6, shape)
+
     for steps, batch, n_in, hidden in ((3, 2, 3, 4), (1, 3, 2, 2)):
-        def w(*shape):
-            return rng.uniform(-0.6, 0.6, shape)
         x = rng.standard_normal((steps, batch, n_in))
         states = tuple(rng.standard_normal((batch, hidden)) * 0.5 for _ in range(n_states))
         weights = (w(gates * hidden, n_in), w(gates * hidden, hidden))
@@ -98,6 +107,7 @@ class _ElmanRNN(Op):
             pre = xp.matmul(hs[t], w_hh_t, out=hs[t + 1])
             pre += proj[t]
             cells.activate(pre, cls.nonlinearity)
+        workspace.give(proj)
         ctx.x, ctx.w_ih, ctx.w_hh, ctx.hs = x, w_ih, w_hh, hs
         ctx.h_prev, ctx.has_bias = hs[:-1], b_ih is not None
         return hs[1:]
@@ -106,16 +116,18 @@ class _ElmanRNN(Op):
     def backward(cls, ctx: Context, grad: Any) -> tuple:
         xp = backend.array_module(grad)
         hs, w_hh = ctx.hs, ctx.w_hh
-        d_pre = xp.empty_like(grad)
+        d_pre = workspace.take(grad.shape, grad.dtype, grad)
         dh = xp.zeros_like(hs[0])
         for t in range(grad.shape[0] - 1, -1, -1):
             dh += grad[t]
             cells.activation_backward(dh, hs[t + 1], cls.nonlinearity, out=d_pre[t])
             xp.matmul(d_pre[t], w_hh, out=dh)
         ctx.d_states = (dh,)
-        return _parameter_grads(ctx, d_pre, d_pre, 1)
+        grads = _parameter_grads(ctx, d_pre, d_pre, 1)
+        workspace.give(d_pre)
+        return grads
 
-    @staticmethod
+    @samples
     def samples(rng) -> Iterable[tuple[tuple, dict]]:
         return _rnn_samples(rng, 1, 1)
 
@@ -150,7 +162,7 @@ class GRU(Op):
         gates = _project_inputs(x, w_ih * scale[:, None], None if b_ih is None else b_ih * scale)
         hs = xp.empty((steps + 1, *h0.shape), dtype=x.dtype)
         hs[0] = h0
-        hn = xp.empty_like(hs[1:])  # W_hn h + b_hn, which backward needs apart
+        hn = workspace.take(hs[1:].shape, x.dtype, x)  # W_hn h + b_hn, which backward needs apart
         rec = xp.empty_like(gates[0])
         for t in range(steps):
             xp.matmul(hs[t], w_hh_halved_t, out=rec)
@@ -158,15 +170,15 @@ class GRU(Op):
                 rec += b_hh_halved
             cells.gru_forward(gates[t], rec, hs[t], hn[t], hs[t + 1])
         ctx.x, ctx.w_ih, ctx.w_hh, ctx.hs, ctx.gates, ctx.hn = x, w_ih, w_hh, hs, gates, hn
-        ctx.h_prev, ctx.has_bias, ctx.hidden = hs[:-1], b_ih is not None, hidden
+        ctx.h_prev, ctx.has_bias = hs[:-1], b_ih is not None
         return hs[1:]
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple:
         xp = backend.array_module(grad)
         hs, w_hh = ctx.hs, ctx.w_hh
-        d_pre_x = xp.empty_like(ctx.gates)
-        d_pre_h = xp.empty_like(ctx.gates)
+        d_pre_x = workspace.take(ctx.gates.shape, grad.dtype, grad)
+        d_pre_h = workspace.take(ctx.gates.shape, grad.dtype, grad)
         dh = xp.zeros_like(hs[0])
         direct = xp.empty_like(dh)  # the part of dh_{t-1} that skips W_hh: dh_t * z_t
         for t in range(grad.shape[0] - 1, -1, -1):
@@ -175,7 +187,9 @@ class GRU(Op):
             xp.matmul(d_pre_h[t], w_hh, out=dh)
             dh += direct
         ctx.d_states = (dh,)
-        return _parameter_grads(ctx, d_pre_x, d_pre_h, 1)
+        grads = _parameter_grads(ctx, d_pre_x, d_pre_h, 1)
+        _release(ctx.gates, ctx.hn, d_pre_x, d_pre_h)
+        return grads
 
     @samples
     def samples(rng) -> Iterable[tuple[tuple, dict]]:
@@ -205,9 +219,9 @@ class LSTM(Op):
         # rows: h0, h_1..h_T, c_T: the op's output is the view [1:], h_prev the view [:T]
         seq = xp.empty((steps + 2, *h0.shape), dtype=x.dtype)
         seq[0] = h0
-        cs = xp.empty_like(seq[:-1])  # c_0..c_T
+        cs = workspace.take(seq[:-1].shape, x.dtype, x)  # c_0..c_T
         cs[0] = c0
-        tanh_c = xp.empty_like(seq[1:-1])
+        tanh_c = workspace.take(seq[1:-1].shape, x.dtype, x)
         rec = xp.empty_like(gates[0])
         for t in range(steps):
             xp.matmul(seq[t], w_hh_halved_t, out=rec)
@@ -222,7 +236,7 @@ class LSTM(Op):
     def backward(ctx: Context, grad: Any) -> tuple:
         xp = backend.array_module(grad)
         steps, w_hh = grad.shape[0] - 1, ctx.w_hh
-        d_pre = xp.empty_like(ctx.gates)
+        d_pre = workspace.take(ctx.gates.shape, grad.dtype, grad)
         dh = xp.zeros_like(grad[0])
         dc = grad[steps].copy()
         for t in range(steps - 1, -1, -1):
@@ -230,7 +244,9 @@ class LSTM(Op):
             cells.lstm_backward(dh, dc, ctx.gates[t], ctx.cs[t], ctx.tanh_c[t], d_pre[t])
             xp.matmul(d_pre[t], w_hh, out=dh)
         ctx.d_states = (dh, dc)
-        return _parameter_grads(ctx, d_pre, d_pre, 2)
+        grads = _parameter_grads(ctx, d_pre, d_pre, 2)
+        _release(ctx.gates, ctx.cs, ctx.tanh_c, d_pre)
+        return grads
 
     @samples
     def samples(rng) -> Iterable[tuple[tuple, dict]]:

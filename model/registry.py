@@ -8,6 +8,8 @@ An op is a class with two static methods:
 `forward` may stash whatever `backward` needs on `ctx`. `backward` returns gradients with the
 shapes the forward *computed* with; the engine alone reduces them to each input's own shape
 (un-broadcasting) and accumulates them. `ctx.needs_input_grad` tells which inputs need one.
+`backward` must not write into the `grad` it receives (the engine may hand one array to
+several inputs, or a read-only broadcast view); it may write into arrays it made itself.
 
 `samples(rng)` yields `(arrays, attrs)` float64 cases for the gradient check that every
 registered op must pass (tests iterate over `OPS`, so an op without samples fails the suite).

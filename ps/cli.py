@@ -195,6 +195,62 @@ def stop(target: str) -> None:
     click.echo(f"job {st['state']}")
 
 
+def _run_dir(path: str) -> pathlib.Path:
+    run_dir = pathlib.Path(path)
+    if not (run_dir / "config.yaml").exists():
+        raise click.ClickException(f"{path}: not a run directory (no config.yaml)")
+    return run_dir
+
+
+def _weights(run_dir: pathlib.Path) -> dict:
+    from . import export
+    path = run_dir / "model" / "weights.npz"
+    if not path.exists():
+        raise click.ClickException(f"{run_dir}: no exported weights (model/weights.npz); did the job finish?")
+    return export.load(path)
+
+
+@main.command("export")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--format", "fmt", type=click.Choice(["npz", "safetensors"]), default="npz", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default RUN_DIR/model/weights.FORMAT).")
+def export_cmd(run_dir: str, fmt: str, out: str | None) -> None:
+    """Export a run's trained weights by PyTorch parameter name (npz or safetensors)."""
+    from . import export
+    path = _run_dir(run_dir)
+    target = export.save(out or path / "model" / f"weights.{fmt}", _weights(path), fmt)
+    click.echo(str(target))
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--data", help="Evaluate on another data set (default: the job's).")
+@click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
+def eval_cmd(run_dir: str, data: str | None, split: str) -> None:
+    """Score a run's exported weights on a data set's test (or validation) split."""
+    from worker.job import build_job
+    from worker.objective import evaluate
+    path = _run_dir(run_dir)
+    overrides = (f"data.dataset={data}",) if data else ()
+    cfg = _load(str(path / "config.yaml"), overrides)
+    job = build_job(cfg)
+    job.net.load_state_dict(_weights(path))
+    metrics = evaluate(job.net, job.data, split)
+    click.echo(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+
+@main.command("plot")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), help="PNG path (default RUN_DIR/curves.png).")
+def plot_cmd(run_dir: str, out: str | None) -> None:
+    """Draw loss and metric curves of a run (needs matplotlib: pip install 'downpour[plot]')."""
+    from .plot import plot
+    try:
+        click.echo(str(plot(_run_dir(run_dir), out)))
+    except (RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err)) from None
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False))
 @SET

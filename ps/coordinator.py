@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
+from . import export
 from . import protocol as P
 from .layout import make_layout
 from .wire import Message, WireError, recv, reply, reply_error
@@ -89,21 +90,19 @@ class Coordinator:
         return [shards[r] for r in range(self.num_shards)]
 
     def _assign_rank(self, role: str, wanted: Any) -> int:
+        """The rank asked for, or the lowest free one. Shards and the evaluator have a fixed
+        number of ranks; workers beyond `workers.count` may join a running job (elastic)."""
         limit = {P.SHARD: self.num_shards, EVALUATOR: 1}.get(role)
-        taken = {n.rank for n in self.nodes.values() if n.role == role and n.state == ALIVE}
+        taken = {n.rank for n in self.nodes.values() if n.role == role and n.state in (ALIVE, FINISHED, LEFT)}
         if wanted is not None:
             if not isinstance(wanted, int) or wanted < 0 or (limit is not None and wanted >= limit):
                 raise WireError(f"{role} rank {wanted!r} is out of range (this job has {limit} {role}s)")
-            if wanted in taken:
+            node = self.nodes.get(f"{role}-{wanted}")
+            if node is not None and node.state == ALIVE:
                 raise WireError(f"{role} rank {wanted} is already taken by a live node at "
-                                f"{self.nodes[f'{role}-{wanted}'].address or 'unknown address'}")
+                                f"{node.address or 'an unknown address'}")
             return wanted
-        if role == P.WORKER and self.state == P.STARTING:
-            limit = self.num_workers
-        free = (r for r in range(limit if limit is not None else 1 << 30) if r not in taken
-                and not (role == P.WORKER and self.nodes.get(f"{role}-{r}", Node(role, r, state=DEAD)).state
-                         in (FINISHED, LEFT)))
-        rank = next(free, None)
+        rank = next((r for r in range(limit if limit is not None else 1 << 30) if r not in taken), None)
         if rank is None:
             raise WireError(f"all {limit} {role} ranks are taken")
         return rank
@@ -146,6 +145,7 @@ class Coordinator:
             reply(self.sock, msg, body={"state": self.state})
             self._check_progress()
         elif op == P.RESULT:
+            self._export(msg)
             self.results = msg.body()
             self._record(node, dict(self.results, kind="test"))
             reply(self.sock, msg)
@@ -171,7 +171,7 @@ class Coordinator:
         log.info("%s registered%s", name, f" at {node.address}" if node.address else "")
         info = {"rank": rank, "job_id": self.job_id, "config": self.config,
                 "layout": self.layout.to_dict(), "workers": list(range(self.num_workers)),
-                "world": self.num_workers}
+                "world": max(self.num_workers, rank + 1) if role == P.WORKER else self.num_workers}
         arrays = ()
         if role == P.SHARD:
             lo, hi = self.layout.ranges[rank]
@@ -179,8 +179,21 @@ class Coordinator:
         reply(self.sock, msg, body=info, arrays=arrays)
         self._check_progress()
 
+    def _export(self, msg: Message) -> None:
+        """Write the evaluated weights, by parameter name, into RUN_DIR/model/weights.npz."""
+        if not msg.arrays:
+            return
+        weights = msg.arrays[0]
+        if weights.dtype != np.float32 or weights.shape != (self.layout.total,):
+            raise WireError(f"result weights must be float32 of shape ({self.layout.total},), "
+                            f"got {weights.dtype} {weights.shape}")
+        if self.run_dir is not None:
+            export.save(self.run_dir / "model" / "weights.npz", export.unflatten(weights, self.layout))
+
     def _heartbeat_reply(self, node: Node) -> dict:
-        return {"state": self.state, "workers": self.live_workers(),
+        # During start-up the live set is still filling: say nothing, or shards would drop
+        # the workers they were told to expect.
+        return {"state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
                 "shards": self.shard_addresses() if self.state != P.STARTING else None,
                 "reason": self.reason}
 

@@ -12,8 +12,10 @@ version of the weights and shared by every read of that version.
 from __future__ import annotations
 
 import collections
+import ipaddress
 import logging
 import pathlib
+import socket
 import time
 from typing import Any
 
@@ -41,7 +43,7 @@ class Shard:
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.sock.bind(bind)
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.address = _advertised(endpoint, advertise)
+        self.address = _advertised(endpoint, advertise, coordinator)
         self.control = ControlClient(ctx, coordinator, P.SHARD)
         self.requested_rank = rank
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
@@ -119,7 +121,8 @@ class Shard:
         return state
 
     def _on_heartbeat_reply(self, body: dict) -> str:
-        self._applied(self.consistency.set_live(body.get("workers", [])))
+        if body.get("workers") is not None:
+            self._applied(self.consistency.set_live(body["workers"]))
         self._serve_parked()
         return body.get("state", P.RUNNING)
 
@@ -264,9 +267,12 @@ def _sender(name: str) -> tuple[str, int]:
     return (role, int(rank)) if rank.isdigit() else (name, -1)
 
 
-def _advertised(endpoint: str, advertise: str | None) -> str:
-    """The address peers should dial: `advertise` if given, else the bound endpoint, with a
-    wildcard host replaced by this machine's name (what compose and Kubernetes resolve)."""
+def _advertised(endpoint: str, advertise: str | None, coordinator: str | None = None) -> str:
+    """The address peers should dial: `advertise` (HOST or HOST:PORT) if given, else the bound
+    endpoint. A wildcard bind (0.0.0.0) has no address of its own: it becomes this host's
+    address on the interface that reaches the coordinator (the container's IP on a compose
+    network, the pod IP in Kubernetes, the namespace's IP in the multi-host test), falling
+    back to the host name only when the coordinator is on loopback or cannot be resolved."""
     port = endpoint.rsplit(":", 1)[1]
     if advertise:
         host = advertise if ":" not in advertise.removeprefix("tcp://") else None
@@ -275,9 +281,27 @@ def _advertised(endpoint: str, advertise: str | None) -> str:
         return f"tcp://{host}:{port}"
     host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
     if host in ("0.0.0.0", "*", "[::]"):
-        import socket
-        host = socket.gethostname()
+        host = _route_address(coordinator) or socket.gethostname()
     return f"tcp://{host}:{port}"
+
+
+def _route_address(coordinator: str | None) -> str | None:
+    """This host's source address towards the coordinator, or None if that is loopback.
+
+    A UDP `connect` only asks the kernel for a route; no packet is sent."""
+    if not coordinator or not coordinator.startswith("tcp://"):
+        return None
+    host, _, port = coordinator.removeprefix("tcp://").rpartition(":")
+    try:
+        family, kind, proto, _, target = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.connect(target)
+            address = probe.getsockname()[0]
+    except (OSError, ValueError):
+        return None
+    if ipaddress.ip_address(address.split("%")[0]).is_loopback:
+        return None
+    return f"[{address}]" if ":" in address else address
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,

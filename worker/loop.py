@@ -33,6 +33,9 @@ def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0
     except JobEnded as ended:
         log.warning("%s: %s", session.name, ended)
         return 0 if session.state == P.STOPPED else 1
+    except Exception:
+        log.exception("%s failed at step %d (clock %d)", session.name, session.step, session.clock)
+        return 1
     finally:
         session.close()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import zmq
 
 from .. import protocol as P
@@ -26,11 +27,12 @@ class ControlClient:
         self.job = ""
         self.channel = Channel(ctx, address, "coordinator", max_bytes, configure)
 
-    def _request(self, op: str, body: dict | None = None, timeout: float | None = None, **fields: Any) -> Message:
+    def _request(self, op: str, body: dict | None = None, timeout: float | None = None,
+                 arrays: Sequence[np.ndarray] = (), **fields: Any) -> Message:
         header = {"op": op, "job": self.job, "from": self.name, **fields}
         if body is not None:
             header["body"] = body
-        return self.channel.request(header, timeout=timeout or self.timeout)
+        return self.channel.request(header, arrays, timeout=timeout or self.timeout)
 
     def register(self, body: dict, startup_timeout: float = 60.0) -> Message:
         """Join the job, retrying until the coordinator answers or `startup_timeout` passes."""
@@ -58,8 +60,9 @@ class ControlClient:
     def done(self, body: dict | None = None) -> dict:
         return self._request(P.DONE, body or {}).body()
 
-    def result(self, metrics: dict) -> dict:
-        return self._request(P.RESULT, metrics).body()
+    def result(self, metrics: dict, weights: np.ndarray | None = None) -> dict:
+        """The evaluator's final metrics, with the weights they were measured on (to export)."""
+        return self._request(P.RESULT, metrics, arrays=() if weights is None else (weights,)).body()
 
     def leave(self, final_stats: dict | None = None) -> None:
         self._request(P.LEAVE, final_stats or {})
