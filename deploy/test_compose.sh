@@ -26,18 +26,21 @@ DOCKER=docker
 export DOCKER_HOST=unix://$SOCK COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_FILE DOWNPOUR_BUILD_NETWORK=host
 export DOWNPOUR_JOB=$HERE/job.yaml
 LINKS_BEFORE=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
-WATCHDOG=
 RESULT=FAILED
 
 say() { printf '[test_compose %4ds] %s\n' "$SECONDS" "$*" >&2; }
 fail() { say "FAIL: $*"; exit 1; }
-compose() { timeout "${COMPOSE_TIMEOUT:-300}" docker-compose --ansi never "$@" 2>>"$W/compose.log"; }
+# Long steps run in the background and are waited for: bash runs a signal's trap (and so the
+# cleanup) only between commands, and `wait` is one it can interrupt.
+bounded() { local limit=$1; shift; timeout "$limit" "$@" <&0 & wait $!; }
+compose() { bounded "${COMPOSE_TIMEOUT:-300}" docker-compose --ansi never "$@" 2>>"$W/compose.log"; }
 
 cleanup() {
     local code=$?
     trap - EXIT INT TERM
     set +e
-    [ -n "$WATCHDOG" ] && kill "$WATCHDOG" 2>/dev/null
+    local job
+    for job in $(jobs -p); do kill "$job" 2>/dev/null; done  # the watchdog, an interrupted step
     if [ "$RESULT" != PASSED ] && [ -S "$SOCK" ]; then
         say "docker-compose's own messages (tail):"
         tail -15 "$W/compose.log" 2>/dev/null | sed 's/^/    /'
@@ -69,8 +72,11 @@ trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT TERM
 
 [ "$(id -u)" = 0 ] || fail "needs root (it starts a Docker engine)"
-(sleep "$LIMIT"; say "time limit of $LIMIT s reached"; kill -TERM $$) &
-WATCHDOG=$!
+(   # the watchdog; its own sleep goes with it when the cleanup stops it
+    trap 'kill $nap 2>/dev/null; exit 0' TERM
+    sleep "$LIMIT" & nap=$!
+    wait $nap && say "time limit of $LIMIT s reached" && kill -TERM $$
+) &
 
 install_tools() {
     local missing=()
@@ -85,8 +91,8 @@ install_tools() {
     local policy=/usr/sbin/policy-rc.d created=
     if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy; chmod +x $policy; created=1; fi
     export DEBIAN_FRONTEND=noninteractive
-    timeout 600 apt-get update -qq
-    timeout 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    bounded 600 apt-get update -qq
+    bounded 600 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     local status=$?
     [ -n "$created" ] && rm -f $policy
     return $status
@@ -114,7 +120,7 @@ build_base_images() {
         awk '$2 == "bookworm" {print $1; exit}')
     mirror=${mirror:-http://deb.debian.org/debian/}
     say "debootstrap bookworm from $mirror"
-    timeout 600 debootstrap --variant=minbase bookworm "$W/rootfs" "$mirror" >"$W/debootstrap.log" 2>&1 ||
+    bounded 600 debootstrap --variant=minbase bookworm "$W/rootfs" "$mirror" >"$W/debootstrap.log" 2>&1 ||
         { tail -20 "$W/debootstrap.log"; fail "debootstrap"; }
     # pip inside the builds must trust what the host's pip trusts.
     mkdir -p "$W/rootfs/usr/local/share/ca-certificates" "$W/rootfs/etc/ssl/certs"
@@ -122,7 +128,7 @@ build_base_images() {
     cp /etc/ssl/certs/ca-certificates.crt "$W/rootfs/etc/ssl/certs/" 2>/dev/null || true
     rm -rf "$W"/rootfs/var/cache/apt/archives/*.deb "$W"/rootfs/var/lib/apt/lists/*
     : > "$W/rootfs/etc/resolv.conf"
-    tar -C "$W/rootfs" -c . | "$DOCKER" import --change 'CMD ["/bin/bash"]' - debian:bookworm-slim >/dev/null
+    tar -C "$W/rootfs" -c . | bounded 300 "$DOCKER" import --change 'CMD ["/bin/bash"]' - debian:bookworm-slim >/dev/null
     rm -rf "$W/rootfs"
     say "building the python:3.11-slim stand-in"
     mkdir -p "$W/python"
@@ -133,15 +139,17 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* /usr/lib/python3*/EXTERNALLY-MANAGED
 CMD ["python3"]
 EOF
-    timeout 600 "$DOCKER" build -q --network host -t python:3.11-slim "$W/python" >/dev/null
+    bounded 600 "$DOCKER" build -q --network host -t python:3.11-slim "$W/python" >/dev/null
 }
 
 container_of() { compose ps -q "$1" | head -n "${2:-1}" | tail -n 1; }
 
-wait_for_coordinator() {  # waits for the coordinator container to exit; prints its exit code
-    local cid
-    cid=$(container_of coordinator)
-    timeout "$1" "$DOCKER" wait "$cid" || fail "the job did not finish within $1 s"
+coordinator_exits_0() {  # waits up to $1 s for the coordinator container to exit with 0
+    local code
+    bounded "$1" "$DOCKER" wait "$(container_of coordinator)" > "$W/coordinator.exit" ||
+        fail "the job did not finish within $1 s"
+    code=$(cat "$W/coordinator.exit")
+    [ "$code" = 0 ] || fail "the coordinator exited with $code"
 }
 
 summary() { cat "$("$DOCKER" volume inspect -f '{{.Mountpoint}}' "${PROJECT}_run")/summary.json"; }
@@ -160,13 +168,18 @@ status_json() {
     "$DOCKER" exec "$(container_of coordinator)" downpour status tcp://127.0.0.1:5555 --json 2>/dev/null
 }
 
+healthcheck_passes() {  # runs the image's own HEALTHCHECK command in container $1, now
+    local test
+    test=$("$DOCKER" inspect -f '{{index .Config.Healthcheck.Test 1}}' "$1")
+    say "healthcheck in ${1:0:12}: $test"
+    bounded 30 "$DOCKER" exec "$1" sh -c "$test"
+}
+
 run_training() {
     say "run 1: docker-compose up (coordinator, 2 shards, evaluator, 2 workers)"
     compose up -d >/dev/null || fail "docker-compose up"
     [ "$(compose ps -q | wc -l)" = 6 ] || fail "expected 6 containers, got $(compose ps -q | wc -l)"
-    local code
-    code=$(wait_for_coordinator 240)
-    [ "$code" = 0 ] || fail "the coordinator exited with $code"
+    coordinator_exits_0 240
     sleep 2  # the other roles leave right after the coordinator's last reply
     check_exit_codes
     compose logs --no-color coordinator > "$W/coordinator.log"
@@ -192,11 +205,10 @@ run_disconnect() {
         sleep 1
     done
     [ -n "$rank" ] || fail "3 workers never trained together"
+    healthcheck_passes "$victim" || fail "the image's HEALTHCHECK fails in a running worker"
     say "disconnecting $rank (container ${victim:0:12}) from ${PROJECT}_downpour"
     "$DOCKER" network disconnect "${PROJECT}_downpour" "$victim"
-    local code
-    code=$(wait_for_coordinator 240)
-    [ "$code" = 0 ] || fail "the coordinator exited with $code"
+    coordinator_exits_0 240
     sleep 2
     check_exit_codes "$victim"
     summary | python3 "$HERE/multihost/check_summary.py" --target --workers 3 --dead "$rank" --timeout 3.0 ||
@@ -204,6 +216,8 @@ run_disconnect() {
 }
 
 install_tools
+say "docker-compose config (validates deploy/docker-compose.yml)"
+compose config -q || fail "docker-compose config"
 start_engine
 build_base_images
 say "docker-compose build (deploy/Dockerfile)"

@@ -4,7 +4,7 @@ and update rules (`optim`).
 Importing the package registers every op (elementwise, matmul, reductions, fused NN ops,
 convolution, pooling, recurrent), so `model.registry.OPS` is complete.
 """
-from . import ops, ops_conv, ops_nn, ops_rnn  # noqa: F401 - imported to fill the op registry
+from . import ops, ops_conv, ops_nn, ops_rnn, ops_shape  # noqa: F401 - imported to fill the op registry
 from . import functional, optim
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module
-from .ops import scatter_add_rows, stable_sigmoid
+from .ops import stable_sigmoid
+from .ops_shape import scatter_add_rows
 from .registry import Context, Op, register, samples
 
 REDUCTIONS = ("mean", "sum", "none")

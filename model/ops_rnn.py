@@ -71,7 +71,12 @@ def _parameter_grads(ctx: Context, d_pre_x: Any, d_pre_h: Any, n_states: int) ->
     grads = (dx, *ctx.d_states, dw_ih, dw_hh)
     if ctx.has_bias:
         db_ih = flat_x.sum(axis=0) if need[3 + n_states] else None
-        db_hh = flat_h.sum(axis=0) if need[4 + n_states] else None
+        if not need[4 + n_states]:
+            db_hh = None
+        elif db_ih is not None and d_pre_h is d_pre_x:  # LSTM and Elman: both biases add alike
+            db_hh = db_ih.copy()
+        else:
+            db_hh = flat_h.sum(axis=0)
         grads += (db_ih, db_hh)
     return grads
 

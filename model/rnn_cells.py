@@ -86,15 +86,17 @@ def _lstm_combine_numpy(gates, c_prev, c_out):
     c_out += i * g
 
 
-def _lstm_combine_loops(gates, c_prev, c_out):
-    batch, hidden = c_out.shape
-    for b in range(batch):
+def _lstm_combine_loops(gates, c_prev, c_out, one, half):
+    hidden = c_out.shape[1]
+    for b in range(c_out.shape[0]):
+        i, f = gates[b, :hidden], gates[b, hidden:2 * hidden]
+        g, o = gates[b, 2 * hidden:3 * hidden], gates[b, 3 * hidden:]
+        c, c_new = c_prev[b], c_out[b]
         for j in range(hidden):
-            i = 0.5 * (gates[b, j] + 1)
-            f = 0.5 * (gates[b, hidden + j] + 1)
-            o = 0.5 * (gates[b, 3 * hidden + j] + 1)
-            gates[b, j], gates[b, hidden + j], gates[b, 3 * hidden + j] = i, f, o
-            c_out[b, j] = f * c_prev[b, j] + i * gates[b, 2 * hidden + j]
+            i[j] = half * (i[j] + one)
+            f[j] = half * (f[j] + one)
+            o[j] = half * (o[j] + one)
+            c_new[j] = f[j] * c[j] + i[j] * g[j]
 
 
 def lstm_forward(pre: Any, c_prev: Any, c_out: Any, tanh_c_out: Any, h_out: Any,
@@ -106,7 +108,8 @@ def lstm_forward(pre: Any, c_prev: Any, c_out: Any, tanh_c_out: Any, h_out: Any,
     xp = backend.array_module(pre)
     xp.tanh(pre, out=pre)
     if _use_numba(pre, use_numba):
-        _lstm_combine_jit(pre, c_prev, c_out)
+        one = pre.dtype.type(1)
+        _lstm_combine_jit(pre, c_prev, c_out, one, one / 2)
     else:
         _lstm_combine_numpy(pre, c_prev, c_out)
     xp.tanh(c_out, out=tanh_c_out)
@@ -125,26 +128,28 @@ def _lstm_backward_numpy(dh, dc, gates, c_prev, tanh_c, d_pre):
     dc *= f
 
 
-def _lstm_backward_loops(dh, dc, gates, c_prev, tanh_c, d_pre):
-    batch, hidden = dh.shape
-    for b in range(batch):
+def _lstm_backward_loops(dh, dc, gates, c_prev, tanh_c, d_pre, one):
+    hidden = dh.shape[1]
+    for b in range(dh.shape[0]):
+        i, f = gates[b, :hidden], gates[b, hidden:2 * hidden]
+        g, o = gates[b, 2 * hidden:3 * hidden], gates[b, 3 * hidden:]
+        di, df = d_pre[b, :hidden], d_pre[b, hidden:2 * hidden]
+        dg, do = d_pre[b, 2 * hidden:3 * hidden], d_pre[b, 3 * hidden:]
+        grad_h, grad_c_next, c, tc = dh[b], dc[b], c_prev[b], tanh_c[b]
         for j in range(hidden):
-            i, f = gates[b, j], gates[b, hidden + j]
-            g, o = gates[b, 2 * hidden + j], gates[b, 3 * hidden + j]
-            tc, grad_h = tanh_c[b, j], dh[b, j]
-            grad_c = dc[b, j] + grad_h * o * (1 - tc * tc)
-            d_pre[b, j] = grad_c * g * i * (1 - i)
-            d_pre[b, hidden + j] = grad_c * c_prev[b, j] * f * (1 - f)
-            d_pre[b, 2 * hidden + j] = grad_c * i * (1 - g * g)
-            d_pre[b, 3 * hidden + j] = grad_h * tc * o * (1 - o)
-            dc[b, j] = grad_c * f
+            grad_c = grad_c_next[j] + grad_h[j] * o[j] * (one - tc[j] * tc[j])
+            di[j] = grad_c * g[j] * i[j] * (one - i[j])
+            df[j] = grad_c * c[j] * f[j] * (one - f[j])
+            dg[j] = grad_c * i[j] * (one - g[j] * g[j])
+            do[j] = grad_h[j] * tc[j] * o[j] * (one - o[j])
+            grad_c_next[j] = grad_c * f[j]
 
 
 def lstm_backward(dh: Any, dc: Any, gates: Any, c_prev: Any, tanh_c: Any, d_pre: Any,
                   use_numba: bool | None = None) -> None:
     """Gate pre-activation gradients into d_pre; dc goes from dL/dc_t to dL/dc_{t-1} in place."""
     if _use_numba(dh, use_numba):
-        _lstm_backward_jit(dh, dc, gates, c_prev, tanh_c, d_pre)
+        _lstm_backward_jit(dh, dc, gates, c_prev, tanh_c, d_pre, dh.dtype.type(1))
     else:
         _lstm_backward_numpy(dh, dc, gates, c_prev, tanh_c, d_pre)
 
@@ -158,24 +163,26 @@ def _gru_gates_numpy(gates, rec, hn):
     _gate(gates, 2, hidden)[...] += _gate(gates, 0, hidden) * hn
 
 
-def _gru_gates_loops(gates, rec, hn):
-    batch, hidden = hn.shape
-    for b in range(batch):
+def _gru_gates_loops(gates, rec, hn, one, half):
+    hidden = hn.shape[1]
+    for b in range(hn.shape[0]):
+        r, z = gates[b, :hidden], gates[b, hidden:2 * hidden]
+        n = gates[b, 2 * hidden:]
+        rec_n, hn_b = rec[b, 2 * hidden:], hn[b]
         for j in range(hidden):
-            r = 0.5 * (gates[b, j] + 1)
-            gates[b, j] = r
-            gates[b, hidden + j] = 0.5 * (gates[b, hidden + j] + 1)
-            rec_n = rec[b, 2 * hidden + j]
-            hn[b, j] = rec_n
-            gates[b, 2 * hidden + j] += r * rec_n
+            r[j] = half * (r[j] + one)
+            z[j] = half * (z[j] + one)
+            hn_b[j] = rec_n[j]
+            n[j] += r[j] * rec_n[j]
 
 
 def _gru_mix_loops(gates, h_prev, h_out):
-    batch, hidden = h_out.shape
-    for b in range(batch):
+    hidden = h_out.shape[1]
+    for b in range(h_out.shape[0]):
+        z, n = gates[b, hidden:2 * hidden], gates[b, 2 * hidden:]
+        h, h_new = h_prev[b], h_out[b]
         for j in range(hidden):
-            n = gates[b, 2 * hidden + j]
-            h_out[b, j] = n + gates[b, hidden + j] * (h_prev[b, j] - n)
+            h_new[j] = n[j] + z[j] * (h[j] - n[j])
 
 
 def gru_forward(gates: Any, rec: Any, h_prev: Any, hn: Any, h_out: Any,
@@ -191,7 +198,11 @@ def gru_forward(gates: Any, rec: Any, h_prev: Any, hn: Any, h_out: Any,
     rz = gates[:, :2 * hidden]
     rz += rec[:, :2 * hidden]
     xp.tanh(rz, out=rz)
-    (_gru_gates_jit if fused else _gru_gates_numpy)(gates, rec, hn)
+    if fused:
+        one = gates.dtype.type(1)
+        _gru_gates_jit(gates, rec, hn, one, one / 2)
+    else:
+        _gru_gates_numpy(gates, rec, hn)
     n = _gate(gates, 2, hidden)
     xp.tanh(n, out=n)
     if fused:
@@ -215,27 +226,32 @@ def _gru_backward_numpy(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct):
     direct[...] = dh * z
 
 
-def _gru_backward_loops(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct):
-    batch, hidden = dh.shape
-    for b in range(batch):
+def _gru_backward_loops(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct, one):
+    hidden = dh.shape[1]
+    for b in range(dh.shape[0]):
+        r, z = gates[b, :hidden], gates[b, hidden:2 * hidden]
+        n = gates[b, 2 * hidden:]
+        dxr, dxz = d_pre_x[b, :hidden], d_pre_x[b, hidden:2 * hidden]
+        dxn = d_pre_x[b, 2 * hidden:]
+        dhr, dhz = d_pre_h[b, :hidden], d_pre_h[b, hidden:2 * hidden]
+        dhn = d_pre_h[b, 2 * hidden:]
+        grad_h, h, hn_b, skip = dh[b], h_prev[b], hn[b], direct[b]
         for j in range(hidden):
-            r, z, n = gates[b, j], gates[b, hidden + j], gates[b, 2 * hidden + j]
-            grad_h = dh[b, j]
-            dn = grad_h * (1 - z) * (1 - n * n)
-            dz = grad_h * (h_prev[b, j] - n) * z * (1 - z)
-            dr = dn * hn[b, j] * r * (1 - r)
-            d_pre_x[b, j] = d_pre_h[b, j] = dr
-            d_pre_x[b, hidden + j] = d_pre_h[b, hidden + j] = dz
-            d_pre_x[b, 2 * hidden + j] = dn
-            d_pre_h[b, 2 * hidden + j] = dn * r
-            direct[b, j] = grad_h * z
+            dn = grad_h[j] * (one - z[j]) * (one - n[j] * n[j])
+            dz = grad_h[j] * (h[j] - n[j]) * z[j] * (one - z[j])
+            dr = dn * hn_b[j] * r[j] * (one - r[j])
+            dxr[j] = dhr[j] = dr
+            dxz[j] = dhz[j] = dz
+            dxn[j] = dn
+            dhn[j] = dn * r[j]
+            skip[j] = grad_h[j] * z[j]
 
 
 def gru_backward(dh: Any, h_prev: Any, gates: Any, hn: Any, d_pre_x: Any, d_pre_h: Any,
                  direct: Any, use_numba: bool | None = None) -> None:
     """Gradients of both projections, and into `direct` the part of dh_prev that skips W_hh."""
     if _use_numba(dh, use_numba):
-        _gru_backward_jit(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct)
+        _gru_backward_jit(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct, dh.dtype.type(1))
     else:
         _gru_backward_numpy(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct)
 

@@ -55,20 +55,26 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config", type=click.Path(dir_okay=False))
+@click.argument("config", type=click.Path(dir_okay=False), required=False)
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where to write the run (default runs/NAME-TIME).")
+@click.option("--resume", "resume", type=click.Path(file_okay=False, exists=True),
+              help="Resume the job in this run directory from its shards' last checkpoints.")
 @SET
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def launch(config: str, run_dir: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+def launch(config: str | None, run_dir: str | None, resume: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
     """Run a job on a local cluster: coordinator, shards, evaluator and workers as processes."""
     from . import launcher
     from .progress import Progress
     _setup_logging()
+    if (config is None) == (resume is None):
+        raise click.UsageError("give a job config, or --resume RUN_DIR (not both)")
+    if resume:
+        config, run_dir = str(pathlib.Path(resume) / "config.yaml"), resume
     cfg = _load(config, overrides)
     _check_model(cfg)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     progress = None if quiet else Progress(cfg)
-    code, path = launcher.launch(cfg, run_dir, progress)
+    code, path = launcher.launch(cfg, run_dir, progress, resume=resume is not None)
     if progress:
         progress.close()
     summary = path / "summary.json"
@@ -117,13 +123,19 @@ def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | N
 @click.option("--advertise", help="HOST or HOST:PORT peers should dial (default: this host's name when bound to 0.0.0.0).")
 @click.option("--rank", type=int, help="Shard rank (default: assigned by the coordinator).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where checkpoints go.")
+@click.option("--resume", is_flag=True, help="Start from this shard's checkpoint in --run-dir.")
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
 def shard(coordinator_address: str, bind: str, advertise: str | None, rank: int | None,
-          run_dir: str | None, startup_timeout: float) -> None:
+          run_dir: str | None, resume: bool, startup_timeout: float) -> None:
     """Run a parameter-server shard."""
     from . import shard as shard_role
     _setup_logging()
-    sys.exit(shard_role.run(coordinator_address, bind, advertise, rank, run_dir, startup_timeout))
+    try:
+        code = shard_role.run(coordinator_address, bind, advertise, rank, run_dir, startup_timeout, resume)
+    except (RuntimeError, TimeoutError) as err:
+        log.error("%s", err)
+        code = 1
+    sys.exit(code)
 
 
 @main.command()
@@ -249,6 +261,21 @@ def plot_cmd(run_dir: str, out: str | None) -> None:
         click.echo(str(plot(_run_dir(run_dir), out)))
     except (RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
+
+
+@main.command()
+@click.argument("target")
+def checkpoint(target: str) -> None:
+    """Ask every shard of a running job to write its checkpoint now."""
+    ctx, client = _control(target)
+    try:
+        client.checkpoint()
+    except TimeoutError as err:
+        raise click.ClickException(str(err)) from None
+    finally:
+        client.close()
+        ctx.term()
+    click.echo("checkpoint requested")
 
 
 @main.command()

@@ -69,6 +69,8 @@ class Coordinator:
         self.reason = ""
         self.events: list[dict] = []
         self.results: dict = {}
+        self.checkpoint_requests = 0
+        self.rolled_back: dict[str, int] = {}  # shard -> updates lost to its restart
         self.latest: dict[str, dict] = {}  # the newest report of each worker
         self.started = time.time()
         self.started_mono = time.monotonic()
@@ -100,7 +102,7 @@ class Coordinator:
             node = self.nodes.get(f"{role}-{wanted}")
             if node is not None and node.state == ALIVE:
                 raise WireError(f"{role} rank {wanted} is already taken by a live node at "
-                                f"{node.address or 'an unknown address'}")
+                                f"{node.address or 'an unknown address'}", retry=True)
             return wanted
         rank = next((r for r in range(limit if limit is not None else 1 << 30) if r not in taken), None)
         if rank is None:
@@ -113,10 +115,6 @@ class Coordinator:
         if op == P.STATUS:
             reply(self.sock, msg, body=self.status())
             return
-        if op == P.STOP:
-            self._finish(P.STOPPED, msg.body().get("reason", "stopped by request"))
-            reply(self.sock, msg, body={"state": self.state})
-            return
         if op == P.REGISTER:
             self._register(msg)
             return
@@ -124,6 +122,15 @@ class Coordinator:
             raise WireError(f"operation {op!r} is not served by the coordinator")
         if msg.header["job"] != self.job_id:
             raise WireError(f"job {msg.header['job']!r} is not this coordinator's job {self.job_id!r}")
+        if op == P.STOP:
+            reason = msg.body().get("reason")
+            self._finish(P.STOPPED, reason if isinstance(reason, str) else "stopped by request")
+            reply(self.sock, msg, body={"state": self.state})
+            return
+        if op == P.CHECKPOINT:
+            self.checkpoint_requests += 1
+            reply(self.sock, msg, body={"checkpoint": self.checkpoint_requests})
+            return
         node = self.nodes.get(msg.header["from"])
         if node is None:
             raise WireError(f"unknown node {msg.header['from']!r}: register first")
@@ -133,7 +140,7 @@ class Coordinator:
             node.state = ALIVE
             self._event("rejoined", node)
         if op == P.HEARTBEAT:
-            node.stats = msg.body()
+            self._update_stats(node, msg.body())
             reply(self.sock, msg, body=self._heartbeat_reply(node))
         elif op == P.REPORT:
             self._record(node, msg.body())
@@ -151,7 +158,7 @@ class Coordinator:
             reply(self.sock, msg)
             self._finish(P.DONE_STATE, "finished")
         elif op == P.LEAVE:
-            node.stats.update(msg.body())  # a shard's final counts
+            self._update_stats(node, msg.body())  # a shard's final counts
             node.state = LEFT
             reply(self.sock, msg)
 
@@ -161,15 +168,19 @@ class Coordinator:
             raise WireError(f"the job is over ({self.state}): not accepting {role}s")
         body = msg.body()
         rank = self._assign_rank(role, body.get("rank"))
+        if role == P.WORKER and rank >= self.num_workers + P.MAX_EXTRA_WORKERS:
+            raise WireError(f"worker rank {rank} refused: at most {P.MAX_EXTRA_WORKERS} workers beyond "
+                            f"workers.count={self.num_workers} may join")
         name = f"{role}-{rank}"
         previous = self.nodes.get(name)
-        node = Node(role, rank, address=str(body.get("address", "")))
+        node = Node(role, rank, address=str(body.get("address", ""))[:P.MAX_NAME_CHARS])
         if previous is not None:
             node.registrations = previous.registrations + 1
+            node.stats = {"before_restart": previous.stats.get("updates", 0)}
         self.nodes[name] = node
         self._event("registered" if previous is None else "re-registered", node)
         log.info("%s registered%s", name, f" at {node.address}" if node.address else "")
-        info = {"rank": rank, "job_id": self.job_id, "config": self.config,
+        info = {"rank": rank, "job_id": self.job_id, "config": self.config, "restart": previous is not None,
                 "layout": self.layout.to_dict(), "workers": list(range(self.num_workers)),
                 "world": max(self.num_workers, rank + 1) if role == P.WORKER else self.num_workers}
         arrays = ()
@@ -178,6 +189,14 @@ class Coordinator:
             arrays = (self.initial[lo:hi],)
         reply(self.sock, msg, body=info, arrays=arrays)
         self._check_progress()
+
+    def _update_stats(self, node: Node, stats: dict) -> None:
+        before = node.stats.get("before_restart")
+        node.stats.update(stats)
+        if before is not None:
+            restored = stats.get("restored_updates")
+            lost = before - (restored if isinstance(restored, int) else 0)
+            self.rolled_back[node.name] = max(0, lost)
 
     def _export(self, msg: Message) -> None:
         """Write the evaluated weights, by parameter name, into RUN_DIR/model/weights.npz."""
@@ -194,11 +213,17 @@ class Coordinator:
         # During start-up the live set is still filling: say nothing, or shards would drop
         # the workers they were told to expect.
         return {"state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
+                "checkpoint": self.checkpoint_requests,
                 "shards": self.shard_addresses() if self.state != P.STARTING else None,
                 "reason": self.reason}
 
     def _record(self, node: Node, record: dict) -> None:
         record = dict(record, time=round(time.time(), 3), role=node.role, rank=node.rank)
+        if record.get("kind") == "alarm":
+            log.error("ALARM from %s at clock %s: %s", node.name, record.get("clock"), record.get("message"))
+            self._event("alarm", node, message=str(record.get("message"))[:300], clock=record.get("clock"))
+            if record.get("fatal"):
+                self._finish(P.FAILED, f"{node.name} at clock {record.get('clock')}: {record.get('message')}")
         if node.role == P.WORKER:
             self.latest[node.name] = record
         if self._metrics:
@@ -234,10 +259,13 @@ class Coordinator:
                 silent = now - node.last_seen
                 self._event("dead", node, silent_seconds=round(silent, 3))
                 log.warning("%s declared dead: no heartbeat for %.1f s", node.name, silent)
-                if node.role == P.SHARD and self.state not in P.FINAL_STATES:
-                    self._finish(P.FAILED, f"{node.name} at {node.address} died")
-                elif node.role == EVALUATOR and self.state not in P.FINAL_STATES:
+                if node.role == EVALUATOR and self.state not in P.FINAL_STATES:
                     self._finish(P.FAILED, "the evaluator died")
+        for node in self._members(P.SHARD, (DEAD,)):
+            # A dead shard may come back (restarted from its checkpoint): wait a while for it.
+            if now - node.last_seen > self.heartbeat_timeout + self.startup_timeout and self.state not in P.FINAL_STATES:
+                self._finish(P.FAILED, f"{node.name} at {node.address} died and did not come back "
+                                       f"within {self.startup_timeout:g} s")
         if self.state == P.STARTING and now - self.started_mono > self.startup_timeout:
             self._finish(P.FAILED, f"start-up timed out after {self.startup_timeout:g} s: {self._missing()}")
         self._check_progress()
@@ -293,6 +321,8 @@ class Coordinator:
                    "target": _judge(target, metrics),
                    "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),
                    "push_staleness": _merge([s["stats"].get("push_staleness", {}) for s in shards]),
+                   "updates_rolled_back": sum(self.rolled_back.values()),
+                   "time_to_notice": [e["silent_seconds"] for e in self.events if e["event"] == "dead"],
                    "events": self.events}
         path = self.run_dir / "summary.json"
         tmp = path.with_suffix(".json.tmp")
@@ -324,7 +354,7 @@ class Coordinator:
                     try:
                         self.handle(msg)
                     except WireError as err:
-                        reply_error(self.sock, msg.envelope, msg.seq, str(err))
+                        reply_error(self.sock, msg.envelope, msg.seq, str(err), retry=err.retry)
             self.check_liveness()
         self.write_summary()
         return 0 if self.state == P.DONE_STATE else 1

@@ -55,8 +55,9 @@ class Role:
 class LocalCluster:
     """Start, watch and stop one job's processes; a context manager that always cleans up."""
 
-    def __init__(self, cfg: dict, run_dir: pathlib.Path, config_path: pathlib.Path):
+    def __init__(self, cfg: dict, run_dir: pathlib.Path, config_path: pathlib.Path, resume: bool = False):
         self.cfg = cfg
+        self.resume = resume
         self.run_dir = run_dir
         self.config_path = config_path
         self.roles: list[Role] = []
@@ -101,7 +102,7 @@ class LocalCluster:
         common = ["--coordinator", self.coordinator_address]
         for r in range(self.cfg["shards"]["count"]):
             self.roles.append(Role(f"shard-{r}", ["shard", *common, "--bind", f"tcp://{host}:*", "--rank", str(r),
-                                                  "--run-dir", str(self.run_dir)]))
+                                                  "--run-dir", str(self.run_dir)] + (["--resume"] if self.resume else [])))
         self.roles.append(Role("evaluator-0", ["evaluator", *common]))
         for r in range(self.cfg["workers"]["count"]):
             self.roles.append(Role(f"worker-{r}", ["worker", *common, "--rank", str(r)]))
@@ -113,22 +114,26 @@ class LocalCluster:
         return self.roles[0]
 
     def watch(self, progress: Callable[[dict], None] | None = None, interval: float = 1.0) -> None:
-        """Watch until the coordinator exits; restart failed workers where the config says so."""
+        """Watch until the coordinator exits: restart what dies where the config says so (workers
+        per `workers.restart`; a shard always, from its checkpoint, unless a backup took over),
+        and carry out `kill ... at_seconds` faults."""
         ctx = zmq.Context()
         status = ControlClient(ctx, self.coordinator_address, "launcher", timeout=2.0)
-        policy = self.cfg["workers"]
+        started = time.monotonic()
+        kills = [f for f in self.cfg["faults"] if f["kind"] == "kill" and f.get("at_seconds") is not None]
         try:
             next_report = 0.0
             while self.coordinator.proc.poll() is None:
+                for f in [f for f in kills if time.monotonic() - started >= f["at_seconds"]]:
+                    kills.remove(f)
+                    self._kill(f"{f['role']}-{f['rank']}")
                 for role in self.roles[1:]:
                     code = role.proc.poll()
                     if code is None or code == 0 or getattr(role, "reported", False):
                         continue
-                    if role.name.startswith("worker") and policy["restart"] == "on-failure" \
-                            and role.restarts < policy["max_restarts"]:
+                    if self._may_restart(role):
                         role.restarts += 1
-                        log.warning("%s exited with code %s: restarting (%d/%d)", role.name, code,
-                                    role.restarts, policy["max_restarts"])
+                        log.warning("%s exited with code %s: restarting (%d)", role.name, code, role.restarts)
                         self._start(role)
                         continue
                     role.reported = True  # type: ignore[attr-defined]
@@ -143,6 +148,21 @@ class LocalCluster:
         finally:
             status.close()
             ctx.term()
+
+    def _may_restart(self, role: Role) -> bool:
+        policy = self.cfg["workers"]
+        if role.name.startswith("worker"):
+            return policy["restart"] == "on-failure" and role.restarts < policy["max_restarts"]
+        if role.name.startswith("shard"):
+            return self.cfg["shards"]["replication"] == 1 and role.restarts < policy["max_restarts"]
+        return False
+
+    def _kill(self, name: str) -> None:
+        """A `kill` fault: SIGKILL the named role, as a crash or a lost machine would."""
+        for role in self.roles:
+            if role.name == name and role.proc is not None and role.proc.poll() is None:
+                log.warning("fault injection: killing %s (pid %d)", name, role.proc.pid)
+                role.proc.kill()
 
     def stop_job(self, reason: str) -> None:
         """Ask the coordinator to stop the job (shards checkpoint and leave)."""
@@ -189,13 +209,14 @@ def make_run_dir(cfg: dict, run_dir: str | None) -> pathlib.Path:
     return path
 
 
-def launch(cfg: dict, run_dir: str | None = None, progress: Callable[[dict], None] | None = None) -> tuple[int, pathlib.Path]:
-    """Run a job on a local cluster; return (exit code, run directory)."""
+def launch(cfg: dict, run_dir: str | None = None, progress: Callable[[dict], None] | None = None,
+           resume: bool = False) -> tuple[int, pathlib.Path]:
+    """Run a job on a local cluster (or resume one in `run_dir`); return (exit code, run directory)."""
     path = make_run_dir(cfg, run_dir)
     config_path = path / "config.yaml"
     config_path.write_text(job_config.dump(cfg))
     interrupted = False
-    with LocalCluster(cfg, path, config_path) as cluster:
+    with LocalCluster(cfg, path, config_path, resume) as cluster:
         try:
             cluster.start()
             cluster.watch(progress)

@@ -15,8 +15,9 @@ DONE = "done"              # a worker has finished its steps
 RESULT = "result"          # the evaluator's final metrics
 LEAVE = "leave"            # a shard is shutting down cleanly
 STATUS = "status"          # anyone: the state of the job and of every node
-STOP = "stop"              # anyone: ask the job to stop
-CONTROL_OPS = frozenset({REGISTER, HEARTBEAT, REPORT, DONE, RESULT, LEAVE, STATUS, STOP})
+STOP = "stop"              # anyone who knows the job id: ask the job to stop
+CHECKPOINT = "checkpoint"  # anyone who knows the job id: ask every shard to checkpoint now
+CONTROL_OPS = frozenset({REGISTER, HEARTBEAT, REPORT, DONE, RESULT, LEAVE, STATUS, STOP, CHECKPOINT})
 
 # Data plane: workers talk to shards.
 PULL = "pull"              # read a key range
@@ -43,6 +44,7 @@ MAX_HEADER_BYTES = 1 << 20
 MAX_FRAMES = 64
 MAX_NAME_CHARS = 256
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
+MAX_EXTRA_WORKERS = 64     # workers beyond `workers.count` that may join a job (elastic)
 
 # Array dtypes that may travel on the wire (gradients may be compressed to fp16 or int8).
 WIRE_DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int32", "int64", "float64"})

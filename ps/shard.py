@@ -1,17 +1,13 @@
 """A parameter-server shard: one contiguous key range, its update rule, and the consistency model.
 
-One thread, one ROUTER socket for the data plane, one DEALER line to the coordinator. Reads
-that the consistency model cannot serve yet are parked and answered as soon as an update or a
-change of membership allows; the socket keeps serving everybody else in the meantime.
-
-Updates are applied in place to one flat float32 buffer. A reply never sends a view of that
-buffer: ZeroMQ sends frames asynchronously from its I/O thread, so a view could be torn by the
-next in-place update. Each reply instead gets one snapshot copy, taken at most once per
-version of the weights and shared by every read of that version.
+One thread, one ROUTER socket for the data plane, one DEALER line to the coordinator. The
+arithmetic and bookkeeping live in `store.ParameterStore`; this module is the process around
+it: sockets, heartbeats, parked reads, checkpoints. Reads that the consistency model cannot
+serve yet are parked and answered as soon as an update or a change of membership allows; the
+socket keeps serving everybody else in the meantime.
 """
 from __future__ import annotations
 
-import collections
 import ipaddress
 import logging
 import pathlib
@@ -22,13 +18,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from model import optim
-
 from . import checkpoint
 from . import protocol as P
 from .client.control import ControlClient
-from .consistency import Consistency
+from .client.faults import FaultPlan
 from .layout import layout_from_dict
+from .store import ParameterStore, StalePush
 from .wire import Message, WireError, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
@@ -36,30 +31,27 @@ log = logging.getLogger(__name__)
 
 class Shard:
     def __init__(self, ctx: zmq.Context, coordinator: str, bind: str, advertise: str | None = None,
-                 rank: int | None = None, run_dir: str | None = None):
+                 rank: int | None = None, run_dir: str | None = None, resume: bool = False):
         self.ctx = ctx
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.sock.bind(bind)
+        _bind(self.sock, bind)
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.address = _advertised(endpoint, advertise, coordinator)
         self.control = ControlClient(ctx, coordinator, P.SHARD)
         self.requested_rank = rank
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
-        self.parked: list[tuple[Message, int]] = []  # reads waiting for the consistency model
-        self.bsp_sums: dict[int, np.ndarray] = {}
-        self.bsp_counts: collections.Counter = collections.Counter()
-        self.pushes_applied = 0
-        self.updates_applied = 0
+        self.resume = resume
+        self.parked: dict[tuple[str, int], tuple[Message, int]] = {}  # reads waiting on the consistency model
         self.pulls_served = 0
-        self.push_staleness: collections.Counter = collections.Counter()
         self.errors = 0
-        self._snapshot: tuple[int, np.ndarray] | None = None
+        self.restored_updates: int | None = None
+        self.checkpoint_requests = 0
 
     # ---- start-up ------------------------------------------------------------------------
     def join(self, startup_timeout: float = 60.0) -> None:
-        """Register with the coordinator; receive the job, the layout and the initial weights."""
+        """Register with the coordinator; receive the job, the layout and the initial weights;
+        then, if this shard has a checkpoint of its own (a restart, or `--resume`), reload it."""
         body: dict[str, Any] = {"address": self.address}
         if self.requested_rank is not None:
             body["rank"] = self.requested_rank
@@ -75,16 +67,37 @@ class Shard:
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # hard memory bound per frame
         self.heartbeat_interval = cluster["heartbeat_interval"]
         self.coordinator_timeout = cluster["heartbeat_timeout"] * 3
-        opt = dict(self.config["optimizer"])
-        self.rule = optim.make(opt.pop("type"), **opt)
-        mode = self.config["consistency"]
-        self.consistency = Consistency(mode["mode"], mode["staleness"], info["workers"])
+        self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
+        self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"])
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
             raise RuntimeError("coordinator sent no initial weights for this shard's range")
-        self.weights = np.array(msg.arrays[0], dtype=np.float32)  # our own, writable copy
-        self.rule.bind(self.weights)
-        log.info("shard %d serving keys [%d, %d) (%.2f MB) at %s, %s consistency",
-                 self.rank, self.lo, self.hi, self.weights.nbytes / 1e6, self.address, mode["mode"])
+        mode = self.config["consistency"]
+        self.store = ParameterStore(self.lo, self.hi, msg.arrays[0], self.config["optimizer"],
+                                    mode["mode"], mode["staleness"], info["workers"])
+        path = self.checkpoint_path()
+        if path is not None and path.exists() and (self.resume or info.get("restart")):
+            self.restore(path)
+        log.info("shard %d serving keys [%d, %d) (%.2f MB) at %s, %s consistency", self.rank, self.lo,
+                 self.hi, self.store.weights.nbytes / 1e6, self.address, mode["mode"])
+
+    def checkpoint_path(self) -> pathlib.Path | None:
+        return self.run_dir / "checkpoints" / f"shard-{self.rank}.npz" if self.run_dir else None
+
+    def restore(self, path: pathlib.Path) -> None:
+        arrays, meta = checkpoint.load(path)
+        if meta.get("layout") != self.layout.fingerprint():
+            raise RuntimeError(f"checkpoint {path} was written for another model or shard count")
+        self.store.load_state_dict(arrays, meta)
+        self.restored_updates = self.store.updates_applied
+        log.info("shard %d restored from %s: %d updates", self.rank, path, self.restored_updates)
+
+    def save_checkpoint(self) -> None:
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        arrays, meta = self.store.state_dict()
+        meta.update(rank=self.rank, job_id=self.job_id, layout=self.layout.fingerprint(), time=time.time())
+        checkpoint.save(path, arrays, meta)
 
     # ---- the loop ------------------------------------------------------------------------
     def serve(self) -> str:
@@ -93,6 +106,7 @@ class Shard:
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.control.channel.sock, zmq.POLLIN)
         next_beat = 0.0
+        next_checkpoint = time.monotonic() + self.checkpoint_every if self.checkpoint_every else float("inf")
         beat_seq = None
         last_reply = time.monotonic()
         state = P.RUNNING
@@ -102,6 +116,9 @@ class Shard:
                 beat_seq = self.control.channel.send(
                     {"op": P.HEARTBEAT, "job": self.job_id, "from": self.control.name, "body": self.stats()})
                 next_beat = now + self.heartbeat_interval
+            if now >= next_checkpoint:
+                self.save_checkpoint()
+                next_checkpoint = now + self.checkpoint_every
             if now - last_reply > self.coordinator_timeout:
                 log.error("coordinator at %s silent for %.1f s: shutting down", self.control.address,
                           now - last_reply)
@@ -113,8 +130,12 @@ class Shard:
                         self._handle_raw()
                     except zmq.Again:
                         break
+                self.faults.at_step(self.store.updates_applied)
             if self.control.channel.sock in events:
-                msg = recv(self.control.channel.sock, router=False, flags=zmq.NOBLOCK)
+                try:
+                    msg = recv(self.control.channel.sock, router=False, flags=zmq.NOBLOCK)
+                except (zmq.Again, WireError):
+                    continue
                 if msg.seq == beat_seq and msg.op == P.OK:
                     last_reply = time.monotonic()
                     state = self._on_heartbeat_reply(msg.body())
@@ -122,16 +143,19 @@ class Shard:
 
     def _on_heartbeat_reply(self, body: dict) -> str:
         if body.get("workers") is not None:
-            self._applied(self.consistency.set_live(body["workers"]))
+            self.store.set_live(body["workers"])
+        if body.get("checkpoint", 0) > self.checkpoint_requests:
+            self.checkpoint_requests = body["checkpoint"]
+            self.save_checkpoint()
         self._serve_parked()
         return body.get("state", P.RUNNING)
 
     def _handle_raw(self) -> None:
         try:
             msg = recv(self.sock, router=True, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
-        except WireError as err:
+        except WireError as err:  # garbled on the way: the sender may simply send it again
             self.errors += 1
-            reply_error(self.sock, getattr(err, "envelope", []), 0, str(err))
+            reply_error(self.sock, getattr(err, "envelope", []), 0, str(err), retry=True)
             return
         try:
             self._handle(msg)
@@ -157,109 +181,69 @@ class Shard:
             if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
                 got = [(a.dtype.name, a.shape) for a in msg.arrays]
                 raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
-            self._push(rank, clock, lo, hi, msg.arrays[0], h.get("read_version", self.updates_applied))
+            try:
+                self.store.push(rank, clock, lo, hi, msg.arrays[0], h.get("read_version"))
+            except StalePush as exc:
+                raise WireError(str(exc)) from None
         if msg.op == P.PUSH:
-            reply(self.sock, msg, version=self.updates_applied)
-            return
-        read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
-        if role != P.WORKER or self.consistency.can_read(rank, read_clock):
-            self._read(msg, rank if role == P.WORKER else None, read_clock)
+            reply(self.sock, msg, version=self.store.updates_applied)
         else:
-            self.parked.append((msg, read_clock))
+            reader = rank if role == P.WORKER else None
+            read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
+            if self.store.can_read(reader, read_clock):
+                self._read(msg, reader, read_clock)
+            else:  # a resent read replaces the one it repeats
+                self.parked[(h["from"], read_clock)] = (msg, read_clock)
         self._serve_parked()
 
-    def _push(self, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version: Any) -> None:
-        try:
-            apply_now, completed = self.consistency.push(worker, clock)
-        except ValueError as exc:
-            raise WireError(str(exc)) from None
-        if apply_now:
-            if isinstance(read_version, int):
-                self.push_staleness[max(0, self.updates_applied - read_version)] += 1
-            self._step(lo, hi, grad)
-        else:
-            total = self.bsp_sums.get(clock)
-            if total is None:
-                total = self.bsp_sums[clock] = np.zeros_like(self.weights)
-            total[lo - self.lo:hi - self.lo] += grad
-            self.bsp_counts[clock] += 1
-        self.pushes_applied += 1
-        self._applied(completed)
-
-    def _applied(self, completed_clocks: list[int]) -> None:
-        """Apply the mean of each completed bsp clock, in clock order."""
-        for c in completed_clocks:
-            total = self.bsp_sums.pop(c)
-            total /= self.bsp_counts.pop(c)
-            self._step(self.lo, self.hi, total)
-
-    def _step(self, lo: int, hi: int, grad: np.ndarray) -> None:
-        if lo == self.lo and hi == self.hi:
-            self.rule.step(self.weights, grad)
-        else:
-            a, b = lo - self.lo, hi - self.lo
-            self.rule.step(self.weights[a:b], grad, index=slice(a, b))
-        self.updates_applied += 1
-
     def _read(self, msg: Message, worker: int | None, clock: int) -> None:
-        if worker is not None:
-            self.consistency.record_read(worker, clock)
         h = msg.header
-        a, b = h["lo"] - self.lo, h["hi"] - self.lo
-        reply(self.sock, msg, arrays=(self._weights_snapshot()[a:b],), version=self.updates_applied)
+        weights, on_record = self.store.read(worker, clock, h["lo"], h["hi"])
+        reply(self.sock, msg, arrays=(weights,), version=self.store.updates_applied, clock=on_record)
         self.pulls_served += 1
 
-    def _weights_snapshot(self) -> np.ndarray:
-        if self._snapshot is None or self._snapshot[0] != self.updates_applied:
-            self._snapshot = (self.updates_applied, self.weights.copy())
-        return self._snapshot[1]
-
     def _serve_parked(self) -> None:
-        if not self.parked:
-            return
-        still = []
-        for msg, clock in self.parked:
+        for key, (msg, clock) in list(self.parked.items()):
             _, rank = _sender(msg.header["from"])
-            if self.consistency.can_read(rank, clock):
+            if self.store.can_read(rank, clock):
+                del self.parked[key]
                 self._read(msg, rank, clock)
-            else:
-                still.append((msg, clock))
-        self.parked = still
 
     # ---- state ---------------------------------------------------------------------------
     def stats(self) -> dict:
-        return {"rank": self.rank, "address": self.address, "pushes": self.pushes_applied,
-                "updates": self.updates_applied, "pulls": self.pulls_served, "errors": self.errors,
-                "clock": self.consistency.min_clock(), "parked": len(self.parked),
-                "read_staleness": {str(k): v for k, v in sorted(self.consistency.staleness_seen.items())},
-                "push_staleness": {str(k): v for k, v in sorted(self.push_staleness.items())}}
-
-    def save_checkpoint(self, path: pathlib.Path) -> None:
-        arrays = {"weights": self.weights}
-        arrays.update({f"rule.{k}": np.asarray(v) for k, v in self.rule.state_dict().items()
-                       if isinstance(v, np.ndarray)})
-        meta = {"rank": self.rank, "lo": self.lo, "hi": self.hi, "job_id": self.job_id,
-                "updates": self.updates_applied, "pushes": self.pushes_applied,
-                "rule": {k: v for k, v in self.rule.state_dict().items() if not isinstance(v, np.ndarray)},
-                "clocks": {str(k): v for k, v in self.consistency.clocks.items()},
-                "layout": self.layout.fingerprint(), "time": time.time()}
-        checkpoint.save(path, arrays, meta)
+        s = self.store
+        return {"rank": self.rank, "address": self.address, "pushes": s.pushes_applied,
+                "duplicates": s.duplicates, "updates": s.updates_applied, "pulls": self.pulls_served,
+                "errors": self.errors, "clock": s.consistency.min_clock(), "parked": len(self.parked),
+                "restored_updates": self.restored_updates,
+                "read_staleness": {str(k): v for k, v in sorted(s.consistency.staleness_seen.items())},
+                "push_staleness": {str(k): v for k, v in sorted(s.push_staleness.items())}}
 
     def finish(self, state: str) -> None:
-        """Write the final checkpoint and tell the coordinator we are leaving."""
-        if self.run_dir is not None:
-            self.save_checkpoint(self.run_dir / "checkpoints" / f"shard-{self.rank}.npz")
+        """Write the final checkpoint (not over a good one when the job failed) and leave."""
         if state != P.FAILED:
+            self.save_checkpoint()
             try:
                 self.control.leave(self.stats())
             except (TimeoutError, RuntimeError) as exc:
                 log.warning("could not say goodbye to the coordinator: %s", exc)
-        log.info("shard %d done: %d pushes, %d updates, %d pulls, %d bad messages",
-                 self.rank, self.pushes_applied, self.updates_applied, self.pulls_served, self.errors)
+        s = self.store
+        log.info("shard %d done (%s): %d pushes (%d duplicates ignored), %d updates, %d pulls, %d bad messages",
+                 self.rank, state, s.pushes_applied, s.duplicates, s.updates_applied, self.pulls_served, self.errors)
 
     def close(self) -> None:
         self.sock.close(0)
         self.control.close()
+
+
+def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind, turning 'address in use' into a message that names the port."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            raise RuntimeError(f"cannot bind {endpoint}: port {endpoint.rsplit(':', 1)[-1]} is already in use") from None
+        raise RuntimeError(f"cannot bind {endpoint}: {exc}") from None
 
 
 def _sender(name: str) -> tuple[str, int]:
@@ -305,10 +289,10 @@ def _route_address(coordinator: str | None) -> str | None:
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,
-        run_dir: str | None = None, startup_timeout: float = 60.0) -> int:
+        run_dir: str | None = None, startup_timeout: float = 60.0, resume: bool = False) -> int:
     """The `downpour shard` role: join, serve, checkpoint, leave. Returns an exit code."""
     ctx = zmq.Context()
-    shard = Shard(ctx, coordinator, bind, advertise, rank, run_dir)
+    shard = Shard(ctx, coordinator, bind, advertise, rank, run_dir, resume)
     try:
         shard.join(startup_timeout)
         state = shard.serve()

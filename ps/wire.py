@@ -20,7 +20,12 @@ from . import protocol as P
 
 
 class WireError(ValueError):
-    """A message that cannot be acted upon; `str()` is the reason sent back to the peer."""
+    """A message that cannot be acted upon; `str()` is the reason sent back to the peer.
+    `retry` marks a refusal that may pass later (the peer is told it may ask again)."""
+
+    def __init__(self, reason: str, retry: bool = False):
+        super().__init__(reason)
+        self.retry = retry
 
 
 @dataclasses.dataclass
@@ -68,10 +73,14 @@ def reply(sock: zmq.Socket, request: Message, op: str = P.OK, body: dict | None 
     send(sock, header, arrays, request.envelope)
 
 
-def reply_error(sock: zmq.Socket, envelope: Sequence[bytes], seq: Any, reason: str) -> None:
-    """An ERROR reply; usable even when the request's header could not be decoded."""
+def reply_error(sock: zmq.Socket, envelope: Sequence[bytes], seq: Any, reason: str, retry: bool = False) -> None:
+    """An ERROR reply; usable even when the request's header could not be decoded. `retry`
+    says the message arrived garbled, so sending it again may succeed."""
     seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
-    send(sock, {"op": P.ERROR, "seq": seq, "reason": reason[:1000]}, (), envelope)
+    header = {"op": P.ERROR, "seq": seq, "reason": reason[:1000]}
+    if retry:
+        header["retry"] = True
+    send(sock, header, (), envelope)
 
 
 # ---- decoding and validation ---------------------------------------------------------------
@@ -191,6 +200,8 @@ OP_FIELDS: dict[str, dict] = {
     P.DONE: _NODE,
     P.RESULT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
     P.LEAVE: _NODE,
+    P.STOP: {"job": (_short_str, "a job id string")},
+    P.CHECKPOINT: {"job": (_short_str, "a job id string")},
     P.ERROR: {"reason": (lambda r: isinstance(r, str), "a string")},
 }
 
@@ -254,13 +265,18 @@ class Channel:
 
 
 class RemoteError(RuntimeError):
-    """The peer answered with an ERROR reply."""
+    """The peer answered with an ERROR reply; `retry` if it said asking again may succeed."""
+
+    def __init__(self, message: str, retry: bool = False):
+        super().__init__(message)
+        self.retry = retry
 
 
 def raise_for_error(msg: Message, channel: Channel | None = None) -> None:
     if msg.op == P.ERROR:
         where = f"{channel.name} at {channel.address}" if channel else "peer"
-        raise RemoteError(f"{where} replied with an error: {msg.header.get('reason')}")
+        raise RemoteError(f"{where} replied with an error: {msg.header.get('reason')}",
+                          retry=bool(msg.header.get("retry")))
 
 
 def close_all(channels: Iterable[Channel]) -> None:

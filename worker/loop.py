@@ -4,10 +4,16 @@ Pull the weights every `fetch_every` steps, compute a minibatch gradient, accumu
 the mean of the accumulated gradients every `push_every` steps. A push that is followed by a
 pull goes out as one PUSH_PULL round trip per shard. The clock is the number of pushes made;
 under SSP/BSP the shards hold a read back until the consistency model allows it.
+
+A worker that joins late, restarts or resumes learns from its first read the clock the shards
+have on record for it and carries on from there. When workers die, the survivors re-cut the
+data among themselves, so no partition goes unread. A loss or gradient that is not finite is
+reported as an alarm and stops the job before it is pushed: nobody trains on garbage.
 """
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import numpy as np
@@ -23,6 +29,10 @@ from .session import JobEnded, Session
 log = logging.getLogger(__name__)
 
 
+class Garbage(RuntimeError):
+    """A non-finite loss or gradient: the job must stop rather than train on it."""
+
+
 def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0) -> int:
     """The `downpour worker` role. Returns an exit code."""
     session = Session(coordinator, P.WORKER, rank, startup_timeout)
@@ -33,6 +43,11 @@ def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0
     except JobEnded as ended:
         log.warning("%s: %s", session.name, ended)
         return 0 if session.state == P.STOPPED else 1
+    except Garbage as alarm:
+        log.error("%s: %s", session.name, alarm)
+        session.control.report({"kind": "alarm", "fatal": True, "clock": session.clock,
+                                "step": session.step, "message": str(alarm)})
+        return 1
     except Exception:
         log.exception("%s failed at step %d (clock %d)", session.name, session.step, session.clock)
         return 1
@@ -40,43 +55,84 @@ def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0
         session.close()
 
 
+class _Partition:
+    """This worker's share of the training data, re-cut when the set of live workers changes."""
+
+    def __init__(self, data, session: Session, batch_size: int, seed: int):
+        self.data, self.session, self.batch_size, self.seed = data, session, batch_size, seed
+        self.live: tuple[int, ...] = ()
+        self.epoch = 0
+        self.batches = None
+
+    def next(self, step: int):
+        live = tuple(sorted(self.session.live)) or (self.session.rank,)
+        if self.session.rank not in live:
+            live = tuple(sorted(live + (self.session.rank,)))
+        if live != self.live:
+            if self.live:
+                log.info("%s: workers now %s: re-cutting the data", self.session.name, list(live))
+            per_epoch = max(1, self.data.steps_per_epoch(self.batch_size, len(live)))
+            self.epoch = step // per_epoch + (1 if self.live else 0)
+            rank, world = live.index(self.session.rank), len(live)
+            if not self.live and self.session.world > len(live):  # before the first heartbeat
+                rank, world = self.session.rank, self.session.world
+            self.batches = self.data.batches(rank, world, self.batch_size, self.seed, epoch_start=self.epoch)
+            self.live = live
+        return next(self.batches)
+
+
 def train(session: Session) -> None:
     cfg = session.config
     t = cfg["train"]
     job = build_job(cfg, session.layout, session.rank)
     net, flat, data = job.net, job.flat, job.data
-    batches = data.batches(session.rank, session.world, t["batch_size"], cfg["seed"])
-    client = session.shard_client()
+    faults = FaultPlan(cfg["faults"], P.WORKER, session.rank, cfg["seed"])
+    session.heartbeat.paused = faults.partitioned
+    client = session.shard_client(faults)
     steps, push_every, fetch_every = t["steps"], t["push_every"], t["fetch_every"]
     grad = np.zeros_like(flat.data)
     acc = np.zeros_like(flat.data) if push_every > 1 else grad
     accumulated = 0
-    faults = FaultPlan(cfg["faults"], P.WORKER, session.rank, cfg["seed"])
-    log.info("%s: %d steps of batch %d on %s (%s)", session.name, steps, t["batch_size"],
-             data.name, cfg["consistency"]["mode"])
     client.pull(session.clock, flat.data)
+    if client.clock_hint > session.clock:  # a restart or resume: carry on where we left off
+        session.clock = client.clock_hint
+        log.info("%s: the shards have us at clock %d: resuming there", session.name, session.clock)
+    first = session.clock * push_every
+    partition = _Partition(data, session, t["batch_size"], cfg["seed"])
+    log.info("%s: steps %d..%d of batch %d on %s (%s)", session.name, first, steps, t["batch_size"],
+             data.name, cfg["consistency"]["mode"])
     window_start, window_samples, losses = time.perf_counter(), 0, []
+    norms: list[float] = []
     net.train()
-    for step in range(steps):
+    for step in range(first, steps):
         session.check()
-        x, y = next(batches)
+        faults.at_step(step)
+        while faults.partitioned():
+            time.sleep(0.05)
+        x, y = partition.next(step)
         loss = batch_loss(net, data.kind, x, y)
+        value = float(loss.item())
+        if not math.isfinite(value):
+            raise Garbage(f"loss is {value} at step {step}: stopping before pushing it")
         net.zero_grad()
         loss.backward()
         flat.gather_grads(out=grad)
         if acc is not grad:
             acc += grad
         accumulated += 1
-        losses.append(float(loss.item()))
+        losses.append(value)
         window_samples += len(x)
         last = step == steps - 1
         fetch_next = not last and (step + 1) % fetch_every == 0
         if (step + 1) % push_every == 0 or last:
             if accumulated > 1:
                 acc /= accumulated
+            norm = float(np.sqrt(np.dot(acc, acc)))
+            if not math.isfinite(norm):
+                raise Garbage(f"gradient norm is {norm} at step {step}: stopping before pushing it")
+            _watch_norm(session, norms, norm)
             if t["clip_norm"]:
                 optim.clip_grad_norm_(acc, t["clip_norm"])
-            faults.delay("push")
             if fetch_next:
                 client.push_pull(acc, session.clock, flat.data)
             else:
@@ -91,8 +147,19 @@ def train(session: Session) -> None:
         if session.step % t["log_every"] == 0 or last:
             elapsed = time.perf_counter() - window_start
             session.control.report({
-                "kind": "train", "step": session.step, "clock": session.clock,
-                "loss": float(np.mean(losses)), "samples_per_s": window_samples / max(elapsed, 1e-9),
-                "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received})
+                "kind": "train", "step": session.step, "clock": session.clock, "loss": float(np.mean(losses)),
+                "samples_per_s": window_samples / max(elapsed, 1e-9), "grad_norm": norms[-1] if norms else None,
+                "retries": client.retries, "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received})
             window_start, window_samples, losses = time.perf_counter(), 0, []
     client.close()
+
+
+def _watch_norm(session: Session, norms: list[float], norm: float) -> None:
+    """An alarm line (not a stop) when the gradient norm jumps far above its recent median."""
+    if len(norms) >= 20:
+        typical = float(np.median(norms[-50:]))
+        if typical > 0 and norm > 100 * typical:
+            log.warning("%s: gradient norm %.3g is %.0fx its recent median", session.name, norm, norm / typical)
+            session.control.report({"kind": "alarm", "fatal": False, "clock": session.clock,
+                                    "message": f"gradient norm jumped to {norm:.3g} ({norm / typical:.0f}x median)"})
+    norms.append(norm)

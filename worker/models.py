@@ -72,13 +72,13 @@ class ResidualBlock(nn.Module):
 
 
 def resnet(info: dict, rng, channels: list[int] = (16, 32), blocks: int = 1, dropout: float = 0.0) -> nn.Module:
-    """A small residual CNN: per stage a strided-conv stem, `blocks` residual blocks, 2x2 pooling."""
+    """A small residual CNN: per stage a widening 3x3 conv, 2x2 max pooling, then `blocks`
+    residual blocks at the pooled size (a quarter of the work of blocks at full size)."""
     c, h, w = info["input_shape"]
     layers: list[nn.Module] = []
     for width in channels:
-        layers += [nn.Conv2d(c, width, 3, padding=1, rng=rng), nn.ReLU()]
+        layers += [nn.Conv2d(c, width, 3, padding=1, rng=rng), nn.ReLU(), nn.MaxPool2d(2)]
         layers += [ResidualBlock(width, rng) for _ in range(blocks)]
-        layers.append(nn.MaxPool2d(2))
         c, h, w = width, h // 2, w // 2
     layers.append(nn.Flatten())
     if dropout:

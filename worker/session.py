@@ -14,6 +14,7 @@ import zmq
 
 from ps import protocol as P
 from ps.client import ControlClient, Heartbeat, ShardClient
+from ps.client.faults import FaultPlan
 from ps.layout import Layout, layout_from_dict
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class Session:
         self.state = P.STARTING
         self.reason = ""
         self.shards: list[str] | None = None
+        self.live: list[int] = []  # the live workers, as the coordinator last said
         self.clock = 0
         self.step = 0
         self._changed = threading.Condition()
@@ -65,6 +67,8 @@ class Session:
                 self.reason = body.get("reason", "")
                 if body.get("shards"):
                     self.shards = body["shards"]
+                if body.get("workers") is not None:
+                    self.live = body["workers"]
             self._changed.notify_all()
 
     def wait_for(self, states: set[str], timeout: float | None = None) -> str:
@@ -85,13 +89,15 @@ class Session:
         if self.state in (P.STOPPED, P.FAILED):
             raise JobEnded(f"job {self.state}: {self.reason}")
 
-    def shard_client(self) -> ShardClient:
+    def shard_client(self, faults: FaultPlan | None = None) -> ShardClient:
+        """A client for every shard, following them if they move (restart, promotion)."""
         self.wait_for({P.RUNNING, P.FINISHING, P.DONE_STATE}, self.config["cluster"]["startup_timeout"])
         while self.shards is None:
             time.sleep(0.01)
         return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name,
                            timeout=self.config["cluster"]["request_timeout"],
-                           max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)))
+                           max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
+                           addresses_now=lambda: self.shards, faults=faults)
 
     def close(self, leave: bool = True) -> None:
         self.heartbeat.stop()

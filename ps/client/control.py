@@ -46,6 +46,11 @@ class ControlClient:
                     raise TimeoutError(f"waiting for the coordinator at {self.address}: "
                                        f"no reply for {startup_timeout:g} s") from None
                 log.info("waiting for the coordinator at %s", self.address)
+            except RemoteError as err:  # e.g. our rank is still held by our dead predecessor
+                if not err.retry or time.monotonic() > deadline:
+                    raise
+                log.info("%s; asking again", err)
+                time.sleep(0.5)
         reply = msg.body()
         self.job = reply["job_id"]
         self.name = f"{self.role}-{reply['rank']}"
@@ -70,8 +75,21 @@ class ControlClient:
     def status(self) -> dict:
         return self._request(P.STATUS).body()
 
+    def attach(self) -> dict:
+        """Learn the job id from the coordinator's status (stop and checkpoint need it)."""
+        status = self.status()
+        self.job = status["job_id"]
+        return status
+
     def stop(self, reason: str = "stopped by request") -> dict:
+        if not self.job:
+            self.attach()
         return self._request(P.STOP, {"reason": reason}).body()
+
+    def checkpoint(self) -> dict:
+        if not self.job:
+            self.attach()
+        return self._request(P.CHECKPOINT).body()
 
     def close(self) -> None:
         self.channel.close()
@@ -93,10 +111,14 @@ class Heartbeat(threading.Thread):
         self.timeout = timeout
         self.stopped = threading.Event()
         self.last_reply = time.monotonic()
+        self.paused: Callable[[], bool] = lambda: False  # a `partition` fault silences us
 
     def run(self) -> None:
         try:
             while not self.stopped.is_set():
+                if self.paused():
+                    self.stopped.wait(self.interval)
+                    continue
                 try:
                     seq = self.channel.send(dict(self.header, body=self.body()))
                     msg = self.channel.receive(seq, timeout=self.timeout)

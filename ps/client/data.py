@@ -1,37 +1,72 @@
 """The data plane, client side: pull weights from and push gradients to every shard at once.
 
-Requests go out to all shards before any reply is awaited, so a pull costs one round trip to
-the slowest shard, not the sum. Gradients leave as views of the caller's buffer (no copy);
-pulled weights are copied once, from the received frame into the caller's buffer.
+Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
+shard, not the sum. Gradients leave as views of the caller's buffer (no copy); pulled weights
+are copied once, from the received frame into the caller's buffer.
+
+Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
+once, so a push that got no reply is simply sent again. A request is resent after a retry
+interval that adapts to the measured round-trip time, and re-routed when the coordinator
+says a shard moved (restarted elsewhere, or its backup was promoted).
 """
 from __future__ import annotations
 
+import dataclasses
+import statistics
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import zmq
 
 from .. import protocol as P
 from ..layout import Layout
-from ..wire import Channel, Message, RemoteError
+from ..wire import Channel, Message, RemoteError, WireError, recv
+from .faults import FaultPlan
+
+MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
+
+
+@dataclasses.dataclass
+class _Pending:
+    shard: int
+    header: dict
+    arrays: tuple
+    seqs: set
+    sent_at: float
+    retry_at: float
+    attempts: int = 1
 
 
 class ShardClient:
     def __init__(self, ctx: zmq.Context, layout: Layout, addresses: Sequence[str], job: str,
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
-                 configure=None):
+                 configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
+                 faults: FaultPlan | None = None):
         if len(addresses) != layout.num_shards:
             raise ValueError(f"layout has {layout.num_shards} shards, got {len(addresses)} addresses")
+        self.ctx = ctx
         self.layout = layout
         self.job = job
         self.sender = sender
         self.timeout = timeout
-        self.channels = [Channel(ctx, a, f"shard {i}", max_bytes, configure) for i, a in enumerate(addresses)]
+        self.max_bytes = max_bytes
+        self.configure = configure
+        self.addresses_now = addresses_now
+        self.faults = faults
+        self.addresses = list(addresses)
+        self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
+        self.clock_hint = 0                       # the clock the shards have on record for us
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.retries = 0
+        self._rtts: list[float] = []
 
+    def _channel(self, shard: int, address: str) -> Channel:
+        return Channel(self.ctx, address, f"shard {shard}", self.max_bytes, self.configure)
+
+    # ---- the three operations ------------------------------------------------------------
     def pull(self, clock: int, out: np.ndarray) -> None:
         """Fill `out` (the whole flat model) with every shard's current weights."""
         self._round_trip(P.PULL, clock, None, out)
@@ -44,46 +79,102 @@ class ShardClient:
         """Push `grad` at `clock` and read the weights at clock + 1, one round trip per shard."""
         self._round_trip(P.PUSH_PULL, clock, grad, out)
 
-    def staleness_versions(self) -> list[int]:
-        return list(self.versions)
+    # ---- the machinery -------------------------------------------------------------------
+    def _retry_interval(self) -> float:
+        typical = statistics.median(self._rtts[-32:]) if self._rtts else 0.0
+        return max(MIN_RETRY, 4 * typical)
+
+    def _send(self, p: _Pending, now: float) -> None:
+        ch = self.channels[p.shard]
+        if self.faults is not None and p.header["op"] != P.PULL:
+            self.faults.delay("push")
+            if self.faults.fires("drop", "push"):   # lost on the way: the retry timer resends it
+                p.seqs.add(ch.next_seq())
+                return
+            if self.faults.fires("corrupt", "push"):
+                garbled = ch.next_seq()
+                p.seqs.add(garbled)
+                ch.sock.send_multipart([b"\x00corrupted\xff" + bytes(8)], copy=False)
+            if self.faults.fires("duplicate", "push"):
+                p.seqs.add(ch.send(p.header, p.arrays))
+        p.seqs.add(ch.send(p.header, p.arrays))
 
     def _round_trip(self, op: str, clock: int, grad: np.ndarray | None, out: np.ndarray | None) -> None:
-        pending: dict[zmq.Socket, tuple[int, int, Channel]] = {}
-        for shard, ch in enumerate(self.channels):
-            lo, hi = self.layout.ranges[shard]
+        self._reroute()
+        now = time.monotonic()
+        pending: dict[int, _Pending] = {}
+        for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
             arrays = (grad[lo:hi],) if grad is not None else ()
-            pending[ch.sock] = (ch.send(header, arrays), shard, ch)
+            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval())
+            self._send(p, now)
+            pending[shard] = p
             if grad is not None:
                 self.bytes_sent += (hi - lo) * grad.itemsize
-        poller = zmq.Poller()
-        for sock in pending:
-            poller.register(sock, zmq.POLLIN)
-        deadline = time.monotonic() + self.timeout
+        deadline = now + self.timeout
         while pending:
-            remaining = deadline - time.monotonic()
-            events = dict(poller.poll(max(0, int(remaining * 1000)))) if remaining > 0 else {}
-            if not events:
-                missing = ", ".join(f"{ch.name} at {ch.address}" for _, _, ch in pending.values())
+            now = time.monotonic()
+            if now > deadline:
+                missing = ", ".join(f"shard {s} at {self.addresses[s]}" for s in pending)
                 raise TimeoutError(f"{op}: no reply within {self.timeout:g} s from {missing}")
-            for sock in events:
-                seq, shard, ch = pending[sock]
-                msg = ch.receive(seq, timeout=max(0.001, deadline - time.monotonic()))
-                self._accept(msg, shard, ch, out)
-                poller.unregister(sock)
-                del pending[sock]
+            poller = zmq.Poller()
+            for p in pending.values():
+                poller.register(self.channels[p.shard].sock, zmq.POLLIN)
+            wake = min([p.retry_at for p in pending.values()] + [deadline])
+            events = dict(poller.poll(max(1, int((wake - now) * 1000))))
+            for shard, p in list(pending.items()):
+                sock = self.channels[shard].sock
+                while sock in events and shard in pending:
+                    try:
+                        msg = recv(sock, router=False, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except WireError:
+                        continue  # a garbled reply: the retry timer will ask again
+                    if msg.seq in p.seqs and self._accept(msg, p, out):
+                        self._rtts.append(time.monotonic() - p.sent_at)
+                        del pending[shard]
+            now = time.monotonic()
+            if any(p.retry_at <= now for p in pending.values()):
+                moved = self._reroute()
+                for p in pending.values():
+                    if p.retry_at <= now or p.shard in moved:
+                        p.attempts += 1
+                        p.retry_at = now + self._retry_interval() * min(2 ** (p.attempts - 1), 16)
+                        self.retries += 1
+                        self._send(p, now)
 
-    def _accept(self, msg: Message, shard: int, ch: Channel, out: np.ndarray | None) -> None:
+    def _accept(self, msg: Message, p: _Pending, out: np.ndarray | None) -> bool:
+        """Take a reply; False if it asks us to try again (the request was garbled on the way)."""
+        lo, hi = self.layout.ranges[p.shard]
         if msg.op == P.ERROR:
-            raise RemoteError(f"{ch.name} at {ch.address} replied with an error: {msg.header.get('reason')}")
-        self.versions[shard] = msg.header.get("version", self.versions[shard])
+            if msg.header.get("retry"):
+                return False
+            raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} replied with an error: "
+                              f"{msg.header.get('reason')}")
+        self.versions[p.shard] = msg.header.get("version", self.versions[p.shard])
+        self.clock_hint = max(self.clock_hint, msg.header.get("clock", 0))
         if out is not None:
-            lo, hi = self.layout.ranges[shard]
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (hi - lo,):
-                raise RemoteError(f"{ch.name} sent weights of the wrong shape for range [{lo}, {hi})")
+                raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
             np.copyto(out[lo:hi], msg.arrays[0])
             self.bytes_received += msg.arrays[0].nbytes
+        return True
+
+    def _reroute(self) -> set[int]:
+        """Follow shards that moved (the coordinator's current map); return the ones that did."""
+        if self.addresses_now is None:
+            return set()
+        current = self.addresses_now()
+        if not current or list(current) == self.addresses:
+            return set()
+        moved = {i for i, (a, b) in enumerate(zip(self.addresses, current)) if a != b}
+        for i in moved:
+            self.channels[i].close()
+            self.channels[i] = self._channel(i, current[i])
+        self.addresses = list(current)
+        return moved
 
     def close(self) -> None:
         for ch in self.channels:

@@ -1,31 +1,55 @@
 """Fault injection declared in the job config (`faults:`), so users can rehearse failures.
 
-This part acts on the client side of the data plane: a node asks `FaultPlan` before each
-request whether to delay it. Each node draws from its own seeded generator, so a rehearsal
-replays the same way.
+Each node builds a `FaultPlan` for its own role and rank and asks it at the points where a
+fault can strike: before sending a push (delay, drop, duplicate, corrupt), at every step
+(kill, partition). Draws come from a generator seeded by the job, so a rehearsal replays the
+same way. `kill ... at_seconds` is carried out by the launcher, which owns the processes.
 """
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import time
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class FaultPlan:
     def __init__(self, faults: list[dict], role: str, rank: int, seed: int = 0):
         self.faults = [f for f in faults if _targets(f, role, rank)]
         self.rng = np.random.default_rng([seed, rank, 0xFA])
+        self.partitioned_until = 0.0
 
-    def _fires(self, kind: str, op: str) -> list[dict]:
-        return [f for f in self.faults if f["kind"] == kind and f.get("op", "any") in ("any", op)
-                and self.rng.random() < f.get("fraction", 1.0)]
+    def fires(self, kind: str, op: str) -> bool:
+        """Whether a `kind` fault strikes this `op` message now (each draws with its fraction)."""
+        return any(f["kind"] == kind and f.get("op") in (None, "any", op) and self.rng.random() < f["fraction"]
+                   for f in self.faults)
 
     def delay(self, op: str) -> float:
         """Sleep as the `delay` faults for `op` say; return the seconds slept."""
-        slept = sum(f["seconds"] for f in self._fires("delay", op))
+        slept = sum(f["seconds"] for f in self.faults if f["kind"] == "delay" and f.get("op") in (None, "any", op)
+                    and self.rng.random() < f["fraction"])
         if slept:
             time.sleep(slept)
         return slept
+
+    def at_step(self, step: int) -> None:
+        """Carry out `kill` (SIGKILL ourselves, as a crash would) and `partition` faults due at `step`."""
+        for f in self.faults:
+            if f.get("at_step") != step:
+                continue
+            if f["kind"] == "kill":
+                log.warning("fault injection: killing this process at step %d", step)
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif f["kind"] == "partition":
+                log.warning("fault injection: cut off for %.1f s at step %d", f["seconds"], step)
+                self.partitioned_until = time.monotonic() + f["seconds"]
+
+    def partitioned(self) -> bool:
+        return time.monotonic() < self.partitioned_until
 
 
 def _targets(fault: dict, role: str, rank: int) -> bool:

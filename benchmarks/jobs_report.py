@@ -1,0 +1,134 @@
+"""The results table: what the full-length run of every config measured, beside its target.
+
+Reads `runs/results/NAME/summary.json` and `config.yaml` (written by `make results`), and
+the published reference from the `# Reference:` line of `configs/NAME.yaml`, so each config
+stays the one place that says what it should reach. Writes `benchmarks/results/jobs.json`
+and the README's table between `<!-- results:start -->` and `<!-- results:end -->`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import re
+
+import yaml
+
+log = logging.getLogger("jobs_report")
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+REFERENCE_LINE = re.compile(r"^#\s*Reference:\s*(.+?)\s*$", re.MULTILINE)
+COMMAND = "make results"
+
+
+def published_reference(config_path: pathlib.Path) -> str:
+    """The text after `# Reference:` in a config's header comment, or '' if it has none."""
+    if not config_path.is_file():
+        return ""
+    found = REFERENCE_LINE.search(config_path.read_text())
+    return found.group(1) if found else ""
+
+
+def describe_model(model: dict) -> str:
+    """`mlp [512, 256] dropout 0.2`: the model type and its non-default keys as written."""
+    details = " ".join(f"{key} {value}" if key != "hidden" else str(value)
+                       for key, value in model.items() if key != "type")
+    return f"{model['type']} {details}".strip()
+
+
+def job_row(run_dir: pathlib.Path, configs: pathlib.Path) -> dict:
+    """One run's figures, from its summary and its resolved config."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    target = summary.get("target") or {}
+    metric = target.get("metric")
+    bound = ("≥ %g" % target["min"]) if target.get("min") is not None else \
+        ("≤ %g" % target["max"]) if target.get("max") is not None else ""
+    return {
+        "config": f"configs/{run_dir.name}.yaml",
+        "model": describe_model(config["model"]),
+        "data": config["data"]["dataset"],
+        "consistency": summary["consistency"]["mode"],
+        "workers": summary["workers"],
+        "shards": summary["shards"],
+        "optimizer": config["optimizer"]["type"],
+        "steps_per_worker": config["train"]["steps"],
+        "batch_size": config["train"]["batch_size"],
+        "status": summary["status"],
+        "wall_seconds": summary["wall_seconds"],
+        "updates_applied": summary["updates_applied"],
+        "metrics": summary.get("metrics", {}),
+        "metric": metric,
+        "value": target.get("value"),
+        "target": f"{metric} {bound}".strip(),
+        "met": target.get("met"),
+        "reference": published_reference(configs / f"{run_dir.name}.yaml"),
+    }
+
+
+def collect(results: pathlib.Path, configs: pathlib.Path) -> list[dict]:
+    """A row for every run directory under `results` that holds a summary, sorted by config."""
+    rows = []
+    for summary in sorted(results.glob("*/summary.json")):
+        try:
+            rows.append(job_row(summary.parent, configs))
+        except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
+            log.warning("skipping %s: %s", summary.parent, err)
+    return rows
+
+
+def _figure(row: dict) -> str:
+    value = row["value"]
+    if value is None:
+        return f"— ({row['status']})"
+    return f"{row['metric']} **{value:.4f}**" if row["metric"] else f"{value:.4f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The README's table: one line per config."""
+    lines = ["| config | model | data | consistency | workers×shards | wall time | updates "
+             "| measured | target | published reference | met? |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        met = {True: "yes", False: "**no**", None: "—"}[row["met"]]
+        lines.append(
+            f"| `{row['config']}` | {row['model']} | {row['data']} | {row['consistency']} "
+            f"| {row['workers']}×{row['shards']} | {row['wall_seconds']:.0f} s | {row['updates_applied']} "
+            f"| {_figure(row)} | {row['target']} | {row['reference'] or '—'} | {met} |")
+    lines.append("")
+    lines.append(f"Measured with `{COMMAND}` on a 2-core machine shared with other work "
+                 "(wall times are noisy; the metrics are not).")
+    return "\n".join(lines)
+
+
+def replace_between_markers(text: str, table: str) -> str:
+    """`text` with everything between the results markers replaced by `table`."""
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"README has no {START} ... {END} region")
+    return text[: start + len(START)] + "\n" + table + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=pathlib.Path, default=ROOT / "runs" / "results")
+    parser.add_argument("--configs", type=pathlib.Path, default=ROOT / "configs")
+    parser.add_argument("--json", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "jobs.json")
+    parser.add_argument("--readme", type=pathlib.Path, default=ROOT / "README.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = collect(args.results, args.configs)
+    if not rows:
+        log.error("no runs in %s; run `make results` first", args.results)
+        return 1
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"command": COMMAND, "jobs": rows}, indent=2) + "\n")
+    args.readme.write_text(replace_between_markers(args.readme.read_text(), markdown_table(rows)))
+    log.info("%d jobs -> %s and %s", len(rows), args.json, args.readme)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""A shard's state for one key range, without sockets: weights, update rule, clocks, push log.
+
+`ParameterStore` applies pushes (exactly once), holds bsp clocks until they complete, serves
+reads the consistency model allows, and turns itself into a checkpoint and back, so all of
+the shard's arithmetic and bookkeeping can be tested without a network.
+"""
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import numpy as np
+
+from model import optim
+
+from .consistency import Consistency
+from .dedupe import PushLog
+
+
+class StalePush(ValueError):
+    """A push for a clock that was already applied without it (the worker fell behind)."""
+
+
+class ParameterStore:
+    def __init__(self, lo: int, hi: int, weights: np.ndarray, optimizer: dict, mode: str,
+                 staleness: int, workers: list[int]):
+        self.lo, self.hi = lo, hi
+        self.weights = np.array(weights, dtype=np.float32)  # our own, writable copy
+        opt = dict(optimizer)
+        self.rule = optim.make(opt.pop("type"), **opt)
+        self.rule.bind(self.weights)
+        self.consistency = Consistency(mode, staleness, workers)
+        self.pushes = PushLog()
+        self.bsp_sums: dict[int, np.ndarray] = {}
+        self.bsp_counts: collections.Counter = collections.Counter()
+        self.pushes_applied = 0
+        self.duplicates = 0
+        self.updates_applied = 0
+        self.push_staleness: collections.Counter = collections.Counter()
+        self._snapshot: tuple[int, np.ndarray] | None = None
+
+    # ---- writes --------------------------------------------------------------------------
+    def push(self, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version: Any = None) -> bool:
+        """Apply (or, in bsp, hold) one push; False if this push id was applied before."""
+        if self.pushes.seen(worker, clock, lo, hi):
+            self.duplicates += 1
+            return False
+        try:
+            apply_now, completed = self.consistency.push(worker, clock)
+        except ValueError as exc:
+            raise StalePush(str(exc)) from None
+        if apply_now:
+            if isinstance(read_version, int) and not isinstance(read_version, bool):
+                self.push_staleness[max(0, self.updates_applied - read_version)] += 1
+            self._step(lo, hi, grad)
+        else:
+            total = self.bsp_sums.get(clock)
+            if total is None:
+                total = self.bsp_sums[clock] = np.zeros_like(self.weights)
+            total[lo - self.lo:hi - self.lo] += grad
+            self.bsp_counts[clock] += 1
+        self.pushes.add(worker, clock, lo, hi)
+        self.pushes_applied += 1
+        self.apply_completed(completed)
+        return True
+
+    def apply_completed(self, clocks: list[int]) -> None:
+        """Apply the mean of each completed bsp clock, in clock order."""
+        for c in clocks:
+            total = self.bsp_sums.pop(c, None)
+            count = self.bsp_counts.pop(c, 0)
+            if total is not None and count:
+                total /= count
+                self._step(self.lo, self.hi, total)
+
+    def set_live(self, workers: list[int]) -> None:
+        self.apply_completed(self.consistency.set_live(workers))
+
+    def _step(self, lo: int, hi: int, grad: np.ndarray) -> None:
+        if lo == self.lo and hi == self.hi:
+            self.rule.step(self.weights, grad)
+        else:
+            a, b = lo - self.lo, hi - self.lo
+            self.rule.step(self.weights[a:b], grad, index=slice(a, b))
+        self.updates_applied += 1
+
+    # ---- reads ---------------------------------------------------------------------------
+    def can_read(self, worker: int | None, clock: int) -> bool:
+        return worker is None or self.consistency.can_read(worker, clock)
+
+    def read(self, worker: int | None, clock: int, lo: int, hi: int) -> tuple[np.ndarray, int]:
+        """A snapshot of [lo, hi) and the clock we have on record for the reader.
+
+        Snapshot, not view: ZeroMQ sends from its own thread, so a view could be torn by the
+        next in-place update. One copy per version of the weights serves every reader."""
+        on_record = clock
+        if worker is not None:
+            self.consistency.join(worker)          # a (re)joining worker is waited for from now on
+            self.consistency.record_read(worker, clock)
+            on_record = max(clock, self.consistency.clocks.get(worker, clock))
+        if self._snapshot is None or self._snapshot[0] != self.updates_applied:
+            self._snapshot = (self.updates_applied, self.weights.copy())
+        return self._snapshot[1][lo - self.lo:hi - self.lo], on_record
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:
+        """Arrays and JSON-friendly metadata that `load_state_dict` restores bit for bit."""
+        rule = self.rule.state_dict()
+        arrays = {"weights": self.weights}
+        arrays.update({f"rule.{k}": v for k, v in rule.items() if isinstance(v, np.ndarray)})
+        arrays.update({f"bsp.{c}": s for c, s in self.bsp_sums.items()})
+        c = self.consistency
+        meta = {"lo": self.lo, "hi": self.hi, "updates": self.updates_applied, "pushes": self.pushes_applied,
+                "rule": {k: v for k, v in rule.items() if not isinstance(v, np.ndarray)},
+                "clocks": {str(w): k for w, k in c.clocks.items()}, "applied_clock": c.applied_clock,
+                "pending": {str(k): sorted(v) for k, v in c.pending.items()},
+                "bsp_counts": {str(k): v for k, v in self.bsp_counts.items()},
+                "push_log": self.pushes.state()}
+        return arrays, meta
+
+    def load_state_dict(self, arrays: dict[str, np.ndarray], meta: dict) -> None:
+        if (meta["lo"], meta["hi"]) != (self.lo, self.hi):
+            raise ValueError(f"checkpoint holds keys [{meta['lo']}, {meta['hi']}), not [{self.lo}, {self.hi})")
+        self.weights[...] = arrays["weights"]
+        rule = dict(meta["rule"])
+        rule.update({k[5:]: v for k, v in arrays.items() if k.startswith("rule.")})
+        self.rule.load_state_dict(rule)
+        self.rule.bind(self.weights)
+        c = self.consistency
+        c.clocks = {int(w): k for w, k in meta["clocks"].items()}
+        c.applied_clock = meta["applied_clock"]
+        c.pending = collections.defaultdict(set, {int(k): set(v) for k, v in meta["pending"].items()})
+        self.bsp_sums = {int(k[4:]): np.array(v) for k, v in arrays.items() if k.startswith("bsp.")}
+        self.bsp_counts = collections.Counter({int(k): v for k, v in meta["bsp_counts"].items()})
+        self.pushes = PushLog.from_state(meta["push_log"])
+        self.updates_applied, self.pushes_applied = meta["updates"], meta["pushes"]
+        self._snapshot = None
