@@ -48,6 +48,7 @@ def job_row(run_dir: pathlib.Path, configs: pathlib.Path) -> dict:
         ("≤ %g" % target["max"]) if target.get("max") is not None else ""
     return {
         "config": f"configs/{run_dir.name}.yaml",
+        "command": f"downpour launch configs/{run_dir.name}.yaml --run-dir runs/results/{run_dir.name}",
         "model": describe_model(config["model"]),
         "data": config["data"]["dataset"],
         "consistency": summary["consistency"]["mode"],

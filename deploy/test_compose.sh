@@ -26,6 +26,7 @@ DOCKER=docker
 export DOCKER_HOST=unix://$SOCK COMPOSE_PROJECT_NAME=$PROJECT COMPOSE_FILE DOWNPOUR_BUILD_NETWORK=host
 export DOWNPOUR_JOB=$HERE/job.yaml
 LINKS_BEFORE=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
+ENGINE=
 RESULT=FAILED
 
 say() { printf '[test_compose %4ds] %s\n' "$SECONDS" "$*" >&2; }
@@ -40,7 +41,9 @@ cleanup() {
     trap - EXIT INT TERM
     set +e
     local job
-    for job in $(jobs -p); do kill "$job" 2>/dev/null; done  # the watchdog, an interrupted step
+    for job in $(jobs -p); do  # the watchdog and an interrupted step; the engine goes last
+        [ "$job" = "$ENGINE" ] || { kill "$job" 2>/dev/null; wait "$job" 2>/dev/null; }
+    done
     if [ "$RESULT" != PASSED ] && [ -S "$SOCK" ]; then
         say "docker-compose's own messages (tail):"
         tail -15 "$W/compose.log" 2>/dev/null | sed 's/^/    /'
@@ -106,6 +109,7 @@ start_engine() {
     dockerd --config-file "$W/daemon.json" --data-root "$W/data" --exec-root "$W/exec" \
         --pidfile "$W/dockerd.pid" -H "unix://$SOCK" --bridge=none --iptables=false \
         --ip-masq=false >"$W/dockerd.log" 2>&1 &
+    ENGINE=$!
     for _ in $(seq 150); do
         "$DOCKER" version >/dev/null 2>&1 && return
         sleep 0.2

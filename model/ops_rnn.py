@@ -5,10 +5,11 @@ of a dozen per step. Inputs follow torch's layer parameters: x (T,B,I), h0 (B,H)
 the LSTM), weight_ih (G*H,I), weight_hh (G*H,H), then optionally bias_ih and bias_hh (G*H,).
 Gate orders are torch's: LSTM i,f,g,o; GRU r,z,n with n = tanh(W_in x + b_in + r*(W_hn h + b_hn)).
 
-The input projection x @ W_ih.T of all steps is one GEMM before the time loop; each step then
-costs one (B,H)x(H,G*H) GEMM plus a fused elementwise cell (`rnn_cells`; the LSTM and GRU
-compute with the rows of their sigmoid gates halved, see there). Backward mirrors that: one
-GEMM per step for dh, and the weight and input gradients of all steps in three GEMMs.
+For the Elman RNN and the GRU the input projection x @ W_ih.T of all steps is one GEMM before
+the time loop; each step then costs one (B,H)x(H,G*H) GEMM plus a fused elementwise cell
+(`rnn_cells`; the LSTM and GRU compute with the rows of their sigmoid gates halved, see there).
+The LSTM instead folds x_t and the bias into its per-step GEMM (see `LSTM`). Backward mirrors
+that: one GEMM per step for dh, and the weight and input gradients of all steps in a few GEMMs.
 """
 from __future__ import annotations
 
@@ -207,6 +208,11 @@ class LSTM(Op):
 
     An op returns one array, so this one returns (T+1, B, H): rows [:T] are the hidden states
     of all steps and row T is the final cell state c_T.
+
+    Each step is a single GEMM [h_t | x_t | 1] @ [W_hh | W_ih | b]^T: the input projection and
+    the bias ride along with the recurrent product instead of costing a GEMM over the sequence
+    and two extra passes per step, and in backward one GEMM against the stacked rows gives the
+    gradients of both weights and (as its last column) of the biases.
     """
 
     name = "lstm"
@@ -215,32 +221,34 @@ class LSTM(Op):
     def forward(ctx: Context, *arrays: Any) -> Any:
         x, (h0, c0), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 2)
         xp = backend.array_module(x)
-        steps = x.shape[0]
-        scale = cells.gate_scale("lstm", h0.shape[-1], xp, x.dtype)
-        w_hh_halved_t = xp.ascontiguousarray(w_hh.T) * scale  # (H, 4H): the GEMM needs no transpose
-        bias = None if b_ih is None else (b_ih + b_hh) * scale
-        # the input projections, turned into the gates i, f, g, o step by step
-        gates = _project_inputs(x, w_ih * scale[:, None], bias)
-        # rows: h0, h_1..h_T, c_T: the op's output is the view [1:], h_prev the view [:T]
-        seq = xp.empty((steps + 2, *h0.shape), dtype=x.dtype)
-        seq[0] = h0
-        cs = workspace.take(seq[:-1].shape, x.dtype, x)  # c_0..c_T
+        (steps, batch, n_in), hidden = x.shape, h0.shape[-1]
+        width = hidden + n_in + 1
+        stacked_t = xp.empty((width, 4 * hidden), dtype=x.dtype)  # [W_hh | W_ih | b]^T
+        stacked_t[:hidden], stacked_t[hidden:-1] = w_hh.T, w_ih.T
+        stacked_t[-1] = 0 if b_ih is None else b_ih + b_hh
+        stacked_t *= cells.gate_scale("lstm", hidden, xp, x.dtype)
+        rows = workspace.take((steps + 1, batch, width), x.dtype, x)  # row t: [h_t | x_t | 1]
+        rows[0, :, :hidden] = h0
+        rows[:steps, :, hidden:-1] = x
+        rows[:, :, -1] = 1
+        gates = workspace.take((steps, batch, 4 * hidden), x.dtype, x)
+        cs = workspace.take((steps + 1, batch, hidden), x.dtype, x)  # c_0..c_T
         cs[0] = c0
-        tanh_c = workspace.take(seq[1:-1].shape, x.dtype, x)
-        rec = xp.empty_like(gates[0])
+        tanh_c = workspace.take((steps, batch, hidden), x.dtype, x)
         for t in range(steps):
-            xp.matmul(seq[t], w_hh_halved_t, out=rec)
-            gates[t] += rec
-            cells.lstm_forward(gates[t], cs[t], cs[t + 1], tanh_c[t], seq[t + 1])
-        seq[-1] = cs[-1]
-        ctx.x, ctx.w_ih, ctx.w_hh, ctx.gates, ctx.cs, ctx.tanh_c = x, w_ih, w_hh, gates, cs, tanh_c
-        ctx.h_prev, ctx.has_bias = seq[:steps], b_ih is not None
-        return seq[1:]
+            xp.matmul(rows[t], stacked_t, out=gates[t])
+            cells.lstm_forward(gates[t], cs[t], cs[t + 1], tanh_c[t], rows[t + 1, :, :hidden])
+        out = xp.empty((steps + 1, batch, hidden), dtype=x.dtype)
+        out[:steps], out[steps] = rows[1:, :, :hidden], cs[steps]
+        ctx.x, ctx.w_ih, ctx.w_hh, ctx.rows = x, w_ih, w_hh, rows
+        ctx.gates, ctx.cs, ctx.tanh_c, ctx.has_bias = gates, cs, tanh_c, b_ih is not None
+        return out
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple:
         xp = backend.array_module(grad)
         steps, w_hh = grad.shape[0] - 1, ctx.w_hh
+        hidden, batch = w_hh.shape[1], grad.shape[1]
         d_pre = workspace.take(ctx.gates.shape, grad.dtype, grad)
         dh = xp.zeros_like(grad[0])
         dc = grad[steps].copy()
@@ -248,9 +256,19 @@ class LSTM(Op):
             dh += grad[t]
             cells.lstm_backward(dh, dc, ctx.gates[t], ctx.cs[t], ctx.tanh_c[t], d_pre[t])
             xp.matmul(d_pre[t], w_hh, out=dh)
-        ctx.d_states = (dh, dc)
-        grads = _parameter_grads(ctx, d_pre, d_pre, 2)
-        _release(ctx.gates, ctx.cs, ctx.tanh_c, d_pre)
+        need = ctx.needs_input_grad
+        flat = d_pre.reshape(steps * batch, -1)
+        dx = (flat @ ctx.w_ih).reshape(ctx.x.shape) if need[0] else None
+        grads: tuple = (dx, dh, dc)
+        if any(need[3:]):
+            d_stacked = flat.T @ ctx.rows[:steps].reshape(steps * batch, -1)  # (4H, width)
+            grads += (xp.ascontiguousarray(d_stacked[:, hidden:-1]) if need[3] else None,
+                      xp.ascontiguousarray(d_stacked[:, :hidden]) if need[4] else None)
+            if ctx.has_bias:
+                grads += tuple(d_stacked[:, -1].copy() if n else None for n in need[5:7])
+        else:
+            grads += (None,) * (len(need) - 3)
+        _release(ctx.gates, ctx.cs, ctx.tanh_c, ctx.rows, d_pre)
         return grads
 
     @samples

@@ -51,7 +51,7 @@ def set_fused(enabled: bool) -> bool:
 
 if HAVE_NUMBA:
     # No fastmath: the loops must round exactly like the NumPy path, one operation at a time.
-    _jit = numba.njit(nogil=True, error_model="numpy")
+    _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @_jit
     def _sgd_kernel(p, g, buf, lr, momentum, keep, weight_decay, nesterov, first):

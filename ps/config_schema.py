@@ -328,6 +328,7 @@ FAULT = variants(
     duplicate=_message_fault(fraction=_FRACTION),
     corrupt=_message_fault(fraction=_FRACTION),
     partition=Section({"role": _ROLE, "rank": integer(0), **_MOMENT, "seconds": number()}, rules=(_ONE_MOMENT,)),
+    nan=Section({"role": choice("worker"), "rank": integer(0), "at_step": integer(0)}),  # a NaN gradient
 )
 
 JOB = Section({

@@ -39,6 +39,7 @@ class Node:
     joined: float = dataclasses.field(default_factory=time.time)
     stats: dict = dataclasses.field(default_factory=dict)
     registrations: int = 1
+    beats: int = 0  # heartbeats received since it registered
 
     @property
     def name(self) -> str:
@@ -140,6 +141,7 @@ class Coordinator:
             node.state = ALIVE
             self._event("rejoined", node)
         if op == P.HEARTBEAT:
+            node.beats += 1
             self._update_stats(node, msg.body())
             reply(self.sock, msg, body=self._heartbeat_reply(node))
         elif op == P.REPORT:
@@ -159,7 +161,8 @@ class Coordinator:
             self._finish(P.DONE_STATE, "finished")
         elif op == P.LEAVE:
             self._update_stats(node, msg.body())  # a shard's final counts
-            node.state = LEFT
+            if node.state == ALIVE:  # a finished worker stays "finished"
+                node.state = LEFT
             reply(self.sock, msg)
 
     def _register(self, msg: Message) -> None:
@@ -254,7 +257,9 @@ class Coordinator:
     def check_liveness(self) -> None:
         now = time.monotonic()
         for node in list(self.nodes.values()):
-            if node.state == ALIVE and now - node.last_seen > self.heartbeat_timeout:
+            # Until its first heartbeat a node is still starting up (loading data, compiling).
+            limit = self.heartbeat_timeout if node.beats else self.startup_timeout
+            if node.state == ALIVE and now - node.last_seen > limit:
                 node.state = DEAD
                 silent = now - node.last_seen
                 self._event("dead", node, silent_seconds=round(silent, 3))
@@ -317,6 +322,7 @@ class Coordinator:
                    "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
                    "pushes_sent": status["pushes_sent"],
                    "updates_per_shard": [s["stats"].get("updates", 0) for s in shards],
+                   "duplicates_ignored": [s["stats"].get("duplicates", 0) for s in shards],
                    "wall_seconds": status["elapsed"], "metrics": metrics,
                    "target": _judge(target, metrics),
                    "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),

@@ -68,7 +68,8 @@ class Shard:
         self.heartbeat_interval = cluster["heartbeat_interval"]
         self.coordinator_timeout = cluster["heartbeat_timeout"] * 3
         self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
-        self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"])
+        self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"],
+                                restarted=bool(info.get("restart")))
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
             raise RuntimeError("coordinator sent no initial weights for this shard's range")
         mode = self.config["consistency"]

@@ -29,6 +29,7 @@ class ParameterStore:
         opt = dict(optimizer)
         self.rule = optim.make(opt.pop("type"), **opt)
         self.rule.bind(self.weights)
+        _warm_up(optimizer)
         self.consistency = Consistency(mode, staleness, workers)
         self.pushes = PushLog()
         self.bsp_sums: dict[int, np.ndarray] = {}
@@ -135,3 +136,12 @@ class ParameterStore:
         self.pushes = PushLog.from_state(meta["push_log"])
         self.updates_applied, self.pushes_applied = meta["updates"], meta["pushes"]
         self._snapshot = None
+
+
+def _warm_up(optimizer: dict) -> None:
+    """Compile the update rule's kernel now, on a throwaway buffer, rather than on the first
+    push, when a long pause would hold up the heartbeats that keep this shard alive."""
+    opt = dict(optimizer)
+    rule = optim.make(opt.pop("type"), **opt)
+    buf = np.zeros(16, np.float32)
+    rule.step(buf, np.zeros_like(buf))

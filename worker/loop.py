@@ -86,7 +86,7 @@ def train(session: Session) -> None:
     t = cfg["train"]
     job = build_job(cfg, session.layout, session.rank)
     net, flat, data = job.net, job.flat, job.data
-    faults = FaultPlan(cfg["faults"], P.WORKER, session.rank, cfg["seed"])
+    faults = FaultPlan(cfg["faults"], P.WORKER, session.rank, cfg["seed"], session.restarted)
     session.heartbeat.paused = faults.partitioned
     client = session.shard_client(faults)
     steps, push_every, fetch_every = t["steps"], t["push_every"], t["fetch_every"]
@@ -117,6 +117,8 @@ def train(session: Session) -> None:
         net.zero_grad()
         loss.backward()
         flat.gather_grads(out=grad)
+        if faults.poisons(step):
+            grad[0] = np.nan
         if acc is not grad:
             acc += grad
         accumulated += 1

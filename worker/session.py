@@ -35,6 +35,7 @@ class Session:
         self.job_id: str = info["job_id"]
         self.config: dict = info["config"]
         self.layout: Layout = layout_from_dict(info["layout"])
+        self.restarted: bool = bool(info.get("restart"))
         self.name = self.control.name
         cluster = self.config["cluster"]
         self.control.timeout = cluster["request_timeout"]
@@ -94,8 +95,10 @@ class Session:
         self.wait_for({P.RUNNING, P.FINISHING, P.DONE_STATE}, self.config["cluster"]["startup_timeout"])
         while self.shards is None:
             time.sleep(0.01)
-        return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name,
-                           timeout=self.config["cluster"]["request_timeout"],
+        cluster = self.config["cluster"]
+        # Wait for a shard at least as long as the coordinator waits for it to come back.
+        patience = cluster["request_timeout"] + cluster["heartbeat_timeout"] + cluster["startup_timeout"]
+        return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
                            addresses_now=lambda: self.shards, faults=faults)
 

@@ -2,7 +2,7 @@
 
 Each node builds a `FaultPlan` for its own role and rank and asks it at the points where a
 fault can strike: before sending a push (delay, drop, duplicate, corrupt), at every step
-(kill, partition). Draws come from a generator seeded by the job, so a rehearsal replays the
+(kill, partition, nan). Draws come from a generator seeded by the job, so a rehearsal replays the
 same way. `kill ... at_seconds` is carried out by the launcher, which owns the processes.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class FaultPlan:
-    def __init__(self, faults: list[dict], role: str, rank: int, seed: int = 0):
-        self.faults = [f for f in faults if _targets(f, role, rank)]
+    def __init__(self, faults: list[dict], role: str, rank: int, seed: int = 0, restarted: bool = False):
+        # A process restarted after a `kill` is a new incarnation: the kill does not strike again.
+        self.faults = [f for f in faults if _targets(f, role, rank) and not (restarted and f["kind"] == "kill")]
         self.rng = np.random.default_rng([seed, rank, 0xFA])
         self.partitioned_until = 0.0
 
@@ -47,6 +48,10 @@ class FaultPlan:
             elif f["kind"] == "partition":
                 log.warning("fault injection: cut off for %.1f s at step %d", f["seconds"], step)
                 self.partitioned_until = time.monotonic() + f["seconds"]
+
+    def poisons(self, step: int) -> bool:
+        """Whether a `nan` fault turns this step's gradient into NaN (to rehearse divergence)."""
+        return any(f["kind"] == "nan" and f.get("at_step") == step for f in self.faults)
 
     def partitioned(self) -> bool:
         return time.monotonic() < self.partitioned_until

@@ -271,3 +271,30 @@ def test_a_shard_and_a_coordinator_survive_100k_hostile_messages(live_job):
     assert status["state"] == P.STARTING and status["job_id"] == job, (status["state"], status["reason"])
     assert len(workers) <= live_job["cfg"]["workers"]["count"] + P.MAX_EXTRA_WORKERS
     pull_is_initial(live_job)
+
+
+def test_valid_requests_at_ever_new_clocks_do_not_cost_the_shard_its_heartbeat(live_job):
+    """Each read and push at a new clock or read_version is legal; what the shard keeps about
+    them (its staleness histograms, sent with every heartbeat) must stay bounded, or the
+    heartbeat outgrows the message limit, the coordinator refuses it and declares the shard dead."""
+    n, job = live_job["initial"].size, live_job["job"]
+    sock = live_job["ctx"].socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(live_job["shard"])
+    zeros = np.zeros(n, np.float32)
+    try:
+        for i in range(8000):
+            header = {"op": P.PULL, "seq": i, "job": job, "from": "worker-0", "clock": 10**6 + 7919 * i,
+                      "lo": 0, "hi": n}
+            if i % 4 == 0:
+                header.update(op=P.PUSH, clock=i, read_version=-7919 * i)
+            sock.send_multipart(encode(header, [zeros] if header["op"] == P.PUSH else []))
+            assert sock.poll(5000), "the shard stopped answering"
+            assert decode(sock.recv_multipart()).op == P.OK
+    finally:
+        sock.close(0)
+    time.sleep(live_job["cfg"]["cluster"]["heartbeat_timeout"] + 1.0)
+    shard = next(n for n in live_job["control"].status()["nodes"] if n["name"] == "shard-0")
+    assert shard["state"] == "alive" and shard["last_heartbeat"] < 2.0, \
+        f"the coordinator lost the shard's heartbeat:\n{tail(live_job['logs']['coordinator'])}"
+    pull_is_initial(live_job)

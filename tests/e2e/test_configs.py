@@ -1,0 +1,86 @@
+"""Every config in configs/ is a job that works: each runs here, through `downpour launch`, on
+a short budget, and must finish, lower its training loss and beat chance by a clear margin.
+
+The configs are globbed, so a new config without a short budget below fails until it gets one.
+The full-length runs, which must reach each config's own target, are `make results`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import pytest
+import yaml
+
+from tests.conftest import CONFIGS
+from worker.job import load_data
+
+pytestmark = pytest.mark.e2e
+
+FEW = ["train.log_every=20"]
+IMAGES = [*FEW, "data.limit_train=3000"]
+TEXT = [*FEW, "data.max_chars=150000", "data.seq_len=32"]
+
+# Overrides that turn each full-length job into one of a few seconds (2 shards x 2 workers kept).
+SHORT_BUDGETS: dict[str, list[str]] = {
+    "digits_logreg": [*FEW, "train.steps=80"],
+    "digits_mlp": [*FEW, "train.steps=80"],
+    "fashion_logreg": [*IMAGES, "train.steps=80"],
+    "fashion_mlp": [*IMAGES, "train.steps=80", "model.hidden=[128]"],
+    "fashion_lenet5": [*IMAGES, "train.steps=80"],
+    "fashion_resnet": [*IMAGES, "train.steps=60", "train.batch_size=32"],
+    "mnist1d_gru": [*FEW, "train.steps=100"],
+    "jargon_lstm": [*TEXT, "train.steps=60", "model.hidden=64"],
+    "jargon_gru": [*TEXT, "train.steps=60", "model.hidden=64"],
+}
+
+CONFIG_PATHS = sorted(CONFIGS.glob("*.yaml"))
+
+
+def train_losses(run_dir: pathlib.Path) -> dict[int, list[float]]:
+    """Each worker's reported training losses, in the order it reported them."""
+    by_rank: dict[int, list[float]] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        report = json.loads(line)
+        if report.get("kind") == "train" and report.get("role") == "worker":
+            by_rank.setdefault(report["rank"], []).append(report["loss"])
+    return by_rank
+
+
+def chance(config: dict) -> float:
+    """What guessing scores on the config's data: 1/classes accuracy, or log2(vocab) bits per char."""
+    data = load_data(config)
+    return math.log2(data.num_classes) if data.kind == "language_model" else 1.0 / data.num_classes
+
+
+def test_every_short_budget_names_a_config_that_exists():
+    assert set(SHORT_BUDGETS) <= {path.stem for path in CONFIG_PATHS}
+
+
+def test_every_config_states_its_target_and_the_published_reference():
+    for path in CONFIG_PATHS:
+        raw = yaml.safe_load(path.read_text())
+        assert raw.get("target"), f"{path.name} has no target"
+        assert "# Reference:" in path.read_text(), f"{path.name} has no '# Reference:' header line"
+
+
+@pytest.mark.parametrize("path", CONFIG_PATHS, ids=lambda path: path.stem)
+def test_config_runs_on_a_short_budget_lowers_its_loss_and_beats_chance(jobs, path):
+    assert path.stem in SHORT_BUDGETS, f"configs/{path.name} has no short budget in {__file__}"
+    s = jobs.run(path, *SHORT_BUDGETS[path.stem], timeout=120)
+    assert s["status"] == "done", s["reason"]
+    assert s["_exit"] == 0
+
+    losses = train_losses(s["_run_dir"])
+    assert sorted(losses) == list(range(s["workers"]))
+    for rank, reported in losses.items():
+        assert len(reported) >= 2, f"worker {rank} reported only {reported}"
+        assert reported[-1] < 0.9 * reported[0], f"worker {rank}'s training loss did not fall: {reported}"
+
+    config = yaml.safe_load((s["_run_dir"] / "config.yaml").read_text())
+    guess = chance(config)
+    if "test_bpc" in s["metrics"]:
+        assert s["metrics"]["test_bpc"] < 0.6 * guess
+    else:
+        assert s["metrics"]["test_accuracy"] > 2 * guess
