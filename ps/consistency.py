@@ -17,6 +17,7 @@ import collections
 from typing import Iterable
 
 MODES = ("async", "ssp", "bsp")
+MAX_GAP = 64  # staleness histograms lump larger gaps together, so they stay small
 
 
 class Consistency:
@@ -113,7 +114,7 @@ class Consistency:
         """Note a served read and return its staleness: how many clocks the slowest live
         worker lags behind the reader (never above s in ssp, 0 in bsp)."""
         gap = max(0, clock - self.min_clock()) if self.mode != "bsp" else max(0, clock - self.applied_clock)
-        self.staleness_seen[gap] += 1
+        self.staleness_seen[min(gap, MAX_GAP)] += 1
         return gap
 
     def max_staleness(self) -> int:

@@ -98,7 +98,7 @@ class Coordinator:
         limit = {P.SHARD: self.num_shards, EVALUATOR: 1}.get(role)
         taken = {n.rank for n in self.nodes.values() if n.role == role and n.state in (ALIVE, FINISHED, LEFT)}
         if wanted is not None:
-            if not isinstance(wanted, int) or wanted < 0 or (limit is not None and wanted >= limit):
+            if not _is_int(wanted) or wanted < 0 or (limit is not None and wanted >= limit):
                 raise WireError(f"{role} rank {wanted!r} is out of range (this job has {limit} {role}s)")
             node = self.nodes.get(f"{role}-{wanted}")
             if node is not None and node.state == ALIVE:
@@ -145,17 +145,19 @@ class Coordinator:
             self._update_stats(node, msg.body())
             reply(self.sock, msg, body=self._heartbeat_reply(node))
         elif op == P.REPORT:
-            self._record(node, msg.body())
+            self._record(node, _json_safe(msg.body()))
             reply(self.sock, msg)
+        elif op in (P.DONE, P.RESULT) and node.role != {P.DONE: P.WORKER, P.RESULT: EVALUATOR}[op]:
+            raise WireError(f"{node.name} may not send {op!r}")
         elif op == P.DONE:
-            node.stats.update(msg.body())
+            self._update_stats(node, msg.body())
             node.state = FINISHED
             self._event("finished", node)
             reply(self.sock, msg, body={"state": self.state})
             self._check_progress()
         elif op == P.RESULT:
             self._export(msg)
-            self.results = msg.body()
+            self.results = {k: v for k, v in _json_safe(msg.body()).items() if isinstance(v, (int, float))}
             self._record(node, dict(self.results, kind="test"))
             reply(self.sock, msg)
             self._finish(P.DONE_STATE, "finished")
@@ -195,7 +197,7 @@ class Coordinator:
 
     def _update_stats(self, node: Node, stats: dict) -> None:
         before = node.stats.get("before_restart")
-        node.stats.update(stats)
+        node.stats.update(_clean_stats(stats))
         if before is not None:
             restored = stats.get("restored_updates")
             lost = before - (restored if isinstance(restored, int) else 0)
@@ -387,3 +389,39 @@ def _judge(target: dict | None, metrics: dict) -> dict | None:
     if value is not None:
         met = value >= target["min"] if target.get("min") is not None else value <= target["max"]
     return dict(target, value=value, met=met)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# What a node may report about itself, and the type each figure must have.
+_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates")
+_HISTOGRAMS = ("read_staleness", "push_staleness")
+
+
+def _clean_stats(stats: dict) -> dict:
+    """Keep the figures a node may report, of the right types; drop everything else."""
+    out: dict[str, Any] = {k: v for k, v in stats.items() if k in _COUNTS and _is_int(v) and 0 <= v < 1 << 62}
+    if isinstance(stats.get("address"), str):
+        out["address"] = stats["address"][:P.MAX_NAME_CHARS]
+    for key in _HISTOGRAMS:
+        h = stats.get(key)
+        if isinstance(h, dict) and len(h) <= 256:
+            out[key] = {k: v for k, v in h.items() if isinstance(k, str) and k.isdigit() and _is_int(v) and v >= 0}
+    return out
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """A copy that json.dumps accepts (string keys, plain scalars), bounded in depth."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if depth > 8:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v, depth + 1) for k, v in value.items() if isinstance(k, str)}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v, depth + 1) for v in value]
+    return repr(value)[:100]

@@ -27,6 +27,7 @@ from .store import ParameterStore, StalePush
 from .wire import Message, WireError, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
+MAX_PARKED = 4096  # reads waiting on the consistency model, from everybody together
 
 
 class Shard:
@@ -68,6 +69,7 @@ class Shard:
         self.heartbeat_interval = cluster["heartbeat_interval"]
         self.coordinator_timeout = cluster["heartbeat_timeout"] * 3
         self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
+        self.max_workers = self.config["workers"]["count"] + P.MAX_EXTRA_WORKERS
         self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"],
                                 restarted=bool(info.get("restart")))
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
@@ -140,6 +142,8 @@ class Shard:
                 if msg.seq == beat_seq and msg.op == P.OK:
                     last_reply = time.monotonic()
                     state = self._on_heartbeat_reply(msg.body())
+                elif msg.op == P.ERROR:
+                    log.error("the coordinator refused our heartbeat: %s", msg.header.get("reason"))
         return state
 
     def _on_heartbeat_reply(self, body: dict) -> str:
@@ -162,7 +166,7 @@ class Shard:
             self._handle(msg)
         except WireError as err:
             self.errors += 1
-            reply_error(self.sock, msg.envelope, msg.seq, str(err))
+            reply_error(self.sock, msg.envelope, msg.seq, str(err), retry=err.retry)
 
     # ---- the data plane ------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
@@ -175,6 +179,8 @@ class Shard:
         if not self.lo <= lo <= hi <= self.hi:
             raise WireError(f"range [{lo}, {hi}) is outside this shard's range [{self.lo}, {self.hi})")
         role, rank = _sender(h["from"])
+        if role == P.WORKER and rank >= self.max_workers:
+            raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
         if msg.op in (P.PUSH, P.PUSH_PULL):
             if role != P.WORKER:
@@ -193,6 +199,8 @@ class Shard:
             read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
             if self.store.can_read(reader, read_clock):
                 self._read(msg, reader, read_clock)
+            elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock) not in self.parked:
+                raise WireError(f"too many reads waiting ({MAX_PARKED}); ask again later", retry=True)
             else:  # a resent read replaces the one it repeats
                 self.parked[(h["from"], read_clock)] = (msg, read_clock)
         self._serve_parked()

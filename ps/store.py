@@ -13,7 +13,7 @@ import numpy as np
 
 from model import optim
 
-from .consistency import Consistency
+from .consistency import MAX_GAP, Consistency
 from .dedupe import PushLog
 
 
@@ -52,7 +52,7 @@ class ParameterStore:
             raise StalePush(str(exc)) from None
         if apply_now:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
-                self.push_staleness[max(0, self.updates_applied - read_version)] += 1
+                self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
             self._step(lo, hi, grad)
         else:
             total = self.bsp_sums.get(clock)

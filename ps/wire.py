@@ -193,7 +193,7 @@ OP_FIELDS: dict[str, dict] = {
     P.PULL: _DATA,
     P.PUSH: _DATA,
     P.PUSH_PULL: _DATA,
-    P.REGISTER: {"role": (lambda r: r in P.ROLES, f"one of {sorted(P.ROLES)}"),
+    P.REGISTER: {"role": (lambda r: isinstance(r, str) and r in P.ROLES, f"one of {sorted(P.ROLES)}"),
                  "body": (lambda b: isinstance(b, dict), "a map")},
     P.HEARTBEAT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
     P.REPORT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
@@ -207,6 +207,8 @@ OP_FIELDS: dict[str, dict] = {
 
 
 def _check_fields(header: dict, fields: dict) -> None:
+    if "body" in header and not isinstance(header["body"], dict):
+        raise WireError(f"header field 'body': expected a map, got {type(header['body']).__name__}")
     for name, (ok, expected) in fields.items():
         if name not in header:
             raise WireError(f"header field {name!r} missing (expected {expected})")

@@ -24,13 +24,13 @@ def test_a_worker_killed_mid_run_is_noticed_and_the_job_still_meets_its_target(j
 
 
 def test_a_restarted_worker_rejoins_at_its_clock(jobs):
-    kill = "faults=[{kind: kill, role: worker, rank: 1, at_step: 200}]"
-    s = jobs.run(MLP, kill, "workers={count: 2, restart: on-failure}", "train.steps=500", *FAST_DEATH)
+    kill = "faults=[{kind: kill, role: worker, rank: 1, at_step: 100}]"
+    s = jobs.run(MLP, kill, "workers={count: 2, restart: on-failure}", *FAST_DEATH)
     assert s["status"] == "done", s["reason"]
     assert "re-registered" in [e["event"] for e in s["events"] if e["node"] == "worker-1"]
     log = (s["_run_dir"] / "logs" / "worker-1.log").read_text()
     assert "the shards have us at clock" in log          # it carried on, it did not start over
-    assert s["pushes_sent"] < 2 * 500 + 10
+    assert s["pushes_sent"] <= 2 * 1000
 
 
 def test_a_killed_shard_is_restarted_from_its_checkpoint_and_the_rollback_is_reported(jobs):
