@@ -29,11 +29,14 @@ LINKS_BEFORE=$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)
 ENGINE=
 RESULT=FAILED
 
-say() { printf '[test_compose %4ds] %s\n' "$SECONDS" "$*" >&2; }
+exec 3>&2  # the progress lines' own descriptor: a step's redirections never swallow them
+say() { printf '[test_compose %4ds] %s\n' "$SECONDS" "$*" >&3; }
 fail() { say "FAIL: $*"; exit 1; }
 # Long steps run in the background and are waited for: bash runs a signal's trap (and so the
 # cleanup) only between commands, and `wait` is one it can interrupt.
 bounded() { local limit=$1; shift; timeout "$limit" "$@" <&0 & wait $!; }
+# (The cleanup polls instead: a `wait` inside a trap that interrupted a `wait` can hang bash.)
+gone() { local _; for _ in $(seq "$(( $2 * 5 ))"); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done; return 1; }
 compose() { bounded "${COMPOSE_TIMEOUT:-300}" docker-compose --ansi never "$@" 2>>"$W/compose.log"; }
 
 cleanup() {
@@ -42,7 +45,7 @@ cleanup() {
     set +e
     local job
     for job in $(jobs -p); do  # the watchdog and an interrupted step; the engine goes last
-        [ "$job" = "$ENGINE" ] || { kill "$job" 2>/dev/null; wait "$job" 2>/dev/null; }
+        [ "$job" = "$ENGINE" ] || { kill "$job" 2>/dev/null; gone "$job" 10; }
     done
     if [ "$RESULT" != PASSED ] && [ -S "$SOCK" ]; then
         say "docker-compose's own messages (tail):"
@@ -59,8 +62,7 @@ cleanup() {
         local pid
         pid=$(cat "$W/dockerd.pid")
         kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-        kill -KILL "$pid" 2>/dev/null
+        gone "$pid" 20 || kill -KILL "$pid" 2>/dev/null
     fi
     # Mounts the engine did not undo (only if it was killed), then links it did not remove.
     grep -o " $W[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null

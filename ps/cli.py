@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pathlib
 import signal
 import sys
@@ -47,6 +46,24 @@ def _check_model(cfg: dict) -> list:
 
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Override a config value, e.g. --set workers=4 --set consistency.mode=ssp.")
+KEYS = click.option("--keys", "keys_dir", type=click.Path(file_okay=False), envvar="DOWNPOUR_KEYS",
+                    help="The job's CURVE key directory (env DOWNPOUR_KEYS): authenticate and encrypt all traffic.")
+
+
+def _keys(keys_dir: str | None, server: bool):
+    """Load the job's CURVE keys, or None when the job runs without them."""
+    if not keys_dir:
+        return None
+    from . import security
+    try:
+        return security.load(keys_dir, server=server)
+    except security.KeysError as err:
+        raise click.ClickException(str(err)) from None
+
+
+def _client_configure(keys_dir: str | None):
+    keys = _keys(keys_dir, server=False)
+    return keys.configure_client if keys is not None else None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -94,16 +111,29 @@ def launch(config: str | None, run_dir: str | None, resume: str | None, override
 @click.option("--run-dir", type=click.Path(file_okay=False), default=".", show_default=True)
 @click.option("--address-file", type=click.Path(dir_okay=False), help="Write the bound address here once ready.")
 @SET
-def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | None, overrides: tuple[str, ...]) -> None:
+@KEYS
+def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | None, overrides: tuple[str, ...],
+                keys_dir: str | None) -> None:
     """Run the coordinator role."""
     import zmq
+    from . import security
     from .coordinator import Coordinator
     _setup_logging()
     cfg = _load(config_path, overrides)
+    keys = _keys(keys_dir, server=True)
+    if cfg["cluster"]["curve"] and keys is None:
+        raise click.ClickException("cluster.curve is true: give the job's keys with --keys DIR (see `downpour keys`)")
     params = _check_model(cfg)
     pathlib.Path(run_dir).mkdir(parents=True, exist_ok=True)
     ctx = zmq.Context()
-    coord = Coordinator(ctx, cfg, params, bind, run_dir)
+    auth = security.start_authenticator(ctx, keys) if keys is not None else None
+    try:
+        coord = Coordinator(ctx, cfg, params, bind, run_dir, keys.configure_server if keys else None)
+    except RuntimeError as err:
+        if auth is not None:
+            auth.stop()
+        ctx.term()
+        raise click.ClickException(str(err)) from None
     log.info("coordinator of job %s at %s", coord.job_id, coord.endpoint)
     if address_file:
         tmp = pathlib.Path(address_file + ".tmp")
@@ -113,6 +143,8 @@ def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | N
         code = coord.serve()
     finally:
         coord.close()
+        if auth is not None:
+            auth.stop()
         ctx.term()
     sys.exit(code)
 
@@ -125,13 +157,15 @@ def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | N
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where checkpoints go.")
 @click.option("--resume", is_flag=True, help="Start from this shard's checkpoint in --run-dir.")
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
+@KEYS
 def shard(coordinator_address: str, bind: str, advertise: str | None, rank: int | None,
-          run_dir: str | None, resume: bool, startup_timeout: float) -> None:
+          run_dir: str | None, resume: bool, startup_timeout: float, keys_dir: str | None) -> None:
     """Run a parameter-server shard."""
     from . import shard as shard_role
     _setup_logging()
+    keys = _keys(keys_dir, server=True)
     try:
-        code = shard_role.run(coordinator_address, bind, advertise, rank, run_dir, startup_timeout, resume)
+        code = shard_role.run(coordinator_address, bind, advertise, rank, run_dir, startup_timeout, resume, keys)
     except (RuntimeError, TimeoutError) as err:
         log.error("%s", err)
         code = 1
@@ -142,21 +176,23 @@ def shard(coordinator_address: str, bind: str, advertise: str | None, rank: int 
 @click.option("--coordinator", "coordinator_address", required=True)
 @click.option("--rank", type=int, help="Worker rank (default: assigned by the coordinator).")
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
-def worker(coordinator_address: str, rank: int | None, startup_timeout: float) -> None:
+@KEYS
+def worker(coordinator_address: str, rank: int | None, startup_timeout: float, keys_dir: str | None) -> None:
     """Run a training worker."""
     from worker import loop
     _setup_logging()
-    sys.exit(loop.run(coordinator_address, rank, startup_timeout))
+    sys.exit(loop.run(coordinator_address, rank, startup_timeout, _client_configure(keys_dir)))
 
 
 @main.command()
 @click.option("--coordinator", "coordinator_address", required=True)
 @click.option("--startup-timeout", type=float, default=60.0, show_default=True)
-def evaluator(coordinator_address: str, startup_timeout: float) -> None:
+@KEYS
+def evaluator(coordinator_address: str, startup_timeout: float, keys_dir: str | None) -> None:
     """Run the evaluator (scores the shards' weights on the test split at the end)."""
     from worker import evaluator as evaluator_role
     _setup_logging()
-    sys.exit(evaluator_role.run(coordinator_address, startup_timeout))
+    sys.exit(evaluator_role.run(coordinator_address, startup_timeout, _client_configure(keys_dir)))
 
 
 def _address(target: str) -> str:
@@ -168,20 +204,25 @@ def _address(target: str) -> str:
     return path.read_text().strip()
 
 
-def _control(target: str):
+def _control(target: str, keys_dir: str | None):
+    """A control line to a job's coordinator; a run directory's own keys are used if it has them."""
     import zmq
     from .client import ControlClient
+    if keys_dir is None and not target.startswith("tcp://") and (pathlib.Path(target) / "keys").is_dir():
+        keys_dir = str(pathlib.Path(target) / "keys")
+    configure = _client_configure(keys_dir)
     ctx = zmq.Context()
-    return ctx, ControlClient(ctx, _address(target), "client", timeout=5.0)
+    return ctx, ControlClient(ctx, _address(target), "client", timeout=5.0, configure=configure)
 
 
 @main.command()
 @click.argument("target")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
-def status(target: str, as_json: bool) -> None:
+@KEYS
+def status(target: str, as_json: bool, keys_dir: str | None) -> None:
     """Show a job's nodes and progress (TARGET: a run directory or tcp://HOST:PORT)."""
     from .progress import status_table
-    ctx, client = _control(target)
+    ctx, client = _control(target, keys_dir)
     try:
         st = client.status()
     except TimeoutError as err:
@@ -194,9 +235,10 @@ def status(target: str, as_json: bool) -> None:
 
 @main.command()
 @click.argument("target")
-def stop(target: str) -> None:
+@KEYS
+def stop(target: str, keys_dir: str | None) -> None:
     """Stop a running job gracefully (shards checkpoint, every process ends)."""
-    ctx, client = _control(target)
+    ctx, client = _control(target, keys_dir)
     try:
         st = client.stop("stopped by `downpour stop`")
     except TimeoutError as err:
@@ -265,9 +307,10 @@ def plot_cmd(run_dir: str, out: str | None) -> None:
 
 @main.command()
 @click.argument("target")
-def checkpoint(target: str) -> None:
+@KEYS
+def checkpoint(target: str, keys_dir: str | None) -> None:
     """Ask every shard of a running job to write its checkpoint now."""
-    ctx, client = _control(target)
+    ctx, client = _control(target, keys_dir)
     try:
         client.checkpoint()
     except TimeoutError as err:
@@ -276,6 +319,19 @@ def checkpoint(target: str) -> None:
         client.close()
         ctx.term()
     click.echo("checkpoint requested")
+
+
+@main.command()
+@click.argument("key_dir", type=click.Path(file_okay=False))
+def keys(key_dir: str) -> None:
+    """Make a job's CURVE keys in KEY_DIR (secrets 0600) for multi-node deployments."""
+    from . import security
+    try:
+        made = security.generate(key_dir)
+    except security.KeysError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"keys written to {made.directory}; give every role --keys {made.directory} "
+               f"(worker hosts need only {security.SERVER_PUBLIC} and {security.CLIENT_SECRET})")
 
 
 @main.command()

@@ -21,7 +21,7 @@ import zmq
 from . import export
 from . import protocol as P
 from .layout import make_layout
-from .wire import Message, WireError, recv, reply, reply_error
+from .wire import Message, WireError, bind_socket, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,13 @@ class Node:
 
 class Coordinator:
     def __init__(self, ctx: zmq.Context, config: dict, params: Sequence[tuple[str, np.ndarray]],
-                 bind: str, run_dir: str | None = None):
+                 bind: str, run_dir: str | None = None, configure=None):
         self.config = config
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(bind)
+        if configure is not None:  # CURVE: must come before bind
+            configure(self.sock)
+        bind_socket(self.sock, bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
         self.job_id = f"{config['name']}-{secrets.token_hex(4)}"

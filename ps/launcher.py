@@ -22,7 +22,7 @@ from typing import Callable
 import zmq
 
 from . import config as job_config
-from . import protocol as P
+from . import security
 from .client import ControlClient
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class LocalCluster:
     def __init__(self, cfg: dict, run_dir: pathlib.Path, config_path: pathlib.Path, resume: bool = False):
         self.cfg = cfg
         self.resume = resume
+        self.keys = _job_keys(run_dir) if cfg["cluster"]["curve"] else None
+        self.key_args = ["--keys", str(self.keys.directory)] if self.keys else []
         self.run_dir = run_dir
         self.config_path = config_path
         self.roles: list[Role] = []
@@ -87,7 +89,7 @@ class LocalCluster:
         addr_file.unlink(missing_ok=True)
         coordinator = Role("coordinator-0", ["coordinator", "--config", str(self.config_path),
                                              "--bind", f"tcp://{host}:*", "--run-dir", str(self.run_dir),
-                                             "--address-file", str(addr_file)])
+                                             "--address-file", str(addr_file), *self.key_args])
         self.roles.append(coordinator)
         self._start(coordinator)
         deadline = time.monotonic() + self.cfg["cluster"]["startup_timeout"]
@@ -99,7 +101,7 @@ class LocalCluster:
                 raise RuntimeError("the coordinator did not start in time; see " + str(coordinator.log_path))
             time.sleep(0.02)
         self.coordinator_address = addr_file.read_text().strip()
-        common = ["--coordinator", self.coordinator_address]
+        common = ["--coordinator", self.coordinator_address, *self.key_args]
         for r in range(self.cfg["shards"]["count"]):
             self.roles.append(Role(f"shard-{r}", ["shard", *common, "--bind", f"tcp://{host}:*", "--rank", str(r),
                                                   "--run-dir", str(self.run_dir)] + (["--resume"] if self.resume else [])))
@@ -118,7 +120,7 @@ class LocalCluster:
         per `workers.restart`; a shard always, from its checkpoint, unless a backup took over),
         and carry out `kill ... at_seconds` faults."""
         ctx = zmq.Context()
-        status = ControlClient(ctx, self.coordinator_address, "launcher", timeout=2.0)
+        status = ControlClient(ctx, self.coordinator_address, "launcher", timeout=2.0, configure=self._configure())
         started = time.monotonic()
         kills = [f for f in self.cfg["faults"] if f["kind"] == "kill" and f.get("at_seconds") is not None]
         try:
@@ -149,6 +151,9 @@ class LocalCluster:
             status.close()
             ctx.term()
 
+    def _configure(self):
+        return self.keys.configure_client if self.keys else None
+
     def _may_restart(self, role: Role) -> bool:
         policy = self.cfg["workers"]
         if role.name.startswith("worker"):
@@ -169,7 +174,7 @@ class LocalCluster:
         if not self.coordinator_address or self.coordinator.proc.poll() is not None:
             return
         ctx = zmq.Context()
-        client = ControlClient(ctx, self.coordinator_address, "launcher", timeout=2.0)
+        client = ControlClient(ctx, self.coordinator_address, "launcher", timeout=2.0, configure=self._configure())
         try:
             client.stop(reason)
         except (TimeoutError, RuntimeError) as exc:
@@ -194,6 +199,12 @@ class LocalCluster:
             end = time.monotonic() + wait
             while any(p.poll() is None for p in alive) and time.monotonic() < end:
                 time.sleep(0.05)
+
+
+def _job_keys(run_dir: pathlib.Path) -> security.Keys:
+    """The job's CURVE keys: made fresh in RUN_DIR/keys (secrets 0600), or reused on resume."""
+    key_dir = run_dir / "keys"
+    return security.load(key_dir) if (key_dir / security.SERVER_SECRET).exists() else security.generate(key_dir)
 
 
 def tail(path: pathlib.Path | None, lines: int = 20) -> str:

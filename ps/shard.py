@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import checkpoint
+from . import checkpoint, security
 from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
 from .layout import layout_from_dict
 from .store import ParameterStore, StalePush
-from .wire import Message, WireError, recv, reply, reply_error
+from .wire import Message, WireError, bind_socket, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
 MAX_PARKED = 4096  # reads waiting on the consistency model, from everybody together
@@ -32,14 +32,18 @@ MAX_PARKED = 4096  # reads waiting on the consistency model, from everybody toge
 
 class Shard:
     def __init__(self, ctx: zmq.Context, coordinator: str, bind: str, advertise: str | None = None,
-                 rank: int | None = None, run_dir: str | None = None, resume: bool = False):
+                 rank: int | None = None, run_dir: str | None = None, resume: bool = False,
+                 keys: security.Keys | None = None):
         self.ctx = ctx
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        _bind(self.sock, bind)
+        if keys is not None:  # CURVE: must come before bind
+            keys.configure_server(self.sock)
+        bind_socket(self.sock, bind)
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.address = _advertised(endpoint, advertise, coordinator)
-        self.control = ControlClient(ctx, coordinator, P.SHARD)
+        self.control = ControlClient(ctx, coordinator, P.SHARD,
+                                     configure=keys.configure_client if keys is not None else None)
         self.requested_rank = rank
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
         self.resume = resume
@@ -245,16 +249,6 @@ class Shard:
         self.control.close()
 
 
-def _bind(sock: zmq.Socket, endpoint: str) -> None:
-    """Bind, turning 'address in use' into a message that names the port."""
-    try:
-        sock.bind(endpoint)
-    except zmq.ZMQError as exc:
-        if exc.errno == zmq.EADDRINUSE:
-            raise RuntimeError(f"cannot bind {endpoint}: port {endpoint.rsplit(':', 1)[-1]} is already in use") from None
-        raise RuntimeError(f"cannot bind {endpoint}: {exc}") from None
-
-
 def _sender(name: str) -> tuple[str, int]:
     role, _, rank = name.rpartition("-")
     return (role, int(rank)) if rank.isdigit() else (name, -1)
@@ -298,15 +292,21 @@ def _route_address(coordinator: str | None) -> str | None:
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,
-        run_dir: str | None = None, startup_timeout: float = 60.0, resume: bool = False) -> int:
+        run_dir: str | None = None, startup_timeout: float = 60.0, resume: bool = False,
+        keys: security.Keys | None = None) -> int:
     """The `downpour shard` role: join, serve, checkpoint, leave. Returns an exit code."""
     ctx = zmq.Context()
-    shard = Shard(ctx, coordinator, bind, advertise, rank, run_dir, resume)
+    auth = security.start_authenticator(ctx, keys) if keys is not None else None
+    shard = None
     try:
+        shard = Shard(ctx, coordinator, bind, advertise, rank, run_dir, resume, keys)
         shard.join(startup_timeout)
         state = shard.serve()
         shard.finish(state)
         return 0 if state != P.FAILED else 1
     finally:
-        shard.close()
+        if shard is not None:
+            shard.close()
+        if auth is not None:
+            auth.stop()
         ctx.term()

@@ -216,6 +216,16 @@ def _check_fields(header: dict, fields: dict) -> None:
             raise WireError(f"header field {name!r}: expected {expected}, got {header[name]!r}"[:300])
 
 
+def bind_socket(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind, turning 'address in use' into a message that names the port."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        if exc.errno == zmq.EADDRINUSE:
+            raise RuntimeError(f"cannot bind {endpoint}: port {endpoint.rsplit(':', 1)[-1]} is already in use") from None
+        raise RuntimeError(f"cannot bind {endpoint}: {exc}") from None
+
+
 # ---- request/reply over a DEALER socket ------------------------------------------------------
 
 class Channel:

@@ -17,9 +17,9 @@ from .session import JobEnded, Session
 log = logging.getLogger(__name__)
 
 
-def run(coordinator: str, startup_timeout: float = 60.0) -> int:
+def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
     """The `downpour evaluator` role. Returns an exit code."""
-    session = Session(coordinator, P.EVALUATOR, None, startup_timeout)
+    session = Session(coordinator, P.EVALUATOR, None, startup_timeout, configure)
     try:
         job = build_job(session.config, session.layout)
         client = session.shard_client()

@@ -33,9 +33,9 @@ class Garbage(RuntimeError):
     """A non-finite loss or gradient: the job must stop rather than train on it."""
 
 
-def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0) -> int:
+def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0, configure=None) -> int:
     """The `downpour worker` role. Returns an exit code."""
-    session = Session(coordinator, P.WORKER, rank, startup_timeout)
+    session = Session(coordinator, P.WORKER, rank, startup_timeout, configure)
     try:
         train(session)
         session.control.done({"clock": session.clock, "step": session.step})

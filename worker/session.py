@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Callable
 
 import zmq
 
@@ -25,9 +26,12 @@ class JobEnded(Exception):
 
 
 class Session:
-    def __init__(self, coordinator: str, role: str, rank: int | None = None, startup_timeout: float = 60.0):
+    def __init__(self, coordinator: str, role: str, rank: int | None = None, startup_timeout: float = 60.0,
+                 configure: Callable[[zmq.Socket], None] | None = None):
+        """`configure` prepares every socket before it connects (CURVE keys, when the job uses them)."""
         self.ctx = zmq.Context()
-        self.control = ControlClient(self.ctx, coordinator, role)
+        self.configure = configure
+        self.control = ControlClient(self.ctx, coordinator, role, configure=configure)
         body = {} if rank is None else {"rank": rank}
         info = self.control.register(body, startup_timeout).body()
         self.rank: int = info["rank"]
@@ -50,7 +54,7 @@ class Session:
         self._unreachable_limit = cluster["heartbeat_timeout"] * 3
         self.heartbeat = Heartbeat(self.ctx, coordinator, self.job_id, self.name,
                                    cluster["heartbeat_interval"], self._beat_body, self._on_beat,
-                                   timeout=cluster["heartbeat_timeout"])
+                                   timeout=cluster["heartbeat_timeout"], configure=configure)
         self.heartbeat.start()
 
     def _beat_body(self) -> dict:
@@ -100,7 +104,7 @@ class Session:
         patience = cluster["request_timeout"] + cluster["heartbeat_timeout"] + cluster["startup_timeout"]
         return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
-                           addresses_now=lambda: self.shards, faults=faults)
+                           addresses_now=lambda: self.shards, faults=faults, configure=self.configure)
 
     def close(self, leave: bool = True) -> None:
         self.heartbeat.stop()

@@ -1,6 +1,5 @@
 """A live shard answers every bad message with an ERROR reply and keeps serving."""
 import os
-import pathlib
 import signal
 import subprocess
 import sys
