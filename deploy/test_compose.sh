@@ -64,7 +64,8 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null
         gone "$pid" 20 || kill -KILL "$pid" 2>/dev/null
     fi
-    # Mounts the engine did not undo (only if it was killed), then links it did not remove.
+    # Mounts left under the private roots (dockerd leaves its netns mount even when stopped
+    # cleanly; a killed debootstrap leaves proc), then links the engine did not remove.
     grep -o " $W[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
     comm -13 <(echo "$LINKS_BEFORE") \
         <(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort) |

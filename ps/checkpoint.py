@@ -41,6 +41,8 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str,
     meta = dict(meta, sha256=_digest(arrays))
     payload = dict(arrays)
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that crashed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -152,7 +152,8 @@ def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | N
 @main.command()
 @click.option("--coordinator", "coordinator_address", required=True, help="tcp://HOST:PORT of the coordinator.")
 @click.option("--bind", default="tcp://0.0.0.0:*", show_default=True)
-@click.option("--advertise", help="HOST or HOST:PORT peers should dial (default: this host's name when bound to 0.0.0.0).")
+@click.option("--advertise", help="HOST or HOST:PORT peers should dial (default, when bound to 0.0.0.0: this host's "
+              "address on the interface that reaches the coordinator).")
 @click.option("--rank", type=int, help="Shard rank (default: assigned by the coordinator).")
 @click.option("--run-dir", type=click.Path(file_okay=False), help="Where checkpoints go.")
 @click.option("--resume", is_flag=True, help="Start from this shard's checkpoint in --run-dir.")

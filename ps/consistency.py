@@ -29,6 +29,7 @@ class Consistency:
         self.mode = mode
         self.staleness = staleness if mode == "ssp" else 0
         self.clocks: dict[int, int] = {w: 0 for w in workers}  # live workers -> pushes made
+        self.departed: dict[int, int] = {}  # workers that left -> their clock, should they return
         self.applied_clock = 0           # bsp: clocks 0..applied_clock-1 have been applied
         self.pending: dict[int, set[int]] = collections.defaultdict(set)  # bsp: clock -> pushers
         self.staleness_seen: collections.Counter = collections.Counter()  # read gap -> count
@@ -45,16 +46,19 @@ class Consistency:
         return self.applied_clock if self.mode == "bsp" else 0
 
     def join(self, worker: int, clock: int | None = None) -> None:
-        """A worker (re)joins: by default at the clock the slowest live worker is at."""
+        """A worker (re)joins: where it left off, but never behind the slowest live worker
+        (or, in bsp, behind the clocks already applied)."""
         if worker not in self.clocks:
-            start = clock if clock is not None else (self.applied_clock if self.mode == "bsp" else self.min_clock())
+            floor = self.applied_clock if self.mode == "bsp" else (min(self.clocks.values()) if self.clocks else 0)
+            start = clock if clock is not None else max(self.departed.pop(worker, 0), floor)
             self.clocks[worker] = start
 
     def leave(self, worker: int) -> list[int]:
         """A worker died or finished. Returns the bsp clocks this completes (to apply now).
 
         Pushes it already made stay in their clocks' means: they were computed honestly."""
-        self.clocks.pop(worker, None)
+        if worker in self.clocks:
+            self.departed[worker] = self.clocks.pop(worker)
         return self._complete_clocks()
 
     def set_live(self, workers: Iterable[int]) -> list[int]:

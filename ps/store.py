@@ -114,6 +114,7 @@ class ParameterStore:
         meta = {"lo": self.lo, "hi": self.hi, "updates": self.updates_applied, "pushes": self.pushes_applied,
                 "rule": {k: v for k, v in rule.items() if not isinstance(v, np.ndarray)},
                 "clocks": {str(w): k for w, k in c.clocks.items()}, "applied_clock": c.applied_clock,
+                "departed": {str(w): k for w, k in c.departed.items()},
                 "pending": {str(k): sorted(v) for k, v in c.pending.items()},
                 "bsp_counts": {str(k): v for k, v in self.bsp_counts.items()},
                 "push_log": self.pushes.state()}
@@ -129,6 +130,7 @@ class ParameterStore:
         self.rule.bind(self.weights)
         c = self.consistency
         c.clocks = {int(w): k for w, k in meta["clocks"].items()}
+        c.departed = {int(w): k for w, k in meta.get("departed", {}).items()}
         c.applied_clock = meta["applied_clock"]
         c.pending = collections.defaultdict(set, {int(k): set(v) for k, v in meta["pending"].items()})
         self.bsp_sums = {int(k[4:]): np.array(v) for k, v in arrays.items() if k.startswith("bsp.")}

@@ -41,9 +41,12 @@ class Jobs:
         self.launchers: list[subprocess.Popen] = []
         self.run_dirs: list[pathlib.Path] = []
 
-    def start(self, config: str | pathlib.Path, *overrides: str, name: str | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
-        run_dir = self.tmp_path / (name or f"run{len(self.run_dirs)}")
-        cmd = [sys.executable, "-m", "ps.cli", "launch", str(config), "--run-dir", str(run_dir), "--quiet"]
+    def start(self, config: str | pathlib.Path | None, *overrides: str, name: str | None = None,
+              resume: pathlib.Path | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
+        """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background."""
+        run_dir = resume or self.tmp_path / (name or f"run{len(self.run_dirs)}")
+        target = ["--resume", str(run_dir)] if resume else [str(config), "--run-dir", str(run_dir)]
+        cmd = [sys.executable, "-m", "ps.cli", "launch", *target, "--quiet"]
         for o in overrides:
             cmd += ["--set", o]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -52,9 +55,14 @@ class Jobs:
         self.run_dirs.append(run_dir)
         return proc, run_dir
 
-    def run(self, config: str | pathlib.Path, *overrides: str, timeout: float = 180, name: str | None = None) -> dict:
+    def run(self, config: str | pathlib.Path | None, *overrides: str, timeout: float = 180, name: str | None = None,
+            resume: pathlib.Path | None = None) -> dict:
         """Run a job to the end; return its summary.json (with `_run_dir` and `_output` added)."""
-        proc, run_dir = self.start(config, *overrides, name=name)
+        proc, run_dir = self.start(config, *overrides, name=name, resume=resume)
+        return self.finish(proc, run_dir, timeout)
+
+    def finish(self, proc: subprocess.Popen, run_dir: pathlib.Path, timeout: float = 180) -> dict:
+        """Wait for a started job; return its summary.json (with `_run_dir` and `_output` added)."""
         try:
             output, _ = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

@@ -83,6 +83,22 @@ def wait(proc: subprocess.Popen, timeout: float, what: str) -> int:
         raise RuntimeError(f"{what} did not finish within {timeout:g} s") from None
 
 
+def watch(procs: dict[str, subprocess.Popen], timeout: float, logs: pathlib.Path) -> int:
+    """Wait for the coordinator (the first process) to exit; fail at once if another role dies
+    first, rather than waiting out the coordinator's start-up timeout."""
+    coordinator, *others = procs
+    deadline = time.monotonic() + timeout
+    while (code := procs[coordinator].poll()) is None:
+        for host in others:
+            if procs[host].poll() not in (None, 0):
+                tail = "\n".join((logs / f"{host}.log").read_text(errors="replace").splitlines()[-15:])
+                raise RuntimeError(f"{host} exited with code {procs[host].returncode} before the job ended:\n{tail}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the job did not finish within {timeout:g} s; see the logs in {logs}")
+        time.sleep(0.1)
+    return code
+
+
 def run_on_hosts(job_file: pathlib.Path, overrides: list[str], rate: str, run_dir: pathlib.Path,
                  timeout: float) -> dict:
     """The job with every role on its own host; returns its report."""
@@ -99,7 +115,7 @@ def run_on_hosts(job_file: pathlib.Path, overrides: list[str], rate: str, run_di
             procs.append(start(net.command(host, [sys.executable, "-m", "ps.cli", *argv]),
                                run_dir / "logs" / f"{host}.log"))
             log.info("%s (%s): downpour %s", host, net.hosts[host].address, " ".join(argv))
-        code = wait(procs[0], timeout, "the coordinator")
+        code = watch(dict(zip([h for h, _ in roles], procs)), timeout, run_dir / "logs")
         for proc in procs[1:]:  # the others leave right after the coordinator's last reply
             try:
                 proc.wait(10)

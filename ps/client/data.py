@@ -57,7 +57,7 @@ class ShardClient:
         self.addresses = list(addresses)
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
-        self.clock_hint = 0                       # the clock the shards have on record for us
+        self.shard_clocks = [0] * layout.num_shards  # the clock each shard has on record for us
         self.bytes_sent = 0
         self.bytes_received = 0
         self.retries = 0
@@ -78,6 +78,12 @@ class ShardClient:
     def push_pull(self, grad: np.ndarray, clock: int, out: np.ndarray) -> None:
         """Push `grad` at `clock` and read the weights at clock + 1, one round trip per shard."""
         self._round_trip(P.PUSH_PULL, clock, grad, out)
+
+    @property
+    def clock_hint(self) -> int:
+        """The clock to carry on from after a restart or resume: the lowest any shard has on
+        record for us. A shard that is further along ignores the repeated pushes (exactly once)."""
+        return min(self.shard_clocks)
 
     # ---- the machinery -------------------------------------------------------------------
     def _retry_interval(self) -> float:
@@ -154,7 +160,9 @@ class ShardClient:
             raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} replied with an error: "
                               f"{msg.header.get('reason')}")
         self.versions[p.shard] = msg.header.get("version", self.versions[p.shard])
-        self.clock_hint = max(self.clock_hint, msg.header.get("clock", 0))
+        clock = msg.header.get("clock")
+        if isinstance(clock, int):
+            self.shard_clocks[p.shard] = clock
         if out is not None:
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (hi - lo,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")

@@ -40,8 +40,16 @@ def namespaces_work():
 
 
 def run_harness(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(MULTIHOST / "run_job.py"), *args], capture_output=True,
-                          text=True, timeout=timeout)
+    """Run the harness; past `timeout`, stop it the way that lets it clean up (SIGTERM)."""
+    argv = [sys.executable, str(MULTIHOST / "run_job.py"), "--timeout", str(timeout / 3), *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"the multi-host run took over {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def processes_mentioning(marker: str) -> list[int]:

@@ -63,3 +63,47 @@ def test_a_nan_gradient_stops_the_job_naming_the_worker_and_clock_and_spares_the
     for path in (s["_run_dir"] / "checkpoints").glob("shard-*.npz"):
         arrays, _ = checkpoint.load(path)
         assert np.isfinite(arrays["weights"]).all()
+
+
+def test_a_partitioned_worker_is_declared_dead_then_rejoins(jobs):
+    cut = ("faults=[{kind: partition, role: worker, rank: 1, at_step: 50, seconds: 3.5},"
+           " {kind: delay, role: worker, rank: 0, seconds: 0.01, fraction: 1.0}]")   # worker 0 outlasts the cut
+    s = jobs.run(MLP, cut, "train.steps=1000", *FAST_DEATH)
+    assert s["status"] == "done", s["reason"]
+    events = [e["event"] for e in s["events"] if e["node"] == "worker-1"]
+    assert events.index("dead") < events.index("rejoined") < events.index("finished")
+
+
+def test_corrupted_pushes_are_refused_then_sent_again(jobs):
+    s = jobs.run(MLP, "faults=[{kind: corrupt, fraction: 0.05, op: push}]", "train.steps=200")
+    assert s["status"] == "done", s["reason"]
+    assert s["updates_per_shard"] == [400, 400]
+
+
+def test_a_stopped_job_resumes_from_its_checkpoints_without_losing_or_repeating_a_push(jobs):
+    import subprocess
+    import sys
+    import time
+    from tests.conftest import ROOT
+    slow = "faults=[{kind: delay, seconds: 0.004, fraction: 1.0}]"   # so that we stop it midway
+    proc, run_dir = jobs.start(MLP, "train.steps=1500", slow)
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the job made no progress"
+        status = subprocess.run([sys.executable, "-m", "ps.cli", "status", str(run_dir), "--json"], cwd=ROOT,
+                                capture_output=True, text=True)
+        if status.returncode == 0 and min((n["stats"].get("step", 0) for n in json.loads(status.stdout)["nodes"]
+                                           if n["role"] == "worker"), default=0) > 300:
+            break
+        time.sleep(0.3)
+    subprocess.run([sys.executable, "-m", "ps.cli", "stop", str(run_dir)], cwd=ROOT, check=True, capture_output=True)
+    stopped = jobs.finish(proc, run_dir)
+    assert stopped["status"] == "stopped"
+    at_stop = checkpoint.assemble(run_dir)
+    _, meta = checkpoint.load(run_dir / "checkpoints" / "shard-0.npz")
+    assert 0 < meta["updates"] < 2 * 1500
+    s = jobs.run(None, resume=run_dir)
+    assert s["status"] == "done", s["reason"]
+    assert s["updates_applied"] == s["pushes_applied"] == 2 * 1500      # none lost, none applied twice
+    assert "resuming there" in (run_dir / "logs" / "worker-0.log").read_text()
+    assert not np.array_equal(checkpoint.assemble(run_dir), at_stop)
