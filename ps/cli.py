@@ -35,6 +35,11 @@ def _load(path: str, overrides: tuple[str, ...]) -> dict:
 
 def _check_model(cfg: dict) -> list:
     """Build the job's model once (seeded): catches model/data errors before anything starts."""
+    if cfg["eval"]["early_stopping"] and not cfg["data"]["validation"]:
+        raise click.ClickException("eval.early_stopping: needs a validation split to watch "
+                                   "(set data.validation, e.g. 0.1)")
+    if cfg["eval"]["early_stopping"] and not cfg["eval"]["every"]:
+        raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
     from worker import datasets, models
     from worker.job import load_data
     try:

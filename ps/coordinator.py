@@ -162,7 +162,7 @@ class Coordinator:
             self.results = {k: v for k, v in _json_safe(msg.body()).items() if isinstance(v, (int, float))}
             self._record(node, dict(self.results, kind="test"))
             reply(self.sock, msg)
-            self._finish(P.DONE_STATE, "finished")
+            self._finish(P.DONE_STATE, self.reason or "finished")
         elif op == P.LEAVE:
             self._update_stats(node, msg.body())  # a shard's final counts
             if node.state == ALIVE:  # a finished worker stays "finished"
@@ -219,13 +219,18 @@ class Coordinator:
     def _heartbeat_reply(self, node: Node) -> dict:
         # During start-up the live set is still filling: say nothing, or shards would drop
         # the workers they were told to expect.
+        clocks = [n.stats.get("clock", 0) for n in self._members(P.WORKER)]
         return {"state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
-                "checkpoint": self.checkpoint_requests,
+                "checkpoint": self.checkpoint_requests, "clock": min(clocks, default=0),
                 "shards": self.shard_addresses() if self.state != P.STARTING else None,
                 "reason": self.reason}
 
     def _record(self, node: Node, record: dict) -> None:
         record = dict(record, time=round(time.time(), 3), role=node.role, rank=node.rank)
+        if record.get("kind") == "early_stop" and node.role == EVALUATOR and self.state == P.RUNNING:
+            self.state, self.reason = P.FINISHING, str(record.get("message"))[:300]
+            self._event("early_stop", node, clock=record.get("clock"))
+            log.info("%s", self.reason)
         if record.get("kind") == "alarm":
             log.error("ALARM from %s at clock %s: %s", node.name, record.get("clock"), record.get("message"))
             self._event("alarm", node, message=str(record.get("message"))[:300], clock=record.get("clock"))

@@ -106,6 +106,9 @@ def train(session: Session) -> None:
     net.train()
     for step in range(first, steps):
         session.check()
+        if session.state == P.FINISHING:  # early stopping: the evaluator has seen enough
+            log.info("%s: training ended early at step %d (%s)", session.name, step, session.reason)
+            break
         faults.at_step(step)
         while faults.partitioned():
             time.sleep(0.05)

@@ -47,6 +47,7 @@ class Session:
         self.reason = ""
         self.shards: list[str] | None = None
         self.live: list[int] = []  # the live workers, as the coordinator last said
+        self.min_clock = 0         # the slowest live worker's clock, as the coordinator last said
         self.clock = 0
         self.step = 0
         self._changed = threading.Condition()
@@ -74,6 +75,7 @@ class Session:
                     self.shards = body["shards"]
                 if body.get("workers") is not None:
                     self.live = body["workers"]
+                self.min_clock = body.get("clock", self.min_clock)
             self._changed.notify_all()
 
     def wait_for(self, states: set[str], timeout: float | None = None) -> str:
