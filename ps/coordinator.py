@@ -21,6 +21,7 @@ import zmq
 from . import export
 from . import protocol as P
 from .layout import make_layout
+from .replication import backup_of, holder_of_backup
 from .wire import Message, WireError, bind_socket, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Coordinator:
             if params else np.zeros(0, np.float32)
         self.num_shards = config["shards"]["count"]
         self.num_workers = config["workers"]["count"]
+        self.replication = config["shards"]["replication"]
         cluster = config["cluster"]
         self.max_bytes = int(cluster["max_message_mb"] * (1 << 20))
         self.heartbeat_timeout = cluster["heartbeat_timeout"]
@@ -89,10 +91,23 @@ class Coordinator:
         return [n.rank for n in self._members(P.WORKER)]
 
     def shard_addresses(self) -> list[str] | None:
-        shards = {n.rank: n.address for n in self._members(P.SHARD)}
-        if len(shards) < self.num_shards:
-            return None
-        return [shards[r] for r in range(self.num_shards)]
+        """Who serves each range: its shard, or (replication) the live holder of its backup."""
+        live = {n.rank: n.address for n in self._members(P.SHARD)}
+        out = []
+        for r in range(self.num_shards):
+            server = self._server_of(r, live)
+            if server is None:
+                return None
+            out.append(live[server])
+        return out
+
+    def _server_of(self, rng: int, live: dict[int, str]) -> int | None:
+        if rng in live:
+            return rng
+        holder = holder_of_backup(rng, self.num_shards)
+        if self.replication > 1 and holder in live and self.nodes.get(f"{P.SHARD}-{rng}") is not None:
+            return holder
+        return None
 
     def _assign_rank(self, role: str, wanted: Any) -> int:
         """The rank asked for, or the lowest free one. Shards and the evaluator have a fixed
@@ -192,8 +207,8 @@ class Coordinator:
                 "world": max(self.num_workers, rank + 1) if role == P.WORKER else self.num_workers}
         arrays = ()
         if role == P.SHARD:
-            lo, hi = self.layout.ranges[rank]
-            arrays = (self.initial[lo:hi],)
+            ranges = [rank] + ([backup_of(rank, self.num_shards)] if self.replication > 1 else [])
+            arrays = tuple(self.initial[slice(*self.layout.ranges[r])] for r in ranges)
         reply(self.sock, msg, body=info, arrays=arrays)
         self._check_progress()
 
@@ -220,10 +235,19 @@ class Coordinator:
         # During start-up the live set is still filling: say nothing, or shards would drop
         # the workers they were told to expect.
         clocks = [n.stats.get("clock", 0) for n in self._members(P.WORKER)]
-        return {"state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
+        extra = self._replica_orders(node) if node.role == P.SHARD and self.replication > 1 else {}
+        return {**extra, "state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
                 "checkpoint": self.checkpoint_requests, "clock": min(clocks, default=0),
                 "shards": self.shard_addresses() if self.state != P.STARTING else None,
                 "reason": self.reason}
+
+    def _replica_orders(self, node: Node) -> dict:
+        """Tell a shard which ranges to serve (its own, plus a dead neighbour's it holds the
+        backup of) and where its own range's backup lives (None once that holder is dead)."""
+        live = {n.rank: n.address for n in self._members(P.SHARD)}
+        serve = [r for r in range(self.num_shards) if self._server_of(r, live) == node.rank]
+        holder = holder_of_backup(node.rank, self.num_shards)
+        return {"serve": serve, "replicate_to": live.get(holder) if holder != node.rank else None}
 
     def _record(self, node: Node, record: dict) -> None:
         record = dict(record, time=round(time.time(), 3), role=node.role, rank=node.rank)
@@ -275,7 +299,10 @@ class Coordinator:
                 log.warning("%s declared dead: no heartbeat for %.1f s", node.name, silent)
                 if node.role == EVALUATOR and self.state not in P.FINAL_STATES:
                     self._finish(P.FAILED, "the evaluator died")
+        live = {n.rank: n.address for n in self._members(P.SHARD)}
         for node in self._members(P.SHARD, (DEAD,)):
+            if self._server_of(node.rank, live) is not None:
+                continue  # its backup took over
             # A dead shard may come back (restarted from its checkpoint): wait a while for it.
             if now - node.last_seen > self.heartbeat_timeout + self.startup_timeout and self.state not in P.FINAL_STATES:
                 self._finish(P.FAILED, f"{node.name} at {node.address} died and did not come back "
@@ -307,8 +334,8 @@ class Coordinator:
                 "elapsed": round((self.ended or time.time()) - self.started, 3),
                 "consistency": self.config["consistency"]["mode"],
                 "steps_per_worker": self.config["train"]["steps"],
-                # A model update counts once every shard has applied it to its range.
-                "updates_applied": min((n.stats.get("updates", 0) for n in shards), default=0),
+                # A model update counts once every range has applied it (whoever serves the range).
+                "updates_applied": min(self._updates_per_range(), default=0),
                 "pushes_applied": min((n.stats.get("pushes", 0) for n in shards), default=0),
                 "pushes_sent": sum(n.stats.get("clock", 0) for n in self.nodes.values() if n.role == P.WORKER),
                 "nodes": [{"name": n.name, "role": n.role, "rank": n.rank, "address": n.address,
@@ -316,6 +343,17 @@ class Coordinator:
                            "stats": n.stats, "latest": self.latest.get(n.name, {})}
                           for n in sorted(self.nodes.values(), key=lambda n: (n.role, n.rank))],
                 "events": self.events[-50:], "results": self.results}
+
+    def _updates_per_range(self) -> list[int]:
+        """Each range's update count, from whichever shard served it last (a promoted backup
+        carries on the count of the primary it replaced)."""
+        counts = [0] * self.num_shards
+        for n in self.nodes.values():
+            if n.role == P.SHARD:
+                for r, updates in n.stats.get("ranges", {}).items():
+                    if int(r) < self.num_shards:
+                        counts[int(r)] = max(counts[int(r)], updates)
+        return counts
 
     def write_summary(self) -> None:
         if self.run_dir is None:
@@ -330,7 +368,7 @@ class Coordinator:
                    "workers": self.num_workers, "shards": self.num_shards,
                    "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
                    "pushes_sent": status["pushes_sent"],
-                   "updates_per_shard": [s["stats"].get("updates", 0) for s in shards],
+                   "updates_per_shard": self._updates_per_range(),
                    "duplicates_ignored": [s["stats"].get("duplicates", 0) for s in shards],
                    "wall_seconds": status["elapsed"], "metrics": metrics,
                    "target": _judge(target, metrics),
@@ -412,6 +450,9 @@ def _clean_stats(stats: dict) -> dict:
     out: dict[str, Any] = {k: v for k, v in stats.items() if k in _COUNTS and _is_int(v) and 0 <= v < 1 << 62}
     if isinstance(stats.get("address"), str):
         out["address"] = stats["address"][:P.MAX_NAME_CHARS]
+    ranges = stats.get("ranges")
+    if isinstance(ranges, dict) and len(ranges) <= 1024:
+        out["ranges"] = {k: v for k, v in ranges.items() if isinstance(k, str) and k.isdigit() and _is_int(v) and v >= 0}
     for key in _HISTOGRAMS:
         h = stats.get(key)
         if isinstance(h, dict) and len(h) <= 256:

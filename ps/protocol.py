@@ -23,7 +23,8 @@ CONTROL_OPS = frozenset({REGISTER, HEARTBEAT, REPORT, DONE, RESULT, LEAVE, STATU
 PULL = "pull"              # read a key range
 PUSH = "push"              # send a gradient for a key range
 PUSH_PULL = "push_pull"    # both in one round trip: apply the gradient, then read
-DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL})
+REPLICATE = "replicate"    # shard to shard: a push the primary applied, for the backup to apply
+DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL, REPLICATE})
 
 # Replies.
 OK = "ok"

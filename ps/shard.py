@@ -23,6 +23,7 @@ from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
 from .layout import layout_from_dict
+from .replication import Replicator, backup_of
 from .store import ParameterStore, StalePush
 from .wire import Message, WireError, bind_socket, recv, reply, reply_error
 
@@ -42,8 +43,8 @@ class Shard:
         bind_socket(self.sock, bind)
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.address = _advertised(endpoint, advertise, coordinator)
-        self.control = ControlClient(ctx, coordinator, P.SHARD,
-                                     configure=keys.configure_client if keys is not None else None)
+        self.configure = keys.configure_client if keys is not None else None
+        self.control = ControlClient(ctx, coordinator, P.SHARD, configure=self.configure)
         self.requested_rank = rank
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
         self.resume = resume
@@ -51,6 +52,7 @@ class Shard:
         self.pulls_served = 0
         self.errors = 0
         self.restored_updates: int | None = None
+        self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
 
     # ---- start-up ------------------------------------------------------------------------
@@ -79,8 +81,19 @@ class Shard:
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
             raise RuntimeError("coordinator sent no initial weights for this shard's range")
         mode = self.config["consistency"]
-        self.store = ParameterStore(self.lo, self.hi, msg.arrays[0], self.config["optimizer"],
-                                    mode["mode"], mode["staleness"], info["workers"])
+
+        def store(rng: int, weights) -> ParameterStore:
+            lo, hi = self.layout.ranges[rng]
+            return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
+                                  info["workers"])
+
+        self.store = store(self.rank, msg.arrays[0])
+        self.stores = {self.rank: self.store}   # the ranges this shard serves
+        self.backups: dict[int, ParameterStore] = {}
+        if self.config["shards"]["replication"] > 1:
+            held = backup_of(self.rank, self.layout.num_shards)
+            self.backups[held] = store(held, msg.arrays[1])
+        self.replicator = Replicator(self.ctx, self.job_id, self.control.name, self.max_bytes, self.configure)
         path = self.checkpoint_path()
         if path is not None and path.exists() and (self.resume or info.get("restart")):
             self.restore(path)
@@ -112,6 +125,7 @@ class Shard:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
         poller.register(self.control.channel.sock, zmq.POLLIN)
+        replica_sock = None
         next_beat = 0.0
         next_checkpoint = time.monotonic() + self.checkpoint_every if self.checkpoint_every else float("inf")
         beat_seq = None
@@ -130,7 +144,15 @@ class Shard:
                 log.error("coordinator at %s silent for %.1f s: shutting down", self.control.address,
                           now - last_reply)
                 return P.FAILED
+            if self.replicator.sock is not replica_sock:  # the backup holder changed
+                if replica_sock is not None:
+                    poller.unregister(replica_sock)
+                replica_sock = self.replicator.sock
+                if replica_sock is not None:
+                    poller.register(replica_sock, zmq.POLLIN)
             events = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
+            if replica_sock is not None and replica_sock in events:
+                self.replicator.on_acks()
             if self.sock in events:
                 for _ in range(256):  # drain a burst, but keep heartbeats on time
                     try:
@@ -152,7 +174,14 @@ class Shard:
 
     def _on_heartbeat_reply(self, body: dict) -> str:
         if body.get("workers") is not None:
-            self.store.set_live(body["workers"])
+            for store in (*self.stores.values(), *self.backups.values()):
+                store.set_live(body["workers"])
+        for rng in body.get("serve") or ():
+            if rng in self.backups and rng not in self.stores:  # our primary for rng died: take over
+                log.warning("shard %d promoted: now serving range %d from its backup", self.rank, rng)
+                self.stores[rng] = self.backups.pop(rng)
+        if "replicate_to" in body:
+            self.replicator.set_target(body["replicate_to"])
         if body.get("checkpoint", 0) > self.checkpoint_requests:
             self.checkpoint_requests = body["checkpoint"]
             self.save_checkpoint()
@@ -179,48 +208,89 @@ class Shard:
             raise WireError(f"operation {msg.op!r} is not served by a shard")
         if h["job"] != self.job_id:
             raise WireError(f"job {h['job']!r} is not this shard's job")
+        if msg.op == P.REPLICATE:
+            self._replicated(msg)
+            return
         lo, hi = h["lo"], h["hi"]
-        if not self.lo <= lo <= hi <= self.hi:
-            raise WireError(f"range [{lo}, {hi}) is outside this shard's range [{self.lo}, {self.hi})")
+        store = self._store_for(lo, hi)
         role, rank = _sender(h["from"])
         if role == P.WORKER and rank >= self.max_workers:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
+        held = None
         if msg.op in (P.PUSH, P.PUSH_PULL):
-            if role != P.WORKER:
-                raise WireError(f"{h['from']!r} may not push: only workers push gradients")
-            if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
-                got = [(a.dtype.name, a.shape) for a in msg.arrays]
-                raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
+            grad = self._gradient(msg, role, lo, hi)
             try:
-                self.store.push(rank, clock, lo, hi, msg.arrays[0], h.get("read_version"))
+                new = store.push(rank, clock, lo, hi, grad, h.get("read_version"))
             except StalePush as exc:
                 raise WireError(str(exc)) from None
+            if new and store is self.store:
+                held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"))
         if msg.op == P.PUSH:
-            reply(self.sock, msg, version=self.store.updates_applied)
+            self._respond(held, lambda: reply(self.sock, msg, version=store.updates_applied))
         else:
             reader = rank if role == P.WORKER else None
             read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
-            if self.store.can_read(reader, read_clock):
-                self._read(msg, reader, read_clock)
+            if store.can_read(reader, read_clock):
+                self._respond(held, lambda: self._read(msg, store, reader, read_clock))
             elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock) not in self.parked:
                 raise WireError(f"too many reads waiting ({MAX_PARKED}); ask again later", retry=True)
             else:  # a resent read replaces the one it repeats
                 self.parked[(h["from"], read_clock)] = (msg, read_clock)
         self._serve_parked()
 
-    def _read(self, msg: Message, worker: int | None, clock: int) -> None:
+    def _store_for(self, lo: int, hi: int) -> ParameterStore:
+        for store in self.stores.values():
+            if store.lo <= lo <= hi <= store.hi:
+                return store
+        served = ", ".join(f"[{s.lo}, {s.hi})" for s in self.stores.values())
+        raise WireError(f"range [{lo}, {hi}) is outside this shard's range {served}")
+
+    def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> np.ndarray:
+        if role != P.WORKER:
+            raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
+        if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
+            got = [(a.dtype.name, a.shape) for a in msg.arrays]
+            raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
+        return msg.arrays[0]
+
+    def _respond(self, held: int | None, send) -> None:
+        """Reply now, or once the backup has acknowledged the push (replication)."""
+        if held is None:
+            send()
+        else:
+            self.replicator.hold(held, send)
+
+    def _replicated(self, msg: Message) -> None:
+        """Apply a push our primary forwarded to the backup we hold, then acknowledge it."""
         h = msg.header
-        weights, on_record = self.store.read(worker, clock, h["lo"], h["hi"])
-        reply(self.sock, msg, arrays=(weights,), version=self.store.updates_applied, clock=on_record)
+        if _sender(h["from"])[0] != P.SHARD:
+            raise WireError(f"{h['from']!r} may not replicate: only shards do")
+        store = self.backups.get(h["range"])
+        if store is None:
+            raise WireError(f"this shard holds no backup of range {h['range']}")
+        grad = self._gradient(msg, P.WORKER, h["lo"], h["hi"]) if h["lo"] >= store.lo and h["hi"] <= store.hi else None
+        if grad is None:
+            raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
+        try:
+            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"))
+        except StalePush as exc:
+            raise WireError(str(exc)) from None
+        reply(self.sock, msg)
+
+    def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int) -> None:
+        h = msg.header
+        weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
+        reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:
         for key, (msg, clock) in list(self.parked.items()):
             _, rank = _sender(msg.header["from"])
-            if self.store.can_read(rank, clock):
+            store = self._store_for(msg.header["lo"], msg.header["hi"])
+            if store.can_read(rank, clock):
                 del self.parked[key]
-                self._read(msg, rank, clock)
+                self._read(msg, store, rank, clock)
 
     # ---- state ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -229,6 +299,7 @@ class Shard:
                 "duplicates": s.duplicates, "updates": s.updates_applied, "pulls": self.pulls_served,
                 "errors": self.errors, "clock": s.consistency.min_clock(), "parked": len(self.parked),
                 "restored_updates": self.restored_updates,
+                "ranges": {str(r): st.updates_applied for r, st in self.stores.items()},
                 "read_staleness": {str(k): v for k, v in sorted(s.consistency.staleness_seen.items())},
                 "push_staleness": {str(k): v for k, v in sorted(s.push_staleness.items())}}
 
@@ -245,6 +316,8 @@ class Shard:
                  self.rank, state, s.pushes_applied, s.duplicates, s.updates_applied, self.pulls_served, self.errors)
 
     def close(self) -> None:
+        if self.replicator is not None:
+            self.replicator.close()
         self.sock.close(0)
         self.control.close()
 

@@ -193,6 +193,7 @@ OP_FIELDS: dict[str, dict] = {
     P.PULL: _DATA,
     P.PUSH: _DATA,
     P.PUSH_PULL: _DATA,
+    P.REPLICATE: {**_DATA, "range": (_nonneg_int, "a range number"), "worker": (_nonneg_int, "a worker rank")},
     P.REGISTER: {"role": (lambda r: isinstance(r, str) and r in P.ROLES, f"one of {sorted(P.ROLES)}"),
                  "body": (lambda b: isinstance(b, dict), "a map")},
     P.HEARTBEAT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},

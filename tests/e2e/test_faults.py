@@ -107,3 +107,15 @@ def test_a_stopped_job_resumes_from_its_checkpoints_without_losing_or_repeating_
     assert s["updates_applied"] == s["pushes_applied"] == 2 * 1500      # none lost, none applied twice
     assert "resuming there" in (run_dir / "logs" / "worker-0.log").read_text()
     assert not np.array_equal(checkpoint.assemble(run_dir), at_stop)
+
+
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_with_replication_a_killed_shards_backup_takes_over_and_loses_no_acknowledged_push(jobs, mode):
+    kill = "faults=[{kind: kill, role: shard, rank: 0, at_step: 500}]"
+    s = jobs.run(MLP, kill, "shards={count: 2, replication: 2}", f"consistency.mode={mode}", *FAST_DEATH)
+    assert s["status"] == "done", s["reason"]
+    assert [e["node"] for e in s["events"] if e["event"] == "dead"] == ["shard-0"]
+    assert "promoted" in (s["_run_dir"] / "logs" / "shard-1.log").read_text()
+    assert s["pushes_sent"] == 2000
+    assert s["updates_per_shard"] == [2000, 2000]        # range 0 on the promoted backup: every push, once
+    assert s["metrics"]["test_accuracy"] >= 0.97
