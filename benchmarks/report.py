@@ -67,9 +67,123 @@ def render_engine(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _met(ok: bool | None) -> str:
+    return "" if ok else " (missed)"
+
+
+def render_wire(record: dict[str, Any]) -> str:
+    """PULL and PUSH+PULL through a real shard next to a raw pyzmq pair, per model size."""
+    figures = record["figures"]
+    target = figures["target"]
+    lines = [
+        f"**Wire: one round trip through a real shard process vs a raw pyzmq DEALER/ROUTER pair** — median "
+        f"of {figures['repeats']} interleaved samples; throughput is model bytes moved per second "
+        "(PUSH+PULL moves the model twice)",
+        "",
+        "| model | op | downpour (ms) | raw pyzmq (ms) | downpour GB/s | raw GB/s | downpour / raw | target |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, size in figures["sizes"].items():
+        for op, name in (("pull", "PULL"), ("push_pull", "PUSH+PULL")):
+            f = size[op]
+            judged = label == target["size"] and op == target["op"]
+            verdict = f"≥ {target['min_share_of_raw']:.0%}" if judged else ""
+            share = f"**{f['share_of_raw']:.0%}**{_met(f['share_of_raw'] >= target['min_share_of_raw'])}" \
+                if judged else f"{f['share_of_raw']:.0%}"
+            lines.append(f"| {label} | {name} | {f['downpour_ms']['median']:.3f} | {f['raw_ms']['median']:.3f} "
+                         f"| {f['downpour_gb_per_s']:.2f} | {f['raw_gb_per_s']:.2f} | {share} | {verdict} |")
+    lines += ["", f"downpour: {figures['downpour_side']}; raw: {figures['raw_side']}. "
+              "Reference (issue #6): ZeroMQ over loopback moves 4 MiB frames at 2.4–4 GB/s.",
+              "", _conditions(record)]
+    return "\n".join(lines)
+
+
+def render_cluster(record: dict[str, Any]) -> str:
+    """Updates/s of real jobs against the no-communication ceiling and a Ray parameter server."""
+    figures = record["figures"]
+    target = figures["target"]
+    lines = [
+        f"**Cluster: total updates/s (samples/s), async, {figures['seconds']:g} s measured per run after "
+        f"{figures.get('warmup_seconds', 1):g} s warm-up** — downpour against N processes computing with no "
+        "communication (ceiling) and a Ray actor parameter server (same model, batch, data, update rule)",
+        "",
+        "| model | workers | ceiling | Ray PS | downpour 1 shard | 2 shards | 1 shard / ceiling | 1 shard / Ray |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for model, rows in figures["results"].items():
+        for workers, row in rows.items():
+            c, r, d = row["ceiling"], row["ray"], row["downpour"]
+            ray = f"{r['updates_per_s']:.0f} ({r['samples_per_s']:.0f})" if "updates_per_s" in r else "skipped"
+            cells = [f"{d[s]['updates_per_s']:.0f} ({d[s]['samples_per_s']:.0f})" if s in d else "-" for s in ("1", "2")]
+            one = d.get("1", {})
+            judged = (model, int(workers)) == (target["model"], target["workers"])
+            share = f"{one.get('share_of_ceiling', float('nan')):.0%}"
+            times = f"{one['times_ray']:.2f}×" if "times_ray" in one else "-"
+            if judged:
+                share = f"**{share}**{_met(one.get('share_of_ceiling', 0) >= target['min_share_of_ceiling'])}"
+                times = f"**{times}**{_met(one.get('times_ray', 0) >= target['min_times_ray'])}"
+            lines.append(f"| {figures['models'].get(model, model)} | {workers} | {c['updates_per_s']:.0f} "
+                         f"({c['samples_per_s']:.0f}) | {ray} | {cells[0]} | {cells[1]} | {share} | {times} |")
+    lines += ["", f"Targets (MLP, 2 workers, 1 shard): ≥ {target['min_share_of_ceiling']:.0%} of the ceiling and "
+              f"≥ {target['min_times_ray']:g}× Ray. References (issue #6, this kind of machine): ceiling ≈ 480 "
+              "updates/s for 2 workers, naive pyzmq PS ≈ 180, Ray actor PS ≈ 107.", "", _conditions(record)]
+    return "\n".join(lines)
+
+
+def render_consistency(record: dict[str, Any]) -> str:
+    """Time to a target accuracy and the workers' waiting, per consistency model."""
+    figures = record["figures"]
+    lines = [
+        f"**Consistency: time to {figures['target_accuracy']:.0%} test accuracy on Fashion-MNIST** "
+        f"(`{figures['config']}`, {figures['workers']} workers, {figures['shards']} shards; test scored every "
+        f"{figures['eval_every_clocks']} clocks; waiting = share of the training loop's wall time blocked, from "
+        "the kernel's scheduler statistics)",
+        "",
+        "| mode | seconds to target | clock at target | best accuracy seen | workers waiting |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, m in figures["modes"].items():
+        seconds = f"{m['seconds_to_target']:.1f}" if m["reached"] else "not reached"
+        waiting = f"{m['waiting_fraction']:.0%}" if m.get("waiting_fraction") is not None else "-"
+        best = f"{m['best_test_accuracy']:.3f}" if m.get("best_test_accuracy") is not None else "-"
+        lines.append(f"| {name} | {seconds} | {m['clock_at_target'] or '-'} | {best} | {waiting} |")
+    lines += ["", f"Reference: {figures['reference']}.", "", _conditions(record)]
+    return "\n".join(lines)
+
+
+def render_simulate(record: dict[str, Any]) -> str:
+    """The scale model's predictions and its error on the measured points."""
+    figures = record["figures"]
+    cal, check, net = figures["calibration"], figures["check"], figures["network"]
+    grid = figures["predicted_updates_per_s"]
+    workers = list(next(iter(grid.values())))
+    lines = [
+        f"**Scale model ({figures['model']}): predicted updates/s at {net['bandwidth_gbit']:g} Gbit/s, "
+        f"{net['latency_us']:g} µs latency, one host per role** — closed queueing model (exact MVA) calibrated "
+        f"on step {cal['step_seconds'] * 1e3:.2f} ms, {cal['message_seconds'] * 1e6:.0f} µs per round trip and "
+        f"{cal['path_bytes_per_s'] / 1e9:.2f} GB/s through the software path; against the {len(check['points'])} "
+        f"measured points on this machine: median error {check['median_abs_error']:.0%}, "
+        f"max {check['max_abs_error']:.0%}",
+        "",
+        "| shards \\ workers | " + " | ".join(workers) + " |",
+        "|---|" + "---:|" * len(workers),
+    ]
+    for shards, row in grid.items():
+        lines.append(f"| {shards} | " + " | ".join(f"{row[w]:.0f}" for w in workers) + " |")
+    points = ", ".join(f"{p['workers']}w/{p['shards']}s {p['measured']:.0f} vs {p['predicted']:.0f}"
+                       for p in check["points"])
+    lines += ["", f"Measured vs predicted on this machine: {points}.", "",
+              "![predicted updates/s](benchmarks/results/simulate.png)", "", _conditions(record)]
+    return "\n".join(lines)
+
+
 # Which results file each renderer reads: add a line here for a new benchmark.
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine": render_engine,
+    "wire": render_wire,
+    "cluster": render_cluster,
+    "consistency": render_consistency,
+    "simulate": render_simulate,
 }
 
 

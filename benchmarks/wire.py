@@ -134,8 +134,7 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[ShardClient]:
         directory = pathlib.Path(tmp)
         config = write_config(directory, nbytes)
         address_file = directory / "coordinator.addr"
-        logs = open(directory / "roles.log", "wb")
-        try:
+        with open(directory / "roles.log", "wb") as logs, _stopped_at_exit(procs):
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "ps.cli", "coordinator", "--config", str(config), "--bind",
                  "tcp://127.0.0.1:*", "--run-dir", str(directory), "--address-file", str(address_file)],
@@ -159,15 +158,21 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[ShardClient]:
             finally:
                 client.close()
                 control.close()
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            logs.close()
+
+
+@contextlib.contextmanager
+def _stopped_at_exit(procs: list[subprocess.Popen]) -> Iterator[None]:
+    """Terminate (then kill) every process in `procs` when the block ends, however it ends."""
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def _wait_for_shard(control: ControlClient, shard: subprocess.Popen, directory: pathlib.Path) -> str:

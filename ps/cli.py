@@ -49,6 +49,17 @@ def _check_model(cfg: dict) -> list:
         raise click.ClickException(str(err)) from None
 
 
+def _check_device(device: str) -> None:
+    """A local cluster's workers run here: check now that `device` can be honoured."""
+    from worker.job import select_device
+    try:
+        select_device(device)
+    except RuntimeError as err:
+        raise click.ClickException(f"device: {err}") from None
+    finally:
+        select_device("cpu")
+
+
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                    help="Override a config value, e.g. --set workers=4 --set consistency.mode=ssp.")
 KEYS = click.option("--keys", "keys_dir", type=click.Path(file_okay=False), envvar="DOWNPOUR_KEYS",
@@ -94,6 +105,7 @@ def launch(config: str | None, run_dir: str | None, resume: str | None, override
         config, run_dir = str(pathlib.Path(resume) / "config.yaml"), resume
     cfg = _load(config, overrides)
     _check_model(cfg)
+    _check_device(cfg["device"])
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     progress = None if quiet else Progress(cfg)
     code, path = launcher.launch(cfg, run_dir, progress, resume=resume is not None)
@@ -187,7 +199,7 @@ def worker(coordinator_address: str, rank: int | None, startup_timeout: float, k
     """Run a training worker."""
     from worker import loop
     _setup_logging()
-    sys.exit(loop.run(coordinator_address, rank, startup_timeout, _client_configure(keys_dir)))
+    sys.exit(_role(loop.run, coordinator_address, rank, startup_timeout, _client_configure(keys_dir)))
 
 
 @main.command()
@@ -198,7 +210,16 @@ def evaluator(coordinator_address: str, startup_timeout: float, keys_dir: str | 
     """Run the evaluator (scores the shards' weights on the test split at the end)."""
     from worker import evaluator as evaluator_role
     _setup_logging()
-    sys.exit(evaluator_role.run(coordinator_address, startup_timeout, _client_configure(keys_dir)))
+    sys.exit(_role(evaluator_role.run, coordinator_address, startup_timeout, _client_configure(keys_dir)))
+
+
+def _role(run, *args) -> int:
+    """Run a role; a start-up that cannot complete ends with one clear line, not a traceback."""
+    try:
+        return run(*args)
+    except (TimeoutError, RuntimeError) as err:
+        log.error("%s", err)
+        return 1
 
 
 def _address(target: str) -> str:

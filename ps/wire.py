@@ -218,10 +218,12 @@ def _check_fields(header: dict, fields: dict) -> None:
 
 
 def bind_socket(sock: zmq.Socket, endpoint: str) -> None:
-    """Bind, turning 'address in use' into a message that names the port."""
+    """Bind, turning 'address in use' into a message that names the port. On failure the
+    socket is closed, so that its context can still terminate."""
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as exc:
+        sock.close(0)
         if exc.errno == zmq.EADDRINUSE:
             raise RuntimeError(f"cannot bind {endpoint}: port {endpoint.rsplit(':', 1)[-1]} is already in use") from None
         raise RuntimeError(f"cannot bind {endpoint}: {exc}") from None

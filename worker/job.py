@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 
+from model import backend
 from model.flat import FlatParameters
 from ps.layout import Layout
 
@@ -25,8 +26,15 @@ def load_data(config: dict) -> datasets.Dataset:
                          limit_train=d["limit_train"], seq_len=d["seq_len"], max_chars=d["max_chars"])
 
 
+def select_device(device: str) -> None:
+    """Switch the engine to the job's device before anything is built: fails at start, with
+    what to install, when `device: cuda` cannot be honoured here (no CuPy, or no GPU)."""
+    backend.use(device)
+
+
 def build_job(config: dict, layout: Layout | None = None, rank: int = 0) -> Job:
     """Load the data and build the seeded model; check it matches the cluster's layout."""
+    select_device(config["device"])
     data = load_data(config)
     net = models.build(config["model"], models.data_info(data), config["seed"])
     _seed_dropout(net, config["seed"], rank)
