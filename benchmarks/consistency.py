@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", type=float, default=0.85)
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--eval-every", type=int, default=50, help="clocks between test evaluations")
+    parser.add_argument("--eval-every", type=int, default=100, help="clocks between test evaluations")
     parser.add_argument("--max-steps", type=int, default=4000, help="per worker, if the target is never reached")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

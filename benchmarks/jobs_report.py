@@ -32,9 +32,8 @@ def published_reference(config_path: pathlib.Path) -> str:
 
 
 def describe_model(model: dict) -> str:
-    """`mlp [512, 256] dropout 0.2`: the model type and its non-default keys as written."""
-    details = " ".join(f"{key} {value}" if key != "hidden" else str(value)
-                       for key, value in model.items() if key != "type")
+    """`mlp hidden [512, 256] dropout 0.2`: the model type and the keys the config sets."""
+    details = " ".join(f"{key} {value}" for key, value in model.items() if key != "type")
     return f"{model['type']} {details}".strip()
 
 

@@ -6,7 +6,9 @@
 #   1. the digits MLP trains across coordinator, 2 shards, evaluator and 2 workers, each in
 #      its own container, to the job's target accuracy (read from the run-directory volume);
 #   2. with `--scale worker=3`, one worker is cut off its network (`docker network
-#      disconnect`): it is declared dead within the heartbeat timeout and the job finishes.
+#      disconnect`): it is declared dead within the heartbeat timeout and the job finishes;
+#   3. with deploy/docker-compose.curve.yml (the job's CURVE keys as a compose secret) the job
+#      trains again, and a peer without the keys gets no answer.
 #
 # Needs root on Debian 12 (installs docker.io, docker-compose, debootstrap with apt when
 # missing); no registry: the base image is debootstrapped from the configured apt mirror and a
@@ -222,6 +224,25 @@ run_disconnect() {
         fail "run 2 summary"
 }
 
+run_curve() {
+    say "run 3: CURVE, the job's keys handed to every container as a compose secret"
+    compose down -v -t 2 >/dev/null
+    python3 -m ps.cli keys "$W/keys" >/dev/null || fail "downpour keys"
+    chown -R 10001 "$W/keys"  # the image runs as uid 10001; the secrets stay 0600
+    export DOWNPOUR_KEYS_DIR=$W/keys DOWNPOUR_JOB=$HERE/job.yaml
+    export COMPOSE_FILE=$HERE/docker-compose.yml:$HERE/docker-compose.curve.yml
+    compose up -d >/dev/null || fail "docker-compose up with CURVE"
+    if bounded 30 "$DOCKER" exec -e DOWNPOUR_KEYS= "$(container_of coordinator)" \
+            downpour status tcp://127.0.0.1:5555 >/dev/null 2>&1; then
+        fail "a status request without the job's keys was answered"
+    fi
+    say "a peer without the keys got no answer"
+    coordinator_exits_0 240
+    sleep 2
+    check_exit_codes
+    summary | python3 "$HERE/multihost/check_summary.py" --target || fail "run 3 summary"
+}
+
 install_tools
 say "docker-compose config (validates deploy/docker-compose.yml)"
 compose config -q || fail "docker-compose config"
@@ -231,4 +252,5 @@ say "docker-compose build (deploy/Dockerfile)"
 COMPOSE_TIMEOUT=600 compose build >"$W/build.log" || { tail -30 "$W/build.log"; fail "docker-compose build"; }
 run_training
 run_disconnect
+run_curve
 RESULT=PASSED

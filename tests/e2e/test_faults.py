@@ -24,7 +24,8 @@ def test_a_worker_killed_mid_run_is_noticed_and_the_job_still_meets_its_target(j
 
 
 def test_a_restarted_worker_rejoins_at_its_clock(jobs):
-    kill = "faults=[{kind: kill, role: worker, rank: 1, at_step: 100}]"
+    kill = ("faults=[{kind: kill, role: worker, rank: 1, at_step: 100},"
+            " {kind: delay, role: worker, rank: 0, seconds: 0.01, fraction: 1.0}]")  # worker 0 outlasts the restart
     s = jobs.run(MLP, kill, "workers={count: 2, restart: on-failure}", *FAST_DEATH)
     assert s["status"] == "done", s["reason"]
     assert "re-registered" in [e["event"] for e in s["events"] if e["node"] == "worker-1"]
