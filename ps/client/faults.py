@@ -23,6 +23,7 @@ class FaultPlan:
         self.faults = [f for f in faults if _targets(f, role, rank) and not (restarted and f["kind"] == "kill")]
         self.rng = np.random.default_rng([seed, rank, 0xFA])
         self.partitioned_until = 0.0
+        self.fired: set[int] = set()
 
     def fires(self, kind: str, op: str) -> bool:
         """Whether a `kind` fault strikes this `op` message now (each draws with its fraction)."""
@@ -38,14 +39,18 @@ class FaultPlan:
         return slept
 
     def at_step(self, step: int) -> None:
-        """Carry out `kill` (SIGKILL ourselves, as a crash would) and `partition` faults due at `step`."""
+        """Carry out `kill` (SIGKILL ourselves, as a crash would) and `partition` faults due by
+        `step` (a shard counts updates, which may jump past the exact number), each once."""
         for f in self.faults:
-            if f.get("at_step") != step:
+            if f["kind"] not in ("kill", "partition") or f.get("at_step") is None or step < f["at_step"]:
                 continue
+            if id(f) in self.fired:
+                continue
+            self.fired.add(id(f))
             if f["kind"] == "kill":
                 log.warning("fault injection: killing this process at step %d", step)
                 os.kill(os.getpid(), signal.SIGKILL)
-            elif f["kind"] == "partition":
+            else:
                 log.warning("fault injection: cut off for %.1f s at step %d", f["seconds"], step)
                 self.partitioned_until = time.monotonic() + f["seconds"]
 

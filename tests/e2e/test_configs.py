@@ -28,7 +28,7 @@ TEXT = [*FEW, "data.max_chars=150000", "data.seq_len=32", "optimizer.lr=0.01"]
 SHORT_BUDGETS: dict[str, list[str]] = {
     "digits_logreg": [*FEW, "train.steps=80"],
     "digits_mlp": [*FEW, "train.steps=80"],
-    "fashion_logreg": [*IMAGES, "train.steps=80"],
+    "fashion_logreg": [*IMAGES, "train.steps=80", "train.log_every=5"],  # it learns fast: look early
     "fashion_mlp": [*IMAGES, "train.steps=80", "model.hidden=[128]"],
     "fashion_lenet5": [*IMAGES, "train.steps=80"],
     "fashion_resnet": [*IMAGES, "train.steps=60", "train.batch_size=32", "model.channels=[8, 16]",
@@ -75,14 +75,18 @@ def test_config_runs_on_a_short_budget_lowers_its_loss_and_beats_chance(jobs, pa
     assert s["status"] == "done", s["reason"]
     assert s["_exit"] == 0
 
+    data = yaml.safe_load((s["_run_dir"] / "config.yaml").read_text())["data"]
+    guess = chance(data["dataset"], data["seq_len"], data["max_chars"])
+    # Seeded initial weights predict about uniformly: training starts near the guessing loss.
+    # (A worker's own first report may already be low: async, the other worker got there first.)
+    start = guess * math.log(2) if "test_bpc" in s["metrics"] else -math.log(guess)
     losses = train_losses(s["_run_dir"])
     assert sorted(losses) == list(range(s["workers"]))
     for rank, reported in losses.items():
         assert len(reported) >= 2, f"worker {rank} reported only {reported}"
-        assert reported[-1] < 0.9 * reported[0], f"worker {rank}'s training loss did not fall: {reported}"
+        first = max(reported[0], start)
+        assert reported[-1] < 0.9 * first, f"worker {rank}'s training loss did not fall from {first:.3f}: {reported}"
 
-    data = yaml.safe_load((s["_run_dir"] / "config.yaml").read_text())["data"]
-    guess = chance(data["dataset"], data["seq_len"], data["max_chars"])
     if "test_bpc" in s["metrics"]:
         assert s["metrics"]["test_bpc"] < 0.6 * guess
     else:

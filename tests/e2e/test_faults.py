@@ -16,7 +16,7 @@ FAST_DEATH = ("cluster.heartbeat_interval=0.25", "cluster.heartbeat_timeout=2.5"
 @pytest.mark.parametrize("mode", ["async", "ssp", "bsp"])
 def test_a_worker_killed_mid_run_is_noticed_and_the_job_still_meets_its_target(jobs, mode):
     kill = "faults=[{kind: kill, role: worker, rank: 1, at_step: 300}]"
-    s = jobs.run(MLP, f"consistency.mode={mode}", kill, *FAST_DEATH)
+    s = jobs.run(MLP, f"consistency.mode={mode}", kill, "train.steps=1500", *FAST_DEATH)
     assert s["status"] == "done", s["reason"]
     assert [e["node"] for e in s["events"] if e["event"] == "dead"] == ["worker-1"]
     assert 2.5 <= s["time_to_notice"][0] < 5.0
