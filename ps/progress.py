@@ -16,13 +16,13 @@ def summary_line(status: dict) -> str:
     latest = [w["latest"] for w in workers if w.get("latest")]
     steps = [w["stats"].get("step", 0) for w in workers]
     total = status.get("steps_per_worker", 0)
-    loss = sum(r["loss"] for r in latest) / len(latest) if latest else float("nan")
+    loss = f"{sum(r['loss'] for r in latest) / len(latest):.4f}" if latest else "-"
     rate = sum(r.get("samples_per_s", 0.0) for r in latest if r.get("step", 0) < total)
     shards = [n for n in status.get("nodes", []) if n["role"] == "shard"]
     stale = max((int(k) for s in shards for k in s["stats"].get("read_staleness", {})), default=0)
     span = f"{min(steps)}..{max(steps)}" if steps else "0"
     return (f"[{status.get('elapsed', 0):7.1f}s] {status.get('state', '?'):9s} step {span}/{total}  "
-            f"loss {loss:.4f}  {rate:8.0f} samples/s  updates {status.get('updates_applied', 0)}  "
+            f"loss {loss:>6}  {rate:8.0f} samples/s  updates {status.get('updates_applied', 0)}  "
             f"workers {alive}/{len(workers)}  staleness<={stale}")
 
 
@@ -35,17 +35,19 @@ class Progress:
         self.every = every
         self._last = -1e9
         self._line = ""
+        self._state = ""
 
     def __call__(self, status: dict) -> None:
         line = summary_line(status)
         if self.tty:
             self.stream.write("\r" + line.ljust(len(self._line)))
             self.stream.flush()
-        elif status.get("elapsed", 0) - self._last >= self.every:
+        elif status.get("elapsed", 0) - self._last >= self.every or status.get("state") != self._state:
             self.stream.write(line + "\n")
             self.stream.flush()
             self._last = status.get("elapsed", 0)
         self._line = line
+        self._state = status.get("state", "")
 
     def close(self) -> None:
         if self.tty and self._line:
