@@ -14,7 +14,7 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -43,10 +43,17 @@ def save(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str,
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a writer that crashed
         stale.unlink(missing_ok=True)
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def atomic_write(path: pathlib.Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a file so that readers see the old one or the new one, whole: `write(f)` into a
+    temp file beside it, fsync, rename over `path`, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -10,10 +10,10 @@ import json
 import os
 import pathlib
 import struct
-import tempfile
 
 import numpy as np
 
+from .checkpoint import atomic_write
 from .layout import Layout
 
 FORMATS = ("npz", "safetensors")
@@ -26,27 +26,13 @@ def unflatten(flat: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
             for p, off in zip(layout.params, layout.offsets)}
 
 
-def _atomic_write(path: pathlib.Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(path: str | os.PathLike, named: dict[str, np.ndarray], fmt: str = "npz") -> pathlib.Path:
     """Write `named` arrays to `path` in `fmt`, atomically."""
     path = pathlib.Path(path)
     if fmt == "npz":
-        _atomic_write(path, lambda f: np.savez(f, **named))
+        atomic_write(path, lambda f: np.savez(f, **named))
     elif fmt == "safetensors":
-        _atomic_write(path, lambda f: f.write(safetensors_bytes(named)))
+        atomic_write(path, lambda f: f.write(safetensors_bytes(named)))
     else:
         raise ValueError(f"unknown export format {fmt!r}: expected one of {FORMATS}")
     return path

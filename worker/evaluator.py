@@ -13,7 +13,7 @@ import logging
 
 import numpy as np
 
-from ps import protocol as P
+from ps.client import protocol as P
 
 from .job import Job, build_job
 from .objective import evaluate

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from model import optim
-from ps import protocol as P
+from ps.client import protocol as P
 from ps.client.faults import FaultPlan
 
 from .job import build_job

@@ -13,7 +13,7 @@ from typing import Callable
 
 import zmq
 
-from ps import protocol as P
+from ps.client import protocol as P
 from ps.client import ControlClient, Heartbeat, ShardClient
 from ps.client.faults import FaultPlan
 from ps.layout import Layout, layout_from_dict

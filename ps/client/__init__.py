@@ -2,7 +2,8 @@
 
 `control` is the line to the coordinator (register, heartbeat, report, status, stop);
 `data` moves weights and gradients to and from all shards at once."""
+from .. import protocol  # the client side speaks the protocol: its constants come with it
 from .control import ControlClient, Heartbeat
 from .data import ShardClient
 
-__all__ = ["ControlClient", "Heartbeat", "ShardClient"]
+__all__ = ["ControlClient", "Heartbeat", "ShardClient", "protocol"]
