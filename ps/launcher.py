@@ -50,6 +50,7 @@ class Role:
     proc: subprocess.Popen | None = None
     log_path: pathlib.Path | None = None
     restarts: int = 0
+    reported: bool = False  # its failure was logged and will not be restarted
 
 
 class LocalCluster:
@@ -131,14 +132,14 @@ class LocalCluster:
                     self._kill(f"{f['role']}-{f['rank']}")
                 for role in self.roles[1:]:
                     code = role.proc.poll()
-                    if code is None or code == 0 or getattr(role, "reported", False):
+                    if code is None or code == 0 or role.reported:
                         continue
                     if self._may_restart(role):
                         role.restarts += 1
                         log.warning("%s exited with code %s: restarting (%d)", role.name, code, role.restarts)
                         self._start(role)
                         continue
-                    role.reported = True  # type: ignore[attr-defined]
+                    role.reported = True
                     log.warning("%s exited with code %s; its log: %s", role.name, code, role.log_path)
                 if progress is not None and time.monotonic() >= next_report:
                     next_report = time.monotonic() + interval

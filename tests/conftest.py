@@ -1,6 +1,7 @@
 """Shared fixtures: real jobs on real processes, and a guarantee that none of them outlives its test."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -107,3 +108,70 @@ def jobs(tmp_path):
     yield j
     leftovers = j.cleanup()
     assert not leftovers, f"processes left behind: {leftovers}"
+
+
+@contextlib.contextmanager
+def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=None):
+    """A coordinator and one shard of the digits logreg job as real processes, each logging to
+    a file of its own, with no workers: the job stays in start-up and the shard keeps serving.
+    Yields what a test needs to talk to them (`keys`: the job's CURVE keys, or None)."""
+    import numpy as np
+    import zmq
+
+    from ps import config as job_config
+    from ps.client import ControlClient
+    from worker import models
+    from worker.job import load_data
+
+    cfg = job_config.load(CONFIGS / "digits_logreg.yaml", ["shards=1", *overrides])
+    cfg_path = tmp_path / "job.yaml"
+    cfg_path.write_text(job_config.dump(cfg))
+    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
+    if keys is not None:
+        env["DOWNPOUR_KEYS"] = str(keys.directory)
+    logs = {"coordinator": tmp_path / "coordinator.log", "shard": tmp_path / "shard.log"}
+    addr_file = tmp_path / "coordinator.addr"
+    procs: dict[str, subprocess.Popen] = {}
+
+    def start(role: str, *argv: str) -> None:
+        with open(logs[role], "wb") as out:
+            procs[role] = subprocess.Popen([sys.executable, "-m", "ps.cli", role, *argv], cwd=ROOT, env=env,
+                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def tail(role: str) -> str:
+        return "\n".join(logs[role].read_text(errors="replace").splitlines()[-40:])
+
+    start("coordinator", "--config", str(cfg_path), "--bind", "tcp://127.0.0.1:*", "--run-dir", str(tmp_path),
+          "--address-file", str(addr_file))
+    ctx = zmq.Context()
+    control = None
+    try:
+        deadline = time.monotonic() + 60
+        while not addr_file.exists():
+            assert time.monotonic() < deadline and procs["coordinator"].poll() is None, tail("coordinator")
+            time.sleep(0.05)
+        coordinator = addr_file.read_text().strip()
+        start("shard", "--coordinator", coordinator, "--bind", "tcp://127.0.0.1:*")
+        control = ControlClient(ctx, coordinator, "client", timeout=5,
+                                configure=keys.configure_client if keys is not None else None)
+        while True:
+            status = control.status()
+            shards = [n for n in status["nodes"] if n["role"] == "shard"]
+            if shards:
+                break
+            assert time.monotonic() < deadline and procs["shard"].poll() is None, tail("shard")
+            time.sleep(0.05)
+        data = load_data(cfg)
+        initial = np.concatenate([a.ravel() for _, a in
+                                  models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])])
+        yield {"ctx": ctx, "control": control, "coordinator": coordinator, "shard": shards[0]["address"],
+               "job": status["job_id"], "initial": initial, "procs": procs, "logs": logs, "cfg": cfg,
+               "keys": keys}
+    finally:
+        if control is not None:
+            control.close()
+        for p in procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+        ctx.term()

@@ -1,22 +1,13 @@
 """A live shard answers every bad message with an ERROR reply and keeps serving."""
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
 
-from ps import config as job_config
 from ps import protocol as P
-from ps.client import ControlClient
 from ps.wire import decode, encode
-from tests.conftest import CONFIGS, ONE_THREAD, ROOT
-from worker import models
-from worker.job import load_data
+from tests.conftest import coordinator_and_shard
 
 pytestmark = pytest.mark.e2e
 
@@ -24,44 +15,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def live_shard(tmp_path):
     """A coordinator and one shard as real processes (no workers: the job stays in start-up)."""
-    cfg_path = tmp_path / "job.yaml"
-    overrides = ["shards=1", "cluster.max_message_mb=0.05", "cluster.startup_timeout=120"]
-    cfg = job_config.load(CONFIGS / "digits_logreg.yaml", overrides)
-    cfg_path.write_text(job_config.dump(cfg))
-    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
-    addr_file = tmp_path / "coordinator.addr"
-    procs = [subprocess.Popen([sys.executable, "-m", "ps.cli", "coordinator", "--config", str(cfg_path),
-                               "--bind", "tcp://127.0.0.1:*", "--run-dir", str(tmp_path),
-                               "--address-file", str(addr_file)], cwd=ROOT, env=env, start_new_session=True,
-                              stderr=subprocess.DEVNULL)]
-    try:
-        deadline = time.monotonic() + 60
-        while not addr_file.exists():
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.05)
-        coordinator = addr_file.read_text().strip()
-        procs.append(subprocess.Popen([sys.executable, "-m", "ps.cli", "shard", "--coordinator", coordinator,
-                                       "--bind", "tcp://127.0.0.1:*"], cwd=ROOT, env=env,
-                                      start_new_session=True, stderr=subprocess.DEVNULL))
-        ctx = zmq.Context()
-        control = ControlClient(ctx, coordinator, "client", timeout=5)
-        while True:
-            status = control.status()
-            shards = [n for n in status["nodes"] if n["role"] == "shard"]
-            if shards:
-                break
-            assert time.monotonic() < deadline, "shard did not register"
-            time.sleep(0.05)
-        control.close()
-        data = load_data(cfg)
-        initial = np.concatenate([a.ravel() for _, a in
-                                  models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])])
-        yield {"address": shards[0]["address"], "job": status["job_id"], "ctx": ctx, "initial": initial}
-        ctx.term()
-    finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+    with coordinator_and_shard(tmp_path, ["cluster.max_message_mb=0.05", "cluster.startup_timeout=120"]) as rig:
+        yield dict(rig, address=rig["shard"])
 
 
 def ask(shard, frames, req=False):

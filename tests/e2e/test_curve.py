@@ -1,24 +1,15 @@
 """With CURVE on, only holders of the job's keys can talk to it; the job itself trains as usual."""
-import os
 import pathlib
-import signal
 import stat
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import zmq
 
-from ps import config as job_config
 from ps import protocol as P
 from ps import security
-from ps.client import ControlClient
 from ps.wire import decode, encode
-from tests.conftest import CONFIGS, ONE_THREAD, ROOT
-from worker import models
-from worker.job import load_data
+from tests.conftest import CONFIGS, coordinator_and_shard
 
 pytestmark = pytest.mark.e2e
 
@@ -26,44 +17,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def curve_job(tmp_path):
     """A coordinator and one shard with the job's keys (no workers: the job stays in start-up)."""
-    keys = security.generate(tmp_path / "keys")
-    cfg = job_config.load(CONFIGS / "digits_logreg.yaml", ["shards=1", "cluster.curve=true"])
-    cfg_path = tmp_path / "job.yaml"
-    cfg_path.write_text(job_config.dump(cfg))
-    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()), DOWNPOUR_KEYS=str(keys.directory))
-    addr_file = tmp_path / "coordinator.addr"
-    cli = [sys.executable, "-m", "ps.cli"]
-    procs = [subprocess.Popen(cli + ["coordinator", "--config", str(cfg_path), "--bind", "tcp://127.0.0.1:*",
-                                     "--run-dir", str(tmp_path), "--address-file", str(addr_file)],
-                              cwd=ROOT, env=env, start_new_session=True, stderr=open(tmp_path / "coordinator.log", "w"))]
-    ctx = zmq.Context()
-    try:
-        deadline = time.monotonic() + 60
-        while not addr_file.exists():
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.05)
-        coordinator = addr_file.read_text().strip()
-        procs.append(subprocess.Popen(cli + ["shard", "--coordinator", coordinator, "--bind", "tcp://127.0.0.1:*"],
-                                      cwd=ROOT, env=env, start_new_session=True, stderr=subprocess.DEVNULL))
-        control = ControlClient(ctx, coordinator, "client", timeout=5, configure=keys.configure_client)
-        while True:
-            status = control.status()
-            if any(n["role"] == "shard" for n in status["nodes"]):
-                break
-            assert time.monotonic() < deadline, "shard did not register"
-            time.sleep(0.05)
-        control.close()
-        shard = next(n for n in status["nodes"] if n["role"] == "shard")
-        data = load_data(cfg)
-        initial = np.concatenate([a.ravel() for _, a in
-                                  models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])])
-        yield {"keys": keys, "shard": shard["address"], "coordinator": coordinator, "job": status["job_id"],
-               "initial": initial, "ctx": ctx, "tmp": tmp_path}
-    finally:
-        for p in procs:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        ctx.term()
+    with coordinator_and_shard(tmp_path, ["cluster.curve=true"], security.generate(tmp_path / "keys")) as rig:
+        yield rig
 
 
 def ask(job, address, frames, configure=None, wait=1.5):

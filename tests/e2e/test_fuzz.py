@@ -11,25 +11,18 @@ including RESULT, DONE, REPORT and HEARTBEAT in the shard's name, and floods of 
 Run with `-s` (or look at the test's captured output with -rA) for the figures.
 """
 import collections
-import os
 import pathlib
-import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import zmq
 
-from ps import config as job_config
 from ps import protocol as P
-from ps.client import ControlClient
 from ps.wire import decode, encode
-from tests.conftest import CONFIGS, ONE_THREAD, ROOT
+from tests.conftest import coordinator_and_shard
 from tests.e2e.wire_mutator import Frames, Mutator, template_frames
-from worker import models
-from worker.job import load_data
 
 pytestmark = pytest.mark.e2e
 
@@ -55,45 +48,9 @@ def tail(path: pathlib.Path, lines: int = 40) -> str:
 @pytest.fixture
 def live_job(tmp_path):
     """A coordinator and one shard as real processes, each logging to a file of its own."""
-    overrides = ["shards=1", f"cluster.max_message_mb={MAX_MESSAGE_MB}", "cluster.startup_timeout=600"]
-    cfg = job_config.load(CONFIGS / "digits_logreg.yaml", overrides)
-    cfg_path = tmp_path / "job.yaml"
-    cfg_path.write_text(job_config.dump(cfg))
-    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
-    logs = {"coordinator": tmp_path / "coordinator.log", "shard": tmp_path / "shard.log"}
-    addr_file = tmp_path / "coordinator.addr"
-    procs = {}
-
-    def start(role, *argv):
-        with open(logs[role], "wb") as out:
-            procs[role] = subprocess.Popen([sys.executable, "-m", "ps.cli", role, *argv], cwd=ROOT, env=env,
-                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    start("coordinator", "--config", str(cfg_path), "--bind", "tcp://127.0.0.1:*", "--run-dir", str(tmp_path),
-          "--address-file", str(addr_file))
-    ctx = zmq.Context()
-    try:
-        deadline = time.monotonic() + 60
-        while not addr_file.exists():
-            assert time.monotonic() < deadline and procs["coordinator"].poll() is None, tail(logs["coordinator"])
-            time.sleep(0.05)
-        coordinator = addr_file.read_text().strip()
-        start("shard", "--coordinator", coordinator, "--bind", "tcp://127.0.0.1:*")
-        control = ControlClient(ctx, coordinator, "client", timeout=5)
-        while not (shards := [n for n in control.status()["nodes"] if n["role"] == P.SHARD]):
-            assert time.monotonic() < deadline and procs["shard"].poll() is None, tail(logs["shard"])
-            time.sleep(0.05)
-        data = load_data(cfg)
-        initial = np.concatenate([a.ravel() for _, a in
-                                  models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])])
-        yield {"ctx": ctx, "control": control, "coordinator": coordinator, "shard": shards[0]["address"],
-               "job": control.status()["job_id"], "initial": initial, "procs": procs, "logs": logs, "cfg": cfg}
-        control.close()
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        ctx.term()
+    overrides = [f"cluster.max_message_mb={MAX_MESSAGE_MB}", "cluster.startup_timeout=600"]
+    with coordinator_and_shard(tmp_path, overrides) as rig:
+        yield rig
 
 
 # ---- what the fuzzer sends ---------------------------------------------------------------------
