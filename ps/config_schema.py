@@ -364,6 +364,7 @@ JOB = Section({
         "batch_size": integer(1, default=32),
         "fetch_every": integer(1, default=1),
         "push_every": integer(1, default=1),
+        "overlap": boolean(True),  # async only: the next step computes while the round trip travels
         "clip_norm": Nullable(number(low_open=True)),
         "log_every": integer(1, default=50),
     }),

@@ -2,7 +2,10 @@
 
 Pull the weights every `fetch_every` steps, compute a minibatch gradient, accumulate, and push
 the mean of the accumulated gradients every `push_every` steps. A push that is followed by a
-pull goes out as one PUSH_PULL round trip per shard. The clock is the number of pushes made;
+pull goes out as one PUSH_PULL round trip per shard. In async mode (`train.overlap`, on by
+default) that round trip travels while the next gradient is computed, on weights one round
+older: the shard's work and the TCP copies hide behind compute, at the price of one clock of
+staleness. SSP and BSP wait for every read, as their guarantees require. The clock is the number of pushes made;
 under SSP/BSP the shards hold a read back until the consistency model allows it.
 
 A worker that joins late, restarts or resumes learns from its first read the clock the shards
@@ -90,8 +93,12 @@ def train(session: Session) -> None:
     session.heartbeat.paused = faults.partitioned
     client = session.shard_client(faults)
     steps, push_every, fetch_every = t["steps"], t["push_every"], t["fetch_every"]
-    grad = np.zeros_like(flat.data)
-    acc = np.zeros_like(flat.data) if push_every > 1 else grad
+    # With overlap the round trip of one step travels while the next step computes, so the
+    # gradient it sent must stay untouched until it is answered: two buffers, taken in turn.
+    overlap = t["overlap"] and cfg["consistency"]["mode"] == "async"
+    outgoing = [np.zeros_like(flat.data) for _ in range(2 if overlap else 1)]
+    scratch = np.zeros_like(flat.data) if push_every > 1 else None
+    in_flight = None
     accumulated = 0
     client.pull(session.clock, flat.data)
     if client.clock_hint > session.clock:  # a restart or resume: carry on where we left off
@@ -99,8 +106,8 @@ def train(session: Session) -> None:
         log.info("%s: the shards have us at clock %d: resuming there", session.name, session.clock)
     first = session.clock * push_every
     partition = _Partition(data, session, t["batch_size"], cfg["seed"])
-    log.info("%s: steps %d..%d of batch %d on %s (%s)", session.name, first, steps, t["batch_size"],
-             data.name, cfg["consistency"]["mode"])
+    log.info("%s: steps %d..%d of batch %d on %s (%s%s)", session.name, first, steps, t["batch_size"],
+             data.name, cfg["consistency"]["mode"], ", overlapped" if overlap else "")
     window_start, window_samples, losses = time.perf_counter(), 0, []
     norms: list[float] = []
     net.train()
@@ -119,16 +126,23 @@ def train(session: Session) -> None:
             raise Garbage(f"loss is {value} at step {step}: stopping before pushing it")
         net.zero_grad()
         loss.backward()
-        flat.gather_grads(out=grad)
+        acc = outgoing[session.clock % len(outgoing)]
+        if accumulated == 0:
+            flat.gather_grads(out=acc)
+        else:
+            flat.gather_grads(out=scratch)
+            acc += scratch
         if faults.poisons(step):
-            grad[0] = np.nan
-        if acc is not grad:
-            acc += grad
+            acc[0] = np.nan
         accumulated += 1
         losses.append(value)
         window_samples += len(x)
+        if in_flight is not None:  # the previous step's round trip: its weights serve the next step
+            client.finish(in_flight)
+            in_flight = None
         last = step == steps - 1
         fetch_next = not last and (step + 1) % fetch_every == 0
+        trip = None
         if (step + 1) % push_every == 0 or last:
             if accumulated > 1:
                 acc /= accumulated
@@ -138,24 +152,27 @@ def train(session: Session) -> None:
             _watch_norm(session, norms, norm)
             if t["clip_norm"]:
                 optim.clip_grad_norm_(acc, t["clip_norm"])
-            if fetch_next:
-                client.push_pull(acc, session.clock, flat.data)
-            else:
-                client.push(acc, session.clock)
+            trip = client.start(P.PUSH_PULL if fetch_next else P.PUSH, session.clock, acc,
+                                flat.data if fetch_next else None)
             session.clock += 1
-            if acc is not grad:
-                acc[:] = 0
             accumulated = 0
         elif fetch_next:
-            client.pull(session.clock, flat.data)
+            trip = client.start(P.PULL, session.clock, None, flat.data)
+        if trip is not None:
+            if overlap and not last:
+                in_flight = trip
+            else:
+                client.finish(trip)
         session.step = step + 1
         if session.step % t["log_every"] == 0 or last:
             elapsed = time.perf_counter() - window_start
             session.control.report({
                 "kind": "train", "step": session.step, "clock": session.clock, "loss": float(np.mean(losses)),
                 "samples_per_s": window_samples / max(elapsed, 1e-9), "grad_norm": norms[-1] if norms else None,
-                "retries": client.retries, "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received})
+                "retries": client.retries, "comm_wait_s": client.waited, "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received})
             window_start, window_samples, losses = time.perf_counter(), 0, []
+    if in_flight is not None:
+        client.finish(in_flight)
     client.close()
 
 

@@ -2,7 +2,9 @@
 
 Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
 shard, not the sum. Gradients leave as views of the caller's buffer (no copy); pulled weights
-are copied once, from the received frame into the caller's buffer.
+are copied once, from the received frame into the caller's buffer. Every round trip can be
+split in two (`start`, `finish`), so a worker computes its next gradient while the previous
+push and read travel (overlap).
 
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
 once, so a push that got no reply is simply sent again. A request is resent after a retry
@@ -29,6 +31,8 @@ MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
 
 @dataclasses.dataclass
 class _Pending:
+    """One shard's part of a round trip: what to resend, and the sequence numbers it went by."""
+
     shard: int
     header: dict
     arrays: tuple
@@ -36,6 +40,16 @@ class _Pending:
     sent_at: float
     retry_at: float
     attempts: int = 1
+
+
+@dataclasses.dataclass
+class RoundTrip:
+    """A request sent to every shard whose replies are not yet all in."""
+
+    op: str
+    out: np.ndarray | None
+    deadline: float
+    pending: dict[int, _Pending] = dataclasses.field(default_factory=dict)
 
 
 class ShardClient:
@@ -61,6 +75,7 @@ class ShardClient:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.retries = 0
+        self.waited = 0.0  # seconds spent blocked in `finish`: communication that compute did not hide
         self._rtts: list[float] = []
 
     def _channel(self, shard: int, address: str) -> Channel:
@@ -69,15 +84,77 @@ class ShardClient:
     # ---- the three operations ------------------------------------------------------------
     def pull(self, clock: int, out: np.ndarray) -> None:
         """Fill `out` (the whole flat model) with every shard's current weights."""
-        self._round_trip(P.PULL, clock, None, out)
+        self.finish(self.start(P.PULL, clock, None, out))
 
     def push(self, grad: np.ndarray, clock: int) -> None:
         """Send the flat gradient `grad`, each shard its own range; wait for every ack."""
-        self._round_trip(P.PUSH, clock, grad, None)
+        self.finish(self.start(P.PUSH, clock, grad, None))
 
     def push_pull(self, grad: np.ndarray, clock: int, out: np.ndarray) -> None:
         """Push `grad` at `clock` and read the weights at clock + 1, one round trip per shard."""
-        self._round_trip(P.PUSH_PULL, clock, grad, out)
+        self.finish(self.start(P.PUSH_PULL, clock, grad, out))
+
+    # ---- split in two, so that a worker can compute while the round trip is under way ------
+    def start(self, op: str, clock: int, grad: np.ndarray | None, out: np.ndarray | None) -> RoundTrip:
+        """Send `op` to every shard and return at once. Until `finish`, `grad` must stay as it
+        is (it leaves without a copy and a retry sends it again) and `out` is not written."""
+        self._reroute()
+        now = time.monotonic()
+        trip = RoundTrip(op, out, now + self.timeout)
+        for shard, (lo, hi) in enumerate(self.layout.ranges):
+            header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
+                      "read_version": self.versions[shard]}
+            arrays = (grad[lo:hi],) if grad is not None else ()
+            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval())
+            self._send(p, now)
+            trip.pending[shard] = p
+            if grad is not None:
+                self.bytes_sent += (hi - lo) * grad.itemsize
+        return trip
+
+    def finish(self, trip: RoundTrip) -> None:
+        """Wait for every shard's reply to `trip` (resending what goes unanswered) and copy the
+        weights it carries into the `out` given to `start`."""
+        pending = trip.pending
+        began = time.monotonic()
+        try:
+            self._wait(trip)
+        finally:
+            self.waited += time.monotonic() - began
+
+    def _wait(self, trip: RoundTrip) -> None:
+        pending = trip.pending
+        while pending:
+            now = time.monotonic()
+            if now > trip.deadline:
+                missing = ", ".join(f"shard {s} at {self.addresses[s]}" for s in pending)
+                raise TimeoutError(f"{trip.op}: no reply within {self.timeout:g} s from {missing}")
+            poller = zmq.Poller()
+            for p in pending.values():
+                poller.register(self.channels[p.shard].sock, zmq.POLLIN)
+            wake = min([p.retry_at for p in pending.values()] + [trip.deadline])
+            events = dict(poller.poll(max(1, int((wake - now) * 1000))))
+            for shard, p in list(pending.items()):
+                sock = self.channels[shard].sock
+                while sock in events and shard in pending:
+                    try:
+                        msg = recv(sock, router=False, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except WireError:
+                        continue  # a garbled reply: the retry timer will ask again
+                    if msg.seq in p.seqs and self._accept(msg, p, trip.out):
+                        self._rtts.append(time.monotonic() - p.sent_at)
+                        del pending[shard]
+            now = time.monotonic()
+            if any(p.retry_at <= now for p in pending.values()):
+                moved = self._reroute()
+                for p in pending.values():
+                    if p.retry_at <= now or p.shard in moved:
+                        p.attempts += 1
+                        p.retry_at = now + self._retry_interval() * min(2 ** (p.attempts - 1), 16)
+                        self.retries += 1
+                        self._send(p, now)
 
     @property
     def clock_hint(self) -> int:
@@ -104,52 +181,6 @@ class ShardClient:
             if self.faults.fires("duplicate", "push"):
                 p.seqs.add(ch.send(p.header, p.arrays))
         p.seqs.add(ch.send(p.header, p.arrays))
-
-    def _round_trip(self, op: str, clock: int, grad: np.ndarray | None, out: np.ndarray | None) -> None:
-        self._reroute()
-        now = time.monotonic()
-        pending: dict[int, _Pending] = {}
-        for shard, (lo, hi) in enumerate(self.layout.ranges):
-            header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
-                      "read_version": self.versions[shard]}
-            arrays = (grad[lo:hi],) if grad is not None else ()
-            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval())
-            self._send(p, now)
-            pending[shard] = p
-            if grad is not None:
-                self.bytes_sent += (hi - lo) * grad.itemsize
-        deadline = now + self.timeout
-        while pending:
-            now = time.monotonic()
-            if now > deadline:
-                missing = ", ".join(f"shard {s} at {self.addresses[s]}" for s in pending)
-                raise TimeoutError(f"{op}: no reply within {self.timeout:g} s from {missing}")
-            poller = zmq.Poller()
-            for p in pending.values():
-                poller.register(self.channels[p.shard].sock, zmq.POLLIN)
-            wake = min([p.retry_at for p in pending.values()] + [deadline])
-            events = dict(poller.poll(max(1, int((wake - now) * 1000))))
-            for shard, p in list(pending.items()):
-                sock = self.channels[shard].sock
-                while sock in events and shard in pending:
-                    try:
-                        msg = recv(sock, router=False, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except WireError:
-                        continue  # a garbled reply: the retry timer will ask again
-                    if msg.seq in p.seqs and self._accept(msg, p, out):
-                        self._rtts.append(time.monotonic() - p.sent_at)
-                        del pending[shard]
-            now = time.monotonic()
-            if any(p.retry_at <= now for p in pending.values()):
-                moved = self._reroute()
-                for p in pending.values():
-                    if p.retry_at <= now or p.shard in moved:
-                        p.attempts += 1
-                        p.retry_at = now + self._retry_interval() * min(2 ** (p.attempts - 1), 16)
-                        self.retries += 1
-                        self._send(p, now)
 
     def _accept(self, msg: Message, p: _Pending, out: np.ndarray | None) -> bool:
         """Take a reply; False if it asks us to try again (the request was garbled on the way)."""

@@ -40,14 +40,14 @@ def test_a_minimal_config_gets_every_default_filled_in():
     assert cfg["optimizer"] == {"type": "sgd", "lr": 0.01, "momentum": 0.0, "dampening": 0.0,
                                 "nesterov": False, "weight_decay": 0.0}
     assert cfg["train"] == {"steps": 1000, "batch_size": 32, "fetch_every": 1, "push_every": 1,
-                            "clip_norm": None, "log_every": 50}
+                            "overlap": True, "clip_norm": None, "log_every": 50}
     assert cfg["eval"] == {"every": 0, "early_stopping": None}
     assert cfg["target"] is None
     assert cfg["cluster"] == {"host": "127.0.0.1", "heartbeat_interval": 0.5, "heartbeat_timeout": 5.0,
                               "startup_timeout": 60.0, "request_timeout": 30.0,
                               "max_message_mb": 512.0, "curve": False}
     assert cfg["checkpoint"] == {"every_seconds": 0.0, "keep": 2}
-    assert cfg["compression"] == {"type": "none", "ratio": 0.01, "error_feedback": True}
+    assert cfg["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5, "error_feedback": True}
     assert cfg["faults"] == []
 
 

@@ -1,0 +1,94 @@
+"""A round trip split in two: `start` sends and returns, `finish` waits and fills the weights.
+
+The shards here are plain ROUTER sockets driven by the test, so it decides when each replies.
+"""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from ps import protocol as P
+from ps.client.data import ShardClient
+from ps.layout import make_layout
+from ps.wire import recv, reply
+
+SIZE = 1000
+
+
+@pytest.fixture
+def two_shards():
+    ctx = zmq.Context()
+    socks = [ctx.socket(zmq.ROUTER) for _ in range(2)]
+    addresses = []
+    for s in socks:
+        s.setsockopt(zmq.LINGER, 0)
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        addresses.append(f"tcp://127.0.0.1:{port}")
+    layout = make_layout([("w", (SIZE,))], 2)
+    client = ShardClient(ctx, layout, addresses, "job", "worker-0", timeout=10.0)
+    yield ctx, socks, layout, client
+    client.close()
+    for s in socks:
+        s.close()
+    ctx.term()
+
+
+def serve_one(sock, weights):
+    """Receive one request and answer it with `weights` (the slice the request asked for)."""
+    assert sock.poll(5000), "the request never arrived"
+    msg = recv(sock, router=True)
+    lo, hi = msg.header["lo"], msg.header["hi"]
+    pushed = msg.arrays[0].copy() if msg.arrays else None
+    reply(sock, msg, arrays=(weights[lo:hi],), version=1, clock=msg.header["clock"] + 1)
+    return msg.header, pushed
+
+
+def test_start_sends_to_every_shard_and_returns_before_any_reply(two_shards):
+    _, socks, layout, client = two_shards
+    grad = np.arange(SIZE, dtype=np.float32)
+    out = np.zeros(SIZE, np.float32)
+    trip = client.start(P.PUSH_PULL, 3, grad, out)
+    assert set(trip.pending) == {0, 1}
+    weights = np.full(SIZE, 7.0, np.float32)
+    for shard, sock in enumerate(socks):
+        header, pushed = serve_one(sock, weights)
+        lo, hi = layout.ranges[shard]
+        assert header["op"] == P.PUSH_PULL and header["clock"] == 3
+        np.testing.assert_array_equal(pushed, grad[lo:hi])
+    assert not out.any(), "the weights are written by finish, never behind the caller's back"
+    client.finish(trip)
+    np.testing.assert_array_equal(out, weights)
+    assert client.clock_hint == 4
+
+
+def test_finish_counts_the_time_it_was_blocked_and_start_does_not(two_shards):
+    _, socks, _, client = two_shards
+    out = np.zeros(SIZE, np.float32)
+    trip = client.start(P.PULL, 0, None, out)
+    assert client.waited == 0.0
+
+    def late_shards():
+        time.sleep(0.3)
+        for sock in socks:
+            serve_one(sock, np.ones(SIZE, np.float32))
+
+    server = threading.Thread(target=late_shards)
+    server.start()
+    client.finish(trip)
+    server.join()
+    assert 0.25 <= client.waited < 5
+    assert out.sum() == SIZE
+
+
+def test_the_blocking_calls_are_start_then_finish(two_shards):
+    _, socks, _, client = two_shards
+    weights = np.full(SIZE, 2.0, np.float32)
+    server = threading.Thread(target=lambda: [serve_one(s, weights) for s in socks])
+    server.start()
+    out = np.zeros(SIZE, np.float32)
+    client.pull(0, out)
+    server.join()
+    np.testing.assert_array_equal(out, weights)
