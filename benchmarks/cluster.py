@@ -79,7 +79,7 @@ class LocalStep:
         self.grad = np.zeros_like(self.job.flat.data)
         t = config["train"]
         self.batches = self.job.data.batches(rank, world, t["batch_size"], config["seed"])
-        opt = dict(config["optimizer"])
+        opt = {k: v for k, v in config["optimizer"].items() if k not in ("schedule", "final_lr")}
         self.rule = optim.make(opt.pop("type"), **opt)
         self.job.net.train()
 

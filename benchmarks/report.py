@@ -177,6 +177,38 @@ def render_simulate(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_compression(record: dict[str, Any]) -> str:
+    """Bytes pushed and accuracy reached per gradient codec, against the uncompressed job."""
+    figures = record["figures"]
+    steps = f"{figures['steps']} steps per worker" if figures.get("steps") else "the config's steps"
+    lines = [
+        f"**Compression: bytes pushed and test accuracy per codec** (`{figures['config']}`, "
+        f"{figures['workers']} workers, {figures['shards']} shards, {figures['consistency']}, {steps}; "
+        "bytes = the workers' push payload, summed; error feedback on for topk, onebit and twobit)",
+        "",
+        "| codec | settings | bytes pushed | of uncompressed | test accuracy | vs uncompressed | wall time |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    acceptance = figures.get("acceptance", {})
+    for name, r in figures["codecs"].items():
+        settings = ", ".join(o.split(".", 1)[1] for o in r["overrides"]
+                             if o.startswith("compression.") and not o.startswith("compression.codec=")) or "-"
+        ratio = f"{r['bytes_ratio']:.1%}" if r.get("bytes_ratio") is not None else "-"
+        accuracy = f"{r['test_accuracy']:.4f}" if r.get("test_accuracy") is not None else "-"
+        delta = f"{100 * r['accuracy_delta']:+.2f} points" if r.get("accuracy_delta") is not None else "-"
+        if name == acceptance.get("codec") and acceptance.get("met") is not None:
+            ratio = f"**{ratio}**{_met(r['bytes_ratio'] <= acceptance['max_bytes_ratio'])}"
+            delta = f"**{delta}**{_met(r['accuracy_delta'] >= -acceptance['max_accuracy_drop'])}"
+        lines.append(f"| {name} | {settings} | {r['bytes_sent'] / 1e6:,.1f} MB | {ratio} | {accuracy} | {delta} "
+                     f"| {r['wall_seconds']:.0f} s |")
+    if acceptance:
+        lines += ["", f"Target ({acceptance['codec']}, error feedback): ≤ {acceptance['max_bytes_ratio']:.0%} of the "
+                      f"uncompressed bytes, accuracy within {100 * acceptance['max_accuracy_drop']:g} point of it. "
+                      f"References: {figures.get('reference', '-')}."]
+    lines += ["", _conditions(record)]
+    return "\n".join(lines)
+
+
 # Which results file each renderer reads: add a line here for a new benchmark.
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine": render_engine,
@@ -184,6 +216,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "cluster": render_cluster,
     "consistency": render_consistency,
     "simulate": render_simulate,
+    "compression": render_compression,
 }
 
 

@@ -193,3 +193,12 @@ def get(cfg: Mapping, dotted: str, default: Any = _MISSING) -> Any:
         else:
             raise KeyError(f"{walked}: no such setting" + (f" (in {dotted})" if walked != dotted else ""))
     return value
+
+
+def planned_updates(cfg: Mapping) -> int:
+    """How many updates each shard range will apply if every worker runs all its steps: the
+    span of a learning-rate schedule. BSP applies one averaged update per clock; async and SSP
+    one per push."""
+    t = cfg["train"]
+    pushes = -(-t["steps"] // t["push_every"])
+    return pushes if cfg["consistency"]["mode"] == "bsp" else pushes * cfg["workers"]["count"]

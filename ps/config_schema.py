@@ -294,7 +294,10 @@ def _adam(weight_decay: float) -> Section:
 
 
 OPTIMIZER = variants(
-    "type", "sgd", {"lr": number(0.01, low_open=True)},
+    "type", "sgd", {"lr": number(0.01, low_open=True),
+                    # the rate over the job's planned updates (model/schedule.py)
+                    "schedule": choice("constant", "linear", "cosine", default="constant"),
+                    "final_lr": number(0.0)},
     sgd=Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
                  "nesterov": boolean(False), "weight_decay": number(0.0)},
                 rules=(Rule("nesterov", lambda o: not o["nesterov"] or (o["momentum"] > 0 and o["dampening"] == 0),
@@ -396,10 +399,11 @@ JOB = Section({
         "every_seconds": number(0.0),
         "keep": integer(1, default=2),
     }),
-    "compression": Section({
-        "type": choice("none", "fp16", "topk", "onebit", "twobit", default="none"),
-        "ratio": number(0.01, low_open=True, high=1.0, high_open=False),
-        "error_feedback": boolean(True),
-    }),
+    "compression": Section({  # of pushes, see ps/compression.py
+        "codec": choice("none", "fp16", "topk", "onebit", "twobit", default="none"),
+        "ratio": number(0.01, low_open=True, high=1.0, high_open=False),  # topk: the share kept
+        "threshold": number(0.5, low_open=True),                          # twobit: the t of +-t
+        "error_feedback": boolean(True),                                  # topk, onebit, twobit
+    }, shorthand="codec"),
     "faults": ListOf(FAULT),
 }, expected="a mapping of settings")

@@ -47,5 +47,6 @@ MAX_NAME_CHARS = 256
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 MAX_EXTRA_WORKERS = 64     # workers beyond `workers.count` that may join a job (elastic)
 
-# Array dtypes that may travel on the wire (gradients may be compressed to fp16 or int8).
-WIRE_DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int32", "int64", "float64"})
+# Array dtypes that may travel on the wire (compressed gradients: float16, uint8 bit-packed codes,
+# uint32 top-k indices; see ps/compression.py).
+WIRE_DTYPES = frozenset({"float32", "float16", "int8", "uint8", "int32", "uint32", "int64", "float64"})

@@ -22,6 +22,8 @@ from . import checkpoint, security
 from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
+from .compression import CodecError, decode
+from .config import planned_updates
 from .layout import layout_from_dict
 from .replication import Replicator, backup_of
 from .store import ParameterStore, StalePush
@@ -54,6 +56,7 @@ class Shard:
         self.restored_updates: int | None = None
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
+        self.scratch = np.empty(0, np.float32)  # compressed pushes decode here (grown as needed)
 
     # ---- start-up ------------------------------------------------------------------------
     def join(self, startup_timeout: float = 60.0) -> None:
@@ -85,7 +88,7 @@ class Shard:
         def store(rng: int, weights) -> ParameterStore:
             lo, hi = self.layout.ranges[rng]
             return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
-                                  info["workers"])
+                                  info["workers"], planned_updates(self.config))
 
         self.store = store(self.rank, msg.arrays[0])
         self.stores = {self.rank: self.store}   # the ranges this shard serves
@@ -225,6 +228,8 @@ class Shard:
             except StalePush as exc:
                 raise WireError(str(exc)) from None
             if new and store is self.store:
+                if grad.base is self.scratch and self.replicator.channel is not None:
+                    grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
                 held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"))
         if msg.op == P.PUSH:
             self._respond(held, lambda: reply(self.sock, msg, version=store.updates_applied))
@@ -249,10 +254,24 @@ class Shard:
     def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> np.ndarray:
         if role != P.WORKER:
             raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
+        if "codec" in msg.header:
+            return self._decoded(msg, lo, hi)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
             got = [(a.dtype.name, a.shape) for a in msg.arrays]
             raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
         return msg.arrays[0]
+
+    def _decoded(self, msg: Message, lo: int, hi: int) -> np.ndarray:
+        """A compressed push's dense gradient (ps/compression.py), in a scratch buffer that the
+        update rule consumes before the next push is read. Replication forwards it dense."""
+        if msg.op == P.REPLICATE:
+            raise WireError("a replicated push carries its dense gradient: no codec expected")
+        if self.scratch.size < hi - lo:
+            self.scratch = np.empty(hi - lo, np.float32)
+        try:
+            return decode(msg.header, msg.arrays, hi - lo, self.scratch[:hi - lo])
+        except CodecError as err:
+            raise WireError(f"push to [{lo}, {hi}): {err}") from None
 
     def _respond(self, held: int | None, send) -> None:
         """Reply now, or once the backup has acknowledged the push (replication)."""

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from model import optim
+from model.optim import schedule
 
 from .consistency import MAX_GAP, Consistency
 from .dedupe import PushLog
@@ -23,13 +24,13 @@ class StalePush(ValueError):
 
 class ParameterStore:
     def __init__(self, lo: int, hi: int, weights: np.ndarray, optimizer: dict, mode: str,
-                 staleness: int, workers: list[int]):
+                 staleness: int, workers: list[int], planned_updates: int = 1):
         self.lo, self.hi = lo, hi
         self.weights = np.array(weights, dtype=np.float32)  # our own, writable copy
-        opt = dict(optimizer)
+        opt, self.schedule = schedule.split(optimizer, planned_updates)
         self.rule = optim.make(opt.pop("type"), **opt)
         self.rule.bind(self.weights)
-        _warm_up(optimizer)
+        _warm_up(self.rule)
         self.consistency = Consistency(mode, staleness, workers)
         self.pushes = PushLog()
         self.bsp_sums: dict[int, np.ndarray] = {}
@@ -78,6 +79,8 @@ class ParameterStore:
         self.apply_completed(self.consistency.set_live(workers))
 
     def _step(self, lo: int, hi: int, grad: np.ndarray) -> None:
+        if self.schedule.kind != "constant":
+            self.rule.lr = self.schedule.lr_at(self.updates_applied)
         if lo == self.lo and hi == self.hi:
             self.rule.step(self.weights, grad)
         else:
@@ -140,10 +143,9 @@ class ParameterStore:
         self._snapshot = None
 
 
-def _warm_up(optimizer: dict) -> None:
+def _warm_up(like: optim.Rule) -> None:
     """Compile the update rule's kernel now, on a throwaway buffer, rather than on the first
     push, when a long pause would hold up the heartbeats that keep this shard alive."""
-    opt = dict(optimizer)
-    rule = optim.make(opt.pop("type"), **opt)
+    rule = optim.make(like.name, **like.hparams)
     buf = np.zeros(16, np.float32)
     rule.step(buf, np.zeros_like(buf))

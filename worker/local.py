@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from model import optim
+from model.optim import schedule
 
 from .job import Job, build_job
 from .objective import batch_loss, evaluate
@@ -24,7 +25,7 @@ def train_local(config: dict, steps: int | None = None, batch_size: int | None =
     steps = steps or t["steps"]
     batch_size = batch_size or t["batch_size"]
     job = build_job(config)
-    opt = dict(config["optimizer"])
+    opt, lr_schedule = schedule.split(config["optimizer"], steps)
     rule = optim.make(opt.pop("type"), **opt)
     grad = np.zeros_like(job.flat.data)
     batches = job.data.batches(0, 1, batch_size, config["seed"])
@@ -38,6 +39,7 @@ def train_local(config: dict, steps: int | None = None, batch_size: int | None =
         job.flat.gather_grads(out=grad)
         if t["clip_norm"]:
             optim.clip_grad_norm_(grad, t["clip_norm"])
+        rule.lr = lr_schedule.lr_at(step)
         rule.step(job.flat.data, grad)
         if (step + 1) % t["log_every"] == 0:
             log.info("step %d loss %.4f", step + 1, loss.item())

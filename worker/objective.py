@@ -27,8 +27,9 @@ def evaluate(net, data, split: str = "test", batch_size: int = 500) -> dict:
     with no_grad():
         for x, y in data.eval_batches(split, batch_size):
             logits = net(Tensor(x))
-            if data.kind == "language_model":
-                logits = logits.reshape(-1, logits.shape[-1])
+            if data.kind == "language_model":  # score the window, not the context before it
+                scored = logits.numpy()[:, -y.shape[1]:]
+                logits = Tensor(np.ascontiguousarray(scored).reshape(-1, scored.shape[-1]))
                 y = y.reshape(-1)
             n = len(y)
             total_loss += float(F.cross_entropy(logits, y).item()) * n

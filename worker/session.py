@@ -106,7 +106,8 @@ class Session:
         patience = cluster["request_timeout"] + cluster["heartbeat_timeout"] + cluster["startup_timeout"]
         return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
-                           addresses_now=lambda: self.shards, faults=faults, configure=self.configure)
+                           addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
+                           compression=self.config["compression"])
 
     def close(self, leave: bool = True) -> None:
         self.heartbeat.stop()

@@ -2,7 +2,8 @@
 
 Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
 shard, not the sum. Gradients leave as views of the caller's buffer (no copy); pulled weights
-are copied once, from the received frame into the caller's buffer. Every round trip can be
+are copied once, from the received frame into the caller's buffer. Pushes may be compressed
+(`ps/compression.py`), with the error feedback kept here. Every round trip can be
 split in two (`start`, `finish`), so a worker computes its next gradient while the previous
 push and read travel (overlap).
 
@@ -22,6 +23,7 @@ import numpy as np
 import zmq
 
 from .. import protocol as P
+from ..compression import Compressor, wire_bytes
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
 from .faults import FaultPlan
@@ -56,7 +58,7 @@ class ShardClient:
     def __init__(self, ctx: zmq.Context, layout: Layout, addresses: Sequence[str], job: str,
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
                  configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
-                 faults: FaultPlan | None = None):
+                 faults: FaultPlan | None = None, compression: dict | None = None):
         if len(addresses) != layout.num_shards:
             raise ValueError(f"layout has {layout.num_shards} shards, got {len(addresses)} addresses")
         self.ctx = ctx
@@ -68,6 +70,7 @@ class ShardClient:
         self.configure = configure
         self.addresses_now = addresses_now
         self.faults = faults
+        self.compressor = Compressor(compression or {}, layout.ranges)
         self.addresses = list(addresses)
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
@@ -104,12 +107,14 @@ class ShardClient:
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
-            arrays = (grad[lo:hi],) if grad is not None else ()
+            arrays: tuple = ()
+            if grad is not None:  # encoded once per push: a retry resends these very frames
+                fields, arrays = self.compressor.encode(shard, grad[lo:hi])
+                header.update(fields)
+                self.bytes_sent += wire_bytes(arrays)
             p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval())
             self._send(p, now)
             trip.pending[shard] = p
-            if grad is not None:
-                self.bytes_sent += (hi - lo) * grad.itemsize
         return trip
 
     def finish(self, trip: RoundTrip) -> None:

@@ -15,11 +15,13 @@ import pathlib
 import subprocess
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
 
 from ps import protocol as P
+from ps.compression import Compressor
 from ps.wire import decode, encode
 from tests.conftest import coordinator_and_shard
 from tests.e2e.wire_mutator import Frames, Mutator, template_frames
@@ -62,7 +64,10 @@ def shard_templates(job: str, n: int) -> list:
             ({**data, "op": P.PULL, "from": "client-0", "lo": 10, "hi": 20}, []),
             ({**data, "op": P.PUSH, "clock": 3, "read_version": 0}, [zeros]),
             ({**data, "op": P.PUSH_PULL, "from": "worker-1", "clock": 1}, [zeros]),
-            ({**data, "op": P.PUSH, "lo": 100, "hi": 110}, [zeros[:10]])]
+            ({**data, "op": P.PUSH, "lo": 100, "hi": 110}, [zeros[:10]])] + [
+            ({**data, "op": P.PUSH, "clock": 4, **fields}, list(frames))   # compressed pushes
+            for fields, frames in (Compressor({"codec": codec}, [(0, n)]).encode(0, zeros + 0.01)
+                                   for codec in ("fp16", "topk", "onebit", "twobit"))]
 
 
 def coordinator_templates(job: str) -> list:
@@ -93,7 +98,10 @@ def keep_shard_weights(job: str):
         msg = as_routed(frames)
         if msg is not None and msg.op in (P.PUSH, P.PUSH_PULL) and msg.header.get("job") == job:
             start = len(frames) - len(msg.arrays)
-            frames = frames[:start] + [bytes(len(f)) for f in frames[start:]]  # a valid push of zeros
+            header = frames[start - 1]
+            if "scale" in msg.header:  # onebit: zero bits decode to -scale, so the scale goes too
+                header = msgpack.packb(dict(msg.header, scale=0.0), use_bin_type=True)
+            frames = frames[:start - 1] + [header] + [bytes(len(f)) for f in frames[start:]]  # a push of zeros
         return frames
     return accept
 

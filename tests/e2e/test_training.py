@@ -1,5 +1,7 @@
 """End to end: real coordinator, shard, evaluator and worker processes talking ZeroMQ over
 loopback TCP, started by `downpour launch` exactly as a user starts them."""
+import json
+
 import numpy as np
 import pytest
 
@@ -56,3 +58,36 @@ def test_ssp_holds_its_bound_when_one_worker_is_slowed_on_purpose(jobs):
     gaps = {int(k): v for k, v in s["read_staleness"].items()}
     assert max(gaps) <= 2          # never a read over the bound
     assert gaps.get(2, 0) > 10     # and the fast worker did run up against it
+
+
+def test_a_learning_rate_schedule_runs_the_same_on_the_shards_as_in_one_process(jobs):
+    """Each shard derives the rate from its own update count, so BSP still equals one process."""
+    common = ["consistency.mode=bsp", "train.steps=40", "model.hidden=[32]", "model.dropout=0",
+              "optimizer={type: sgd, lr: 0.1, schedule: cosine, final_lr: 0.01}"]
+    s = jobs.run(MLP, *common, "workers=2", "shards=2", "train.batch_size=12")
+    assert s["status"] == "done", s["reason"]
+    cfg = job_config.load(MLP, common + ["train.batch_size=24"])
+    job, _ = train_local(cfg)
+    np.testing.assert_allclose(assemble(s["_run_dir"]), job.flat.data, atol=1e-5)
+    constant = job_config.load(MLP, common[:-1] + ["optimizer={type: sgd, lr: 0.1}", "train.batch_size=24"])
+    assert np.abs(train_local(constant)[0].flat.data - job.flat.data).max() > 1e-3  # the schedule mattered
+
+
+def _bytes_pushed(run_dir) -> int:
+    last = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "train":
+            last[record["rank"]] = record["bytes_sent"]
+    return sum(last.values())
+
+
+@pytest.mark.parametrize("codec, share", [("fp16", 0.5), ("topk", 0.02), ("onebit", 1 / 32)])
+def test_compressed_pushes_train_the_digits_mlp_on_a_fraction_of_the_bytes(jobs, codec, share):
+    plain = jobs.run(MLP, "train.steps=400")
+    squeezed = jobs.run(MLP, "train.steps=400", f"compression.codec={codec}")
+    assert squeezed["status"] == "done", squeezed["reason"]
+    assert squeezed["updates_applied"] == plain["updates_applied"] == 800
+    ratio = _bytes_pushed(squeezed["_run_dir"]) / _bytes_pushed(plain["_run_dir"])
+    assert ratio == pytest.approx(share, rel=0.05)
+    assert squeezed["metrics"]["test_accuracy"] >= 0.95

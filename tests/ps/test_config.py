@@ -37,8 +37,8 @@ def test_a_minimal_config_gets_every_default_filled_in():
     assert cfg["consistency"] == {"mode": "async", "staleness": 2}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64,
                            "limit_train": None, "max_chars": None}
-    assert cfg["optimizer"] == {"type": "sgd", "lr": 0.01, "momentum": 0.0, "dampening": 0.0,
-                                "nesterov": False, "weight_decay": 0.0}
+    assert cfg["optimizer"] == {"type": "sgd", "lr": 0.01, "schedule": "constant", "final_lr": 0.0,
+                                "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0}
     assert cfg["train"] == {"steps": 1000, "batch_size": 32, "fetch_every": 1, "push_every": 1,
                             "overlap": True, "clip_norm": None, "log_every": 50}
     assert cfg["eval"] == {"every": 0, "early_stopping": None}
@@ -61,10 +61,10 @@ def test_optimizer_defaults_follow_the_chosen_type():
     adam = resolve(with_(optimizer={"type": "adam"}))["optimizer"]
     adamw = resolve(with_(optimizer={"type": "adamw", "lr": 0.001}))["optimizer"]
     adagrad = resolve(with_(optimizer={"type": "adagrad"}))["optimizer"]
-    assert adam == {"type": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-8,
-                    "weight_decay": 0.0, "amsgrad": False}
+    assert adam == {"type": "adam", "lr": 0.01, "schedule": "constant", "final_lr": 0.0,
+                    "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False}
     assert adamw["weight_decay"] == 0.01 and adamw["lr"] == 0.001
-    assert adagrad == {"type": "adagrad", "lr": 0.01, "lr_decay": 0.0, "weight_decay": 0.0,
+    assert adagrad == {"type": "adagrad", "lr": 0.01, "schedule": "constant", "final_lr": 0.0, "lr_decay": 0.0, "weight_decay": 0.0,
                        "initial_accumulator_value": 0.0, "eps": 1e-10}
 
 
@@ -211,7 +211,7 @@ def test_name_and_dataset_must_be_well_formed():
 
 def test_an_optimizer_key_of_another_type_says_what_this_type_takes():
     err = error_of(with_(optimizer={"type": "adam", "momentum": 0.9}))
-    assert str(err) == "optimizer.momentum: not used by adam (it takes: lr, betas, eps, weight_decay, amsgrad)"
+    assert str(err) == "optimizer.momentum: not used by adam (it takes: lr, schedule, final_lr, betas, eps, weight_decay, amsgrad)"
 
 
 def test_optimizer_values_are_checked_per_type():

@@ -226,12 +226,18 @@ def test_language_model_batches_are_windows_whose_targets_are_the_next_character
     np.testing.assert_array_equal(y, pydoc.train_ids[starts[:, None] + np.arange(1, 17)])
 
 
-def test_text_eval_batches_cover_the_split_in_consecutive_non_overlapping_windows():
+def test_text_eval_scores_consecutive_windows_each_read_after_its_context():
     pydoc = load("text:pydoc", max_chars=5_000, seq_len=16)
-    xs = np.concatenate([x for x, _ in pydoc.eval_batches("test", batch_size=7)])
-    usable = (len(pydoc.test_ids) - 1) // 16
-    assert xs.shape == (usable, 16)
-    np.testing.assert_array_equal(xs.reshape(-1), pydoc.test_ids[: usable * 16])
+    batches = list(pydoc.eval_batches("test", batch_size=7))
+    xs = np.concatenate([x for x, _ in batches])
+    ys = np.concatenate([y for _, y in batches])
+    scored = (len(pydoc.test_ids) - 1) // 16 - 1  # the first 16 characters are context only
+    assert xs.shape == (scored, 32) and ys.shape == (scored, 16)
+    ids = pydoc.test_ids
+    np.testing.assert_array_equal(ys.reshape(-1), ids[17: 17 + scored * 16])
+    for i in (0, scored - 1):
+        start = 16 * (i + 1)
+        np.testing.assert_array_equal(xs[i], ids[start - 16: start + 16])
 
 
 def test_text_too_short_for_one_window_is_a_dataset_error():

@@ -57,6 +57,18 @@ def window_starts(num_ids: int, seq_len: int) -> np.ndarray:
     return np.arange(0, max(num_ids - seq_len, 0), seq_len, dtype=np.int64)
 
 
+def scored_window_starts(num_ids: int, seq_len: int) -> np.ndarray:
+    """Starts L, 2L, ... of the windows scored in evaluation: each is read after the L ids
+    before it, and needs the one after it."""
+    return np.arange(seq_len, max(num_ids - seq_len, 0), seq_len, dtype=np.int64)
+
+
+def gather_scored_windows(ids: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs x (B, 2L), the window with its context, and targets y (B, L) of the window alone."""
+    context = ids[starts[:, None] + np.arange(-seq_len, seq_len)]
+    return context, ids[starts[:, None] + np.arange(1, seq_len + 1)]
+
+
 def gather_windows(ids: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Inputs x (B, L) and next-character targets y (B, L) for the windows at `starts`, in one gather."""
     windows = ids[starts[:, None] + np.arange(seq_len + 1)]

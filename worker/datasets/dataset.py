@@ -12,7 +12,8 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from worker.datasets.batching import batch_indices, gather_windows, steps_per_epoch, window_starts
+from worker.datasets.batching import (batch_indices, gather_scored_windows, gather_windows, scored_window_starts,
+                                      steps_per_epoch, window_starts)
 from worker.datasets.errors import DatasetError
 
 Kind = Literal["classification", "language_model"]
@@ -68,7 +69,7 @@ class Dataset:
             train_ids=train_ids, val_ids=train_ids[:0], test_ids=test_ids, vocab=vocab, seq_len=seq_len,
         )
         dataset._require_windows("train", train_ids)
-        dataset._require_windows("test", test_ids)
+        dataset._require_windows("test", test_ids, scored=True)
         return dataset
 
     @property
@@ -95,7 +96,7 @@ class Dataset:
             carved = dataclasses.replace(self, train_ids=self.train_ids[:keep], val_ids=self.train_ids[keep:])
             carved._require_windows("train", carved.train_ids)
             if fraction > 0:
-                carved._require_windows("val", carved.val_ids)
+                carved._require_windows("val", carved.val_ids, scored=True)
             return carved
         n = len(self.y_train)
         chosen = np.random.default_rng(seed).permutation(n)[: round(fraction * n)]
@@ -130,7 +131,13 @@ class Dataset:
         return (gather_windows(self.train_ids, starts[idx], self.seq_len) for idx in indices)
 
     def eval_batches(self, split: Literal["val", "test"], batch_size: int) -> Iterator[Batch]:
-        """The whole split once, in order, in batches of `batch_size` (the last may be smaller)."""
+        """The whole split once, in order, in batches of `batch_size` (the last may be smaller).
+
+        A language model's text is scored in consecutive windows of `seq_len` characters, each
+        read after the `seq_len` characters before it (x is (B, 2L), y the (B, L) next characters
+        of its second half), so no character is predicted from a cold hidden state; the first
+        `seq_len` characters of the split are context only.
+        """
         if split not in ("val", "test"):
             raise ValueError(f"split must be 'val' or 'test', got {split!r}")
         if batch_size < 1:
@@ -139,9 +146,10 @@ class Dataset:
             x, y = (self.x_val, self.y_val) if split == "val" else (self.x_test, self.y_test)
             return ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
         ids = self.val_ids if split == "val" else self.test_ids
-        starts = window_starts(len(ids), self.seq_len)
+        starts = scored_window_starts(len(ids), self.seq_len)
         return (
-            gather_windows(ids, starts[i : i + batch_size], self.seq_len) for i in range(0, len(starts), batch_size)
+            gather_scored_windows(ids, starts[i : i + batch_size], self.seq_len)
+            for i in range(0, len(starts), batch_size)
         )
 
     def describe(self) -> str:
@@ -157,9 +165,11 @@ class Dataset:
             f"val {len(self.val_ids)} chars, test {len(self.test_ids)} chars"
         )
 
-    def _require_windows(self, split: str, ids: np.ndarray) -> None:
-        if len(window_starts(len(ids), self.seq_len)) == 0:
+    def _require_windows(self, split: str, ids: np.ndarray, scored: bool = False) -> None:
+        starts = scored_window_starts if scored else window_starts
+        if len(starts(len(ids), self.seq_len)) == 0:
+            need = f"{2 * self.seq_len} + 1 (a window and its context)" if scored else f"{self.seq_len} + 1"
             raise DatasetError(
                 f"{self.name}: the {split} split has {len(ids)} characters, too few for one window of "
-                f"seq_len {self.seq_len} + 1; use a smaller seq_len or more text"
+                f"seq_len {self.seq_len}: it needs {need}; use a smaller seq_len or more text"
             )

@@ -1,95 +1,16 @@
-"""Update rules over flat buffers: SGD (momentum, Nesterov), Adagrad, Adam, AdamW, and clipping.
-
-The same code updates a parameter-server shard's flat key range and a single-process run's
-whole flat parameter buffer, so both give the same numbers. Hyper-parameter names, defaults
-and formulas are PyTorch's (`torch.optim`, single-tensor path), including where weight decay
-enters, the first momentum step (the buffer starts as a copy of the gradient) and Adam's bias
-correction; results match torch to rounding (tests compare over 200 steps).
-
-Every rule is elementwise: updating a sub-range of a buffer with its own rule instance gives
-bit-for-bit the numbers of one rule over the whole buffer, which is what lets shards split a
-tensor anywhere. A rule holds the state of one buffer; give each buffer its own instance.
-
-Each step exists twice: a Numba loop that reads and writes every element once, chosen for
-C-contiguous float32/float64 buffers when numba imports (unless `DOWNPOUR_NO_NUMBA=1`), and a
-NumPy fallback that does the same arithmetic in the same order through in-place ufuncs on
-persistent scratch buffers. Neither allocates on the hot path; tests check they agree.
+"""The update rules (SGD with momentum and Nesterov, Adagrad, Adam, AdamW) over flat buffers,
+each with a NumPy path next to its Numba kernel (`fused.py`), and torch's names and formulas.
 """
 from __future__ import annotations
 
 import abc
 import inspect
-import logging
 import math
-import os
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-try:
-    if os.environ.get("DOWNPOUR_NO_NUMBA", "") not in ("", "0"):
-        raise ImportError("disabled by DOWNPOUR_NO_NUMBA")
-    import numba
-except ImportError as exc:
-    numba = None
-    log.debug("fused optimizer kernels off (%s): using NumPy", exc)
-
-HAVE_NUMBA = numba is not None
-_fused_enabled = HAVE_NUMBA
-
-
-def set_fused(enabled: bool) -> bool:
-    """Use the Numba kernels (True) or the NumPy path (False); returns the previous choice."""
-    global _fused_enabled
-    if enabled and not HAVE_NUMBA:
-        raise RuntimeError("fused optimizer kernels asked for, but numba is not available")
-    previous, _fused_enabled = _fused_enabled, bool(enabled)
-    return previous
-
-
-if HAVE_NUMBA:
-    # No fastmath: the loops must round exactly like the NumPy path, one operation at a time.
-    _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
-
-    @_jit
-    def _sgd_kernel(p, g, buf, lr, momentum, keep, weight_decay, nesterov, first):
-        for i in range(p.size):
-            d = g[i] + p[i] * weight_decay if weight_decay != 0 else g[i]
-            if momentum != 0:
-                if first:
-                    b = d
-                elif keep == 1:
-                    b = buf[i] * momentum + d
-                else:
-                    b = buf[i] * momentum + d * keep
-                buf[i] = b
-                d = d + b * momentum if nesterov else b
-            p[i] = p[i] - d * lr
-
-    @_jit
-    def _adagrad_kernel(p, g, acc, clr, weight_decay, eps):
-        for i in range(p.size):
-            d = g[i] + p[i] * weight_decay if weight_decay != 0 else g[i]
-            a = acc[i] + d * d
-            acc[i] = a
-            p[i] = p[i] - d / (np.sqrt(a) + eps) * clr
-
-    @_jit
-    def _adam_kernel(p, g, m, v, vmax, decay, weight_decay, w1, beta2, w2, step_size, bc2_sqrt,
-                     eps, amsgrad):
-        for i in range(p.size):
-            pi = p[i] * decay if decay != 1 else p[i]
-            d = g[i] + pi * weight_decay if weight_decay != 0 else g[i]
-            mi = m[i] + (d - m[i]) * w1
-            vi = v[i] * beta2 + d * w2 * d
-            m[i] = mi
-            v[i] = vi
-            if amsgrad:
-                vi = max(vmax[i], vi)
-                vmax[i] = vi
-            p[i] = pi - mi / (np.sqrt(vi) / bc2_sqrt + eps) * step_size
+from . import fused
 
 
 def _real(name: str, value: Any, low: float = 0.0) -> float:
@@ -136,6 +57,15 @@ class Rule(abc.ABC):
     def hparams(self) -> dict[str, Any]:
         return dict(self._hparams)
 
+    @property
+    def lr(self) -> float:
+        return self._hparams["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """Set by a schedule (`model.optim.schedule`) before each step; the state is untouched."""
+        self._hparams["lr"] = _real("lr", value)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self._hparams.items())
         return f"{type(self).__name__}({args})"
@@ -162,15 +92,15 @@ class Rule(abc.ABC):
             if any(v.shape != param.shape for v in state.values()):
                 raise ValueError(f"{self.name}: index {index} does not match param shape {param.shape}")
         self.step_count += 1
-        fused = (
-            _fused_enabled
+        use_kernel = (
+            fused.enabled()
             and param.dtype in (np.float32, np.float64)
             and grad.dtype == param.dtype
             and param.flags.c_contiguous
             and grad.flags.c_contiguous
             and param.flags.writeable
         )
-        if fused:
+        if use_kernel:
             flat = {k: v.reshape(-1) for k, v in state.items()}
             self._fused_step(param.reshape(-1), grad.reshape(-1), flat, param.dtype.type)
         else:
@@ -281,7 +211,7 @@ class SGD(Rule):
     def _fused_step(self, p, g, state, cast):
         h = self._hparams
         buf = state.get("momentum_buffer", p)  # an unused placeholder when there is no momentum
-        _sgd_kernel(p, g, buf, cast(h["lr"]), cast(h["momentum"]), cast(1 - h["dampening"]),
+        fused.sgd(p, g, buf, cast(h["lr"]), cast(h["momentum"]), cast(1 - h["dampening"]),
                     cast(h["weight_decay"]), h["nesterov"], self.step_count == 1)
 
     def _numpy_step(self, p, g, state, scratch):
@@ -332,7 +262,7 @@ class Adagrad(Rule):
     def _fused_step(self, p, g, state, cast):
         h = self._hparams
         clr, weight_decay, eps = cast(self._decayed_lr()), cast(h["weight_decay"]), cast(h["eps"])
-        _adagrad_kernel(p, g, state["sum"], clr, weight_decay, eps)
+        fused.adagrad(p, g, state["sum"], clr, weight_decay, eps)
 
     def _numpy_step(self, p, g, state, scratch):
         h, (s, t), acc = self._hparams, scratch, state["sum"]
@@ -386,7 +316,7 @@ class Adam(Rule):
         decay, l2, step_size = self._scalars()
         m, v = state["exp_avg"], state["exp_avg_sq"]
         vmax = state.get("max_exp_avg_sq", v)  # an unused placeholder without amsgrad
-        _adam_kernel(p, g, m, v, vmax, cast(decay), cast(l2), cast(1 - beta1), cast(beta2),
+        fused.adam(p, g, m, v, vmax, cast(decay), cast(l2), cast(1 - beta1), cast(beta2),
                      cast(1 - beta2), cast(step_size), cast(self._bc2_sqrt()), cast(h["eps"]),
                      h["amsgrad"])
 
@@ -452,23 +382,3 @@ def from_state_dict(d: dict[str, Any]) -> Rule:
     rule = make(kind, **_hparams_from_scalars({k: _plain(v) for k, v in d.items()}, RULES[kind]))
     rule.load_state_dict(d)
     return rule
-
-
-def clip_grad_norm_(grads: np.ndarray | Iterable[np.ndarray | None], max_norm: float) -> float:
-    """Scale gradients in place so their global L2 norm is at most `max_norm`; return the old norm.
-
-    torch.nn.utils.clip_grad_norm_ semantics: the factor is max_norm / (norm + 1e-6), applied
-    only when it is below 1. `None` entries (parameters without a gradient) are skipped.
-    """
-    arrays = [grads] if isinstance(grads, np.ndarray) else [g for g in grads if g is not None]
-    max_norm = _real("max_norm", max_norm)
-    squares = 0.0
-    for g in arrays:
-        flat = g.reshape(-1)
-        squares += float(np.dot(flat, flat))
-    total = math.sqrt(squares)
-    coef = max_norm / (total + 1e-6)
-    if coef < 1 or math.isnan(coef):
-        for g in arrays:
-            g *= coef
-    return total

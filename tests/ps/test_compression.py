@@ -1,0 +1,315 @@
+"""Gradient compression (ps/compression.py): what each codec sends, what the shard decodes, error
+feedback on the worker, and a strict decoder that refuses every malformed push by name."""
+import math
+
+import numpy as np
+import pytest
+import zmq
+
+from ps import config
+from ps import protocol as P
+from ps.compression import CODECS, CodecError, Compressor, decode, wire_bytes
+from ps.wire import WireError, encode
+from ps.wire import decode as wire_decode
+from tests.conftest import CONFIGS, coordinator_and_shard
+from tests.e2e.wire_mutator import Mutator, template_frames
+
+N = 1000
+
+
+def gradient(n=N, seed=0, scale=0.01):
+    return (np.random.default_rng(seed).standard_normal(n) * scale).astype(np.float32)
+
+
+def round_trip(codec, grad, **spec):
+    comp = Compressor({"codec": codec, **spec}, [(0, grad.size)])
+    fields, frames = comp.encode(0, grad)
+    return fields, frames, decode(fields, frames, grad.size)
+
+
+# ---- what each codec sends and what the shard gets back ------------------------------------------
+
+def test_none_sends_the_float32_slice_itself_and_adds_no_header_field():
+    grad = gradient()
+    fields, frames, out = round_trip("none", grad)
+    assert fields == {} and len(frames) == 1 and frames[0] is grad   # the push is the uncompressed push
+    assert np.shares_memory(out, grad)
+    assert decode({"codec": "none"}, frames, N) is grad
+
+
+def test_fp16_is_exact_to_float16_rounding_and_clips_instead_of_overflowing():
+    grad = gradient()
+    grad[:4] = [1e6, -1e6, 65504.0, 3e-8]
+    fields, frames, out = round_trip("fp16", grad)
+    assert fields == {"codec": "fp16"} and frames[0].dtype == np.float16
+    assert out.dtype == np.float32 and np.isfinite(out).all()
+    assert out[0] == 65504.0 and out[1] == -65504.0           # clipped to the float16 range, not inf
+    np.testing.assert_allclose(out[2:], grad[2:], rtol=2 ** -11, atol=6e-8)  # half a float16 ulp
+
+
+def test_topk_keeps_exactly_the_k_largest_magnitudes_with_sorted_indices():
+    grad = gradient()
+    fields, (idx, values), out = round_trip("topk", grad, ratio=0.01)
+    k = math.ceil(0.01 * N)
+    assert fields == {"codec": "topk", "count": k}
+    assert idx.dtype == np.uint32 and values.dtype == np.float32 and np.all(np.diff(idx.astype(np.int64)) > 0)
+    largest = set(np.argsort(-np.abs(grad))[:k])
+    assert set(np.flatnonzero(out)) == largest
+    np.testing.assert_array_equal(out[idx], grad[idx])        # the kept values travel exactly
+
+
+@pytest.mark.parametrize("ratio, k", [(1e-9, 1), (0.0011, 2), (1.0, N)])
+def test_topk_sends_at_least_one_value_and_at_most_all(ratio, k):
+    grad = gradient()
+    fields, _, out = round_trip("topk", grad, ratio=ratio)
+    assert fields["count"] == k
+    if k == N:
+        np.testing.assert_array_equal(out, grad)
+
+
+def test_onebit_decodes_to_plus_or_minus_the_mean_magnitude():
+    grad = gradient(n=13)   # not a multiple of 8: the last byte is padded
+    grad[0] = 0.0           # zero counts as non-negative
+    fields, (bits,), out = round_trip("onebit", grad)
+    scale = np.float32(np.abs(grad).mean())
+    assert fields == {"codec": "onebit", "scale": pytest.approx(float(scale), rel=1e-6)}
+    assert bits.dtype == np.uint8 and bits.size == 2
+    np.testing.assert_array_equal(out, np.where(grad >= 0, np.float32(fields["scale"]), -np.float32(fields["scale"])))
+
+
+def test_twobit_sends_plus_t_minus_t_or_zero_four_codes_a_byte_first_value_high():
+    t = 0.5
+    grad = np.array([0.5, -0.5, 0.49, 7.0, -0.2, -3.0], np.float32)
+    fields, (codes,), out = round_trip("twobit", grad, threshold=t)
+    assert fields == {"codec": "twobit", "threshold": 0.5}
+    np.testing.assert_array_equal(out, [t, -t, 0, t, 0, -t])
+    assert codes.tolist() == [0b11_10_00_11, 0b00_10_00_00]   # 11 = +t, 10 = -t, 00 = 0; padding 00
+
+
+@pytest.mark.parametrize("codec, most", [("fp16", 0.5), ("topk", 0.025), ("onebit", 1 / 32 + 0.001),
+                                         ("twobit", 1 / 16 + 0.001)])
+def test_bytes_on_the_wire_against_the_dense_float32_push(codec, most):
+    grad = gradient(n=100_000)
+    _, frames, _ = round_trip(codec, grad, ratio=0.01)
+    assert wire_bytes(frames) <= most * grad.nbytes
+    assert wire_bytes((grad,)) == grad.nbytes
+
+
+def test_decode_writes_into_the_buffer_it_is_given():
+    grad = gradient()
+    out = np.full(N, 7.0, np.float32)
+    for codec in ("fp16", "topk", "onebit", "twobit"):
+        fields, frames = Compressor({"codec": codec, "threshold": 0.01}, [(0, N)]).encode(0, grad)
+        assert decode(fields, frames, N, out) is out
+        np.testing.assert_array_equal(out, decode(fields, frames, N))
+
+
+# ---- error feedback ------------------------------------------------------------------------------
+
+def track(codec, error_feedback, steps=600, **spec):
+    """Push `steps` drifting noisy gradients; return (sum of true, sum of decoded, compressor)."""
+    rng = np.random.default_rng(1)
+    drift = rng.standard_normal(N) * 0.01
+    comp = Compressor({"codec": codec, "error_feedback": error_feedback, **spec}, [(0, N)])
+    true, sent, gaps = np.zeros(N), np.zeros(N), []
+    for _ in range(steps):
+        g = (drift + rng.standard_normal(N) * 0.01).astype(np.float32)
+        fields, frames = comp.encode(0, g)
+        true += g
+        sent += decode(fields, frames, N)
+        gaps.append(np.linalg.norm(true - sent))
+    return true, sent, gaps, comp
+
+
+@pytest.mark.parametrize("codec, spec", [("topk", {"ratio": 0.01}), ("onebit", {}), ("twobit", {"threshold": 0.05})])
+def test_with_error_feedback_the_decoded_sum_tracks_the_true_sum(codec, spec):
+    true, sent, gaps, comp = track(codec, True, **spec)
+    np.testing.assert_allclose(true - sent, comp.residuals[0], atol=1e-4)  # nothing lost: it is all in the residual
+    assert gaps[-1] < 0.1 * np.linalg.norm(true)
+    assert max(gaps[300:]) < 2 * max(gaps[100:300])                       # bounded, not growing with the steps
+    true, sent, _, comp = track(codec, False, **spec)
+    assert comp.residuals == [None]
+    assert np.linalg.norm(true - sent) > 0.3 * np.linalg.norm(true)        # without it, the loss piles up
+
+
+def test_each_shard_range_keeps_its_own_residual_and_fp16_keeps_none():
+    comp = Compressor({"codec": "topk", "ratio": 0.01}, [(0, 600), (600, N)])
+    grad = gradient()
+    comp.encode(1, grad[600:])
+    assert not comp.residuals[0].any() and comp.residuals[1].any()
+    assert Compressor({"codec": "fp16"}, [(0, N)]).residuals == [None]
+    with pytest.raises(ValueError, match=r"shape \(400,\)"):
+        comp.encode(1, grad)
+
+
+def test_frames_are_new_arrays_so_a_retry_resends_exactly_what_was_encoded():
+    grad = gradient()
+    for codec in ("fp16", "topk", "onebit", "twobit"):
+        comp = Compressor({"codec": codec, "threshold": 0.01}, [(0, N)])
+        _, frames = comp.encode(0, grad)
+        kept = [f.copy() for f in frames]
+        comp.encode(0, gradient(seed=2))                         # the next push
+        for before, now in zip(kept, frames):
+            np.testing.assert_array_equal(before, now)
+        assert not any(np.shares_memory(f, grad) for f in frames)
+
+
+# ---- the strict decoder --------------------------------------------------------------------------
+
+def u32(*xs):
+    return np.array(xs, np.uint32)
+
+
+def f32(*xs):
+    return np.array(xs, np.float32)
+
+
+F16 = np.zeros(8, np.float16)
+BITS = np.zeros(1, np.uint8)
+MALFORMED = [
+    ({"codec": "gzip"}, [F16], "unknown codec 'gzip': expected one of none, fp16, topk, onebit, twobit"),
+    ({"codec": None}, [F16], "unknown codec 'None'"),
+    ({"codec": 3}, [F16], "unknown codec '3'"),
+    ({"codec": "fp16"}, [F16, F16], "fp16 push with 2 array frames: expected 1"),
+    ({"codec": "topk", "count": 1}, [u32(1)], "topk push with 1 array frames: expected 2"),
+    ({"codec": "fp16"}, [np.zeros(8, np.float32)], "fp16 values: expected float16 of shape (8,), got float32"),
+    ({"codec": "fp16"}, [F16[:7]], "fp16 values: expected float16 of shape (8,), got float16 of shape (7,)"),
+    ({"codec": "fp16"}, [F16.reshape(2, 4)], "expected float16 of shape (8,), got float16 of shape (2, 4)"),
+    ({"codec": "fp16"}, [np.array([np.inf] + [0] * 7, np.float16)], "fp16 values include inf or NaN"),
+    ({"codec": "none"}, [F16], "none values: expected float32 of shape (8,)"),
+    ({"codec": "topk"}, [u32(1), f32(1)], "topk push without header field 'count'"),
+    ({"codec": "topk", "count": 9}, [u32(*range(9)), f32(*range(9))], "topk count 9: expected an integer in [0, 8]"),
+    ({"codec": "topk", "count": -1}, [u32(), f32()], "topk count -1"),
+    ({"codec": "topk", "count": True}, [u32(1), f32(1)], "topk count True"),
+    ({"codec": "topk", "count": 1.0}, [u32(1), f32(1)], "topk count 1.0"),
+    ({"codec": "topk", "count": 2}, [u32(1), f32(1, 2)], "topk indices: expected uint32 of shape (2,)"),
+    ({"codec": "topk", "count": 1}, [np.array([1], np.int64), f32(1)], "topk indices: expected uint32"),
+    ({"codec": "topk", "count": 1}, [u32(1), np.array([1], np.float64)], "topk values: expected float32"),
+    ({"codec": "topk", "count": 1}, [u32(8), f32(1)], "topk index 8 out of range: expected indices in [0, 8)"),
+    ({"codec": "topk", "count": 2}, [u32(1, 2**32 - 1), f32(1, 2)], "topk index 4294967295 out of range"),
+    ({"codec": "topk", "count": 2}, [u32(5, 2), f32(1, 2)], "topk indices not strictly increasing"),
+    ({"codec": "topk", "count": 2}, [u32(2, 2), f32(1, 2)], "sorted indices without repeats"),
+    ({"codec": "topk", "count": 1}, [u32(0), f32(np.nan)], "topk values include inf or NaN"),
+    ({"codec": "topk", "count": 1, "scale": 1.0}, [u32(0), f32(1)], "topk push with header field 'scale': topk takes 'count'"),
+    ({"codec": "fp16", "count": 1}, [F16], "fp16 push with header field 'count': fp16 takes no fields"),
+    ({"codec": "onebit"}, [BITS], "onebit push without header field 'scale'"),
+    ({"codec": "onebit", "scale": float("nan")}, [BITS], "onebit scale nan: expected a finite number >= 0"),
+    ({"codec": "onebit", "scale": float("inf")}, [BITS], "onebit scale inf"),
+    ({"codec": "onebit", "scale": 1e39}, [BITS], "onebit scale 1e+39"),   # finite, but not as float32
+    ({"codec": "onebit", "scale": -1.0}, [BITS], "onebit scale -1.0"),
+    ({"codec": "onebit", "scale": "1"}, [BITS], "onebit scale 1: expected a finite number"),
+    ({"codec": "onebit", "scale": 1.0}, [np.zeros(2, np.uint8)], "onebit sign bits: expected uint8 of shape (1,)"),
+    ({"codec": "twobit"}, [np.zeros(2, np.uint8)], "twobit push without header field 'threshold'"),
+    ({"codec": "twobit", "threshold": 0.0}, [np.zeros(2, np.uint8)], "twobit threshold 0.0: expected a finite number > 0"),
+    ({"codec": "twobit", "threshold": None}, [np.zeros(2, np.uint8)], "twobit threshold None"),
+    ({"codec": "twobit", "threshold": 0.5}, [np.zeros(3, np.uint8)], "twobit codes: expected uint8 of shape (2,)"),
+    ({"codec": "twobit", "threshold": 0.5}, [np.array([0b00_01_00_00, 0], np.uint8)], "twobit code 01 found"),
+]
+
+
+@pytest.mark.parametrize("header, arrays, message", MALFORMED, ids=[m[2][:50] for m in MALFORMED])
+def test_every_malformed_push_raises_a_codec_error_that_says_what_was_expected(header, arrays, message):
+    with pytest.raises(CodecError) as err:
+        decode(header, arrays, 8)
+    assert message in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+def compressed_templates(n):
+    grad = gradient(n)
+    data = {"job": "j", "from": "worker-0", "clock": 0, "lo": 0, "hi": n, "seq": 1}
+    out = []
+    for codec in CODECS:
+        fields, frames = Compressor({"codec": codec, "threshold": 0.01}, [(0, n)]).encode(0, grad)
+        out.append(({**data, "op": P.PUSH, "codec": codec, **fields}, list(frames)))
+    return out
+
+
+def test_hostile_compressed_pushes_only_ever_raise_wire_or_codec_errors():
+    """The fuzz test's mutator, in process: whatever passes the wire's checks goes to decode,
+    which must answer with a dense float32 gradient or a CodecError, never anything else."""
+    n = 650
+    templates = compressed_templates(n)
+    mutator = Mutator(11, templates)
+    fields = ["codec", "count", "scale", "threshold"]
+    outcomes = {"wire": 0, "codec": 0, "ok": 0}
+    for i in range(20_000):
+        if i % 2:
+            frames = next(mutator)
+        else:   # a hostile value in a codec field, the frames intact
+            header, arrays = templates[i // 2 % len(templates)]
+            frames = template_frames({**header, mutator.rng.choice(fields): mutator.value()}, arrays)
+        try:
+            msg = wire_decode(frames[1:] if frames and frames[0] == b"" else frames)
+        except WireError:
+            outcomes["wire"] += 1
+            continue
+        lo, hi = msg.header.get("lo"), msg.header.get("hi")
+        size = hi - lo if isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= 10**6 else n
+        try:
+            out = decode(msg.header, msg.arrays, size)
+        except CodecError:
+            outcomes["codec"] += 1
+            continue
+        assert out.dtype == np.float32 and out.shape == (size,)
+        assert msg.header.get("codec", "none") == "none" or np.isfinite(out).all()
+        outcomes["ok"] += 1
+    assert min(outcomes.values()) > 1000, outcomes   # every path was exercised
+
+
+# ---- the job config ------------------------------------------------------------------------------
+
+def test_the_compression_section_defaults_shorthand_and_errors():
+    base = CONFIGS / "digits_logreg.yaml"
+    assert config.load(base)["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5,
+                                                "error_feedback": True}
+    assert config.load(base, ["compression=topk"])["compression"]["codec"] == "topk"
+    assert config.load(base, ["compression.codec=twobit", "compression.threshold=0.1"])["compression"]["threshold"] == 0.1
+    for override, message in [
+        ("compression.codec=gzip", "compression.codec: expected one of none, fp16, topk, onebit, twobit, got 'gzip'"),
+        ("compression.ratio=0", "compression.ratio: expected a number in (0, 1], got 0"),
+        ("compression.threshold=-1", "compression.threshold: expected a positive number, got -1"),
+    ]:
+        with pytest.raises(config.ConfigError) as err:
+            config.load(base, [override])
+        assert str(err.value) == message
+
+
+# ---- a live shard --------------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_a_live_shard_decodes_compressed_pushes_and_refuses_malformed_ones(tmp_path):
+    """Plain SGD (lr 0.1): a topk push moves exactly its coordinates; a bad one gets an ERROR
+    reply naming the problem, changes nothing, and the shard keeps serving."""
+    with coordinator_and_shard(tmp_path, ["optimizer.momentum=0"]) as rig:
+        n, initial = rig["initial"].size, rig["initial"]
+        sock = rig["ctx"].socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(rig["shard"])
+
+        def ask(header, arrays=()):
+            sock.send_multipart(encode({"seq": 5, "job": rig["job"], "lo": 0, "hi": n, **header}, arrays))
+            assert sock.poll(5000), "no reply"
+            return wire_decode(sock.recv_multipart())
+
+        def pull():
+            reply = ask({"op": P.PULL, "from": "client-0", "clock": 0})
+            assert reply.op == P.OK
+            return reply.arrays[0]
+
+        try:
+            bad = ask({"op": P.PUSH, "from": "worker-0", "clock": 1, "codec": "topk", "count": 2},
+                      [u32(9, 3), f32(1, 1)])
+            assert bad.op == P.ERROR and bad.header["reason"] == (
+                f"push to [0, {n}): topk indices not strictly increasing: expected sorted indices without repeats")
+            np.testing.assert_array_equal(pull(), initial)
+
+            idx, values = u32(3, 10, n - 1), f32(1.0, -2.0, 0.5)
+            ok = ask({"op": P.PUSH, "from": "worker-0", "clock": 2, "codec": "topk", "count": 3}, [idx, values])
+            assert ok.op == P.OK, ok.header
+            after = pull()
+            moved = np.flatnonzero(after != initial)
+            np.testing.assert_array_equal(moved, idx)
+            np.testing.assert_allclose(after[idx], initial[idx] - np.float32(0.1) * values, rtol=1e-6)
+        finally:
+            sock.close()
