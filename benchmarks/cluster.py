@@ -54,6 +54,8 @@ JOBS = {
     "lenet5": ("configs/fashion_lenet5.yaml", ["model.dropout=0"], "LeNet-5, batch 64, Adam"),
 }
 TARGET = {"model": "mlp", "workers": 2, "shards": 1, "min_share_of_ceiling": 0.65, "min_times_ray": 2.5}
+# Measured on the target row too (1 shard), to show what each part of the design buys.
+VARIANTS = {"no-overlap": ["train.overlap=false"], "fp16": ["compression.codec=fp16"]}
 WARMUP_SECONDS = 1.0  # left out of every rate: first-touch allocations, Numba dispatch, caches
 ENV_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                   "NUMBA_NUM_THREADS": "1"}
@@ -193,9 +195,10 @@ def run_ray(python: str | None, config: dict, workers: int, seconds: float) -> d
 
 
 # ---- downpour ------------------------------------------------------------------------------------
-def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int) -> dict[str, Any]:
+def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int,
+                 extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Launch a real local cluster; its rate from the workers' reports (start-up not counted)."""
-    path, overrides = job_config(model, workers, shards, (f"train.steps={steps}", "train.log_every=25"))
+    path, overrides = job_config(model, workers, shards, (f"train.steps={steps}", "train.log_every=25", *extra))
     with tempfile.TemporaryDirectory(prefix="downpour-cluster-") as tmp:
         run_dir = pathlib.Path(tmp) / "run"
         argv = [sys.executable, "-m", "ps.cli", "launch", path, "--run-dir", str(run_dir), "--quiet"]
@@ -207,7 +210,7 @@ def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int) 
             raise RuntimeError(f"{model} x{workers}/{shards} failed: {done.stderr.decode(errors='replace')[-800:]}")
         reports = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         summary = json.loads((run_dir / "summary.json").read_text())
-    rates = []
+    rates, blocked = [], []
     for rank in range(workers):
         mine = [r for r in reports if r.get("kind") == "train" and r.get("role") == "worker" and r.get("rank") == rank]
         first = next((r for r in mine if r["time"] - mine[0]["time"] >= WARMUP_SECONDS), mine[0])
@@ -215,8 +218,9 @@ def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int) 
         if last["time"] <= first["time"]:
             raise RuntimeError(f"{model} x{workers}/{shards}: too few reports to measure a rate")
         rates.append((last["step"] - first["step"]) / (last["time"] - first["time"]))
+        blocked.append((last["comm_wait_s"] - first["comm_wait_s"]) / (last["time"] - first["time"]))
     return {"updates_per_s": sum(rates), "samples_per_s": sum(rates) * batch,
-            "per_worker_updates_per_s": rates, "updates_applied": summary["updates_applied"],
+            "per_worker_updates_per_s": rates, "blocked_share": blocked, "updates_applied": summary["updates_applied"],
             "wall_seconds": summary["wall_seconds"], "status": summary["status"]}
 
 
@@ -240,13 +244,17 @@ def _median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**ranked[(len(ranked) - 1) // 2], "rounds": [r["updates_per_s"] for r in runs]}
 
 
-def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int) -> dict[str, Any]:
-    """One (model, workers) row: ceiling, downpour with each shard count and Ray, in alternation."""
+def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int,
+                variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """One (model, workers) row: ceiling, downpour with each shard count (and each variant, on 1
+    shard) and Ray, in alternation."""
     from ps import config as job_config_module  # noqa: PLC0415
 
     path, overrides = job_config(model, workers, 1)
     config = job_config_module.load(path, overrides)
-    runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ray": [], **{f"downpour/{s}": [] for s in args.shards}}
+    variants = variants or {}
+    runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ray": [], **{f"downpour/{s}": [] for s in args.shards},
+                                             **{f"downpour/1+{name}": [] for name in variants}}
     loads = []
     for _ in range(rounds):
         runs["ceiling"].append(run_ceiling(config, workers, args.seconds))
@@ -257,6 +265,9 @@ def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int)
                                                                 config["train"]["batch_size"]))
             if position == 0:  # Ray between the downpour runs: load drifts hit both alike
                 runs["ray"].append(run_ray(args.ray_python, config, workers, args.seconds))
+        for name, extra in variants.items():
+            runs[f"downpour/1+{name}"].append(run_downpour(model, workers, 1, steps, config["train"]["batch_size"],
+                                                           tuple(extra)))
         loads.append(list(os.getloadavg()))
     ray = runs.pop("ray")
     row: dict[str, Any] = {"ceiling": _median_of(runs.pop("ceiling")), "load_average": loads, "rounds": rounds,
@@ -278,7 +289,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for model in args.models:
             is_target = (model, workers) == (TARGET["model"], TARGET["workers"])
             rounds = max(args.rounds, args.target_rounds) if is_target else args.rounds
-            results.setdefault(model, {})[str(workers)] = measure_row(args, model, workers, rounds)
+            results.setdefault(model, {})[str(workers)] = measure_row(args, model, workers, rounds,
+                                                                      VARIANTS if is_target else None)
     return results
 
 

@@ -6,13 +6,15 @@ runs the same architecture, batch and initial weights with `torch.optim.SGD`. Bo
 thread, and they are timed in alternation in one process so machine noise hits both alike.
 
     python benchmarks/engine.py [--repeats 30] [--models mlp,lenet5] [--device cpu|cuda]
-                                [--also-default-kernel]
+                                [--also-default-kernel] [--also-blas-gemm]
 
 Writes benchmarks/results/engine.json: per model the medians (ms), their noise and the ratio
 ours/torch, next to the target ratio and the reference torch time from the project's brief.
 `--also-default-kernel` adds a clearly separate second pass, run in a subprocess with
 OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset, that reports which OpenBLAS kernel it got then;
-the main figures always use the machine's settings.
+the main figures always use the machine's settings. `--also-blas-gemm` adds another such
+pass with DOWNPOUR_SMALL_GEMM=0: the recurrent steps on OpenBLAS instead of `model.gemm`'s
+AVX-512 loop, to show what that loop is worth. Each record says which GEMM the engine used.
 """
 from __future__ import annotations
 
@@ -256,19 +258,43 @@ def measure(names: list[str], repeats: int, device: str) -> dict[str, Any]:
     return figures
 
 
-def default_kernel_pass(names: list[str], repeats: int) -> dict[str, Any]:
-    """The same measurement in a subprocess with OPENBLAS_CORETYPE/L2_SIZE unset (an extra)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+def _subprocess_pass(names: list[str], repeats: int, env: dict[str, str]) -> dict[str, Any]:
+    """The same measurement in a subprocess with another environment (an extra, never the main)."""
     command = [sys.executable, __file__, "--repeats", str(repeats), "--models", ",".join(names),
                "--print-only"]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    result = json.loads(done.stdout)
+    return json.loads(done.stdout)
+
+
+def default_kernel_pass(names: list[str], repeats: int) -> dict[str, Any]:
+    """The same measurement in a subprocess with OPENBLAS_CORETYPE/L2_SIZE unset (an extra)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    result = _subprocess_pass(names, repeats, env)
     return {
         "note": "extra pass with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset: OpenBLAS picks its "
                 "own kernel, which some older builds get wrong on some CPUs; timing only",
         "blas": result["blas"],
         "figures": result["figures"],
     }
+
+
+def blas_gemm_pass(names: list[str], repeats: int) -> dict[str, Any]:
+    """The same measurement in a subprocess with DOWNPOUR_SMALL_GEMM=0 (an extra)."""
+    result = _subprocess_pass(names, repeats, dict(os.environ, DOWNPOUR_SMALL_GEMM="0"))
+    return {
+        "note": "extra pass with DOWNPOUR_SMALL_GEMM=0: the recurrent steps' GEMMs on OpenBLAS "
+                "instead of model.gemm's loop; same machine settings otherwise; timing only",
+        "engine": result["engine"],
+        "figures": result["figures"],
+    }
+
+
+def engine_facts() -> dict[str, Any]:
+    """Which of our own kernels ran: Numba's, and the small-GEMM loop (`model.gemm.FAST`)."""
+    from model import gemm, kernels  # noqa: PLC0415
+
+    return {"numba": kernels.HAVE_NUMBA, "small_gemm": gemm.FAST,
+            "DOWNPOUR_SMALL_GEMM": os.environ.get("DOWNPOUR_SMALL_GEMM")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--also-default-kernel", action="store_true",
                         help="add a second pass with OpenBLAS choosing its own kernel (subprocess)")
+    parser.add_argument("--also-blas-gemm", action="store_true",
+                        help="add a second pass with DOWNPOUR_SMALL_GEMM=0 (subprocess)")
     parser.add_argument("--print-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -293,11 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     figures = measure(names, args.repeats, args.device)
     if args.print_only:
-        print(json.dumps({"blas": common.blas_facts(), "figures": figures}))
+        print(json.dumps({"blas": common.blas_facts(), "engine": engine_facts(), "figures": figures}))
         return 0
-    record: dict[str, Any] = {"device": args.device, "repeats": args.repeats, "models": figures}
+    record: dict[str, Any] = {"device": args.device, "repeats": args.repeats,
+                              "engine": engine_facts(), "models": figures}
     if args.also_default_kernel:
         record["default_kernel_extra"] = default_kernel_pass(names, args.repeats)
+    if args.also_blas_gemm:
+        record["blas_gemm_extra"] = blas_gemm_pass(names, args.repeats)
     common.write_result("engine", record)
     return 0
 

@@ -124,6 +124,19 @@ def render_cluster(record: dict[str, Any]) -> str:
                 times = f"**{times}**{_met(one.get('times_ray', 0) >= target['min_times_ray'])}"
             lines.append(f"| {figures['models'].get(model, model)} | {workers} | {c['updates_per_s']:.0f} "
                          f"({c['samples_per_s']:.0f}) | {ray} | {cells[0]} | {cells[1]} | {share} | {times} |")
+    judged_row = figures["results"].get(target["model"], {}).get(str(target["workers"]), {})
+    parts = []
+    for key, label in (("1", "as shipped (overlap on)"), ("1+no-overlap", "overlap off"),
+                       ("1+fp16", "overlap on, fp16 pushes")):
+        d = judged_row.get("downpour", {}).get(key)
+        if d:
+            blocked = d.get("blocked_share")
+            waits = f", workers blocked on the network {sum(blocked) / len(blocked):.0%} of the time" if blocked else ""
+            parts.append(f"{label}: {d['updates_per_s']:.0f} updates/s = {d['share_of_ceiling']:.0%} of the "
+                         f"ceiling{waits}")
+    if len(parts) > 1:
+        lines += ["", f"The target row ({target['model']}, {target['workers']} workers, 1 shard) part by part: "
+                  + "; ".join(parts) + "."]
     lines += ["", f"Targets (MLP, 2 workers, 1 shard): ≥ {target['min_share_of_ceiling']:.0%} of the ceiling and "
               f"≥ {target['min_times_ray']:g}× Ray. References (issue #6, this kind of machine): ceiling ≈ 480 "
               "updates/s for 2 workers, naive pyzmq PS ≈ 180, Ray actor PS ≈ 107.", "", _conditions(record)]

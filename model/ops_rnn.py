@@ -9,14 +9,16 @@ For the Elman RNN and the GRU the input projection x @ W_ih.T of all steps is on
 the time loop; each step then costs one (B,H)x(H,G*H) GEMM plus a fused elementwise cell
 (`rnn_cells`; the LSTM and GRU compute with the rows of their sigmoid gates halved, see there).
 The LSTM instead folds x_t and the bias into its per-step GEMM (see `LSTM`). Backward mirrors
-that: one GEMM per step for dh, and the weight and input gradients of all steps in a few GEMMs.
+that: one GEMM per step for dh, and the weight and input gradients of all steps in a few GEMMs
+(BLAS). The LSTM's per-step GEMMs use `gemm`'s AVX-512 tile loop where it beats OpenBLAS.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
-from . import backend, workspace
+from . import backend, gemm, workspace
 from . import rnn_cells as cells
+from . import rnn_loops as loops
 from .registry import Context, Op, register, samples
 
 
@@ -212,7 +214,10 @@ class LSTM(Op):
     Each step is a single GEMM [h_t | x_t | 1] @ [W_hh | W_ih | b]^T: the input projection and
     the bias ride along with the recurrent product instead of costing a GEMM over the sequence
     and two extra passes per step, and in backward one GEMM against the stacked rows gives the
-    gradients of both weights and (as its last column) of the biases.
+    gradients of both weights and (as one more column) of the biases. The stacked weight stays
+    in torch's (4H, .) row layout, [h | x] zero-padded to a multiple of 16 columns where the
+    small-GEMM loop runs (`gemm`), which then adds the bias column instead of multiplying it.
+    The time loops themselves are in `rnn_loops` (one compiled call each, where that pays).
     """
 
     name = "lstm"
@@ -222,50 +227,48 @@ class LSTM(Op):
         x, (h0, c0), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 2)
         xp = backend.array_module(x)
         (steps, batch, n_in), hidden = x.shape, h0.shape[-1]
-        width = hidden + n_in + 1
-        stacked_t = xp.empty((width, 4 * hidden), dtype=x.dtype)  # [W_hh | W_ih | b]^T
-        stacked_t[:hidden], stacked_t[hidden:-1] = w_hh.T, w_ih.T
-        stacked_t[-1] = 0 if b_ih is None else b_ih + b_hh
-        stacked_t *= cells.gate_scale("lstm", hidden, xp, x.dtype)
-        rows = workspace.take((steps + 1, batch, width), x.dtype, x)  # row t: [h_t | x_t | 1]
+        k = gemm.padded(hidden + n_in)  # the column of ones (bias), zero padding before it
+        width = gemm.padded(k + 1)
+        stacked = xp.zeros((4 * hidden, width), dtype=x.dtype)  # [W_hh | W_ih | 0 | b | 0]
+        stacked[:, :hidden], stacked[:, hidden:hidden + n_in] = w_hh, w_ih
+        if b_ih is not None:
+            xp.add(b_ih, b_hh, out=stacked[:, k])
+        stacked *= cells.gate_scale("lstm", hidden, xp, x.dtype)[:, None]
+        rows = workspace.take((steps + 1, batch, width), x.dtype, x)  # [h_t | x_t | 0 | 1 | 0]
         rows[0, :, :hidden] = h0
-        rows[:steps, :, hidden:-1] = x
-        rows[:, :, -1] = 1
+        rows[:steps, :, hidden:hidden + n_in] = x
+        rows[:, :, hidden + n_in:] = 0
+        rows[:, :, k] = 1
         gates = workspace.take((steps, batch, 4 * hidden), x.dtype, x)
         cs = workspace.take((steps + 1, batch, hidden), x.dtype, x)  # c_0..c_T
         cs[0] = c0
         tanh_c = workspace.take((steps, batch, hidden), x.dtype, x)
-        for t in range(steps):
-            xp.matmul(rows[t], stacked_t, out=gates[t])
-            cells.lstm_forward(gates[t], cs[t], cs[t + 1], tanh_c[t], rows[t + 1, :, :hidden])
+        loops.lstm_forward_sequence(rows, stacked, k, gates, cs, tanh_c)
         out = xp.empty((steps + 1, batch, hidden), dtype=x.dtype)
         out[:steps], out[steps] = rows[1:, :, :hidden], cs[steps]
-        ctx.x, ctx.w_ih, ctx.w_hh, ctx.rows = x, w_ih, w_hh, rows
+        ctx.x, ctx.w_ih, ctx.w_hh, ctx.rows, ctx.k = x, w_ih, w_hh, rows, k
         ctx.gates, ctx.cs, ctx.tanh_c, ctx.has_bias = gates, cs, tanh_c, b_ih is not None
         return out
 
     @staticmethod
     def backward(ctx: Context, grad: Any) -> tuple:
         xp = backend.array_module(grad)
-        steps, w_hh = grad.shape[0] - 1, ctx.w_hh
-        hidden, batch = w_hh.shape[1], grad.shape[1]
+        steps, k, batch = grad.shape[0] - 1, ctx.k, grad.shape[1]
+        hidden, n_in = ctx.w_hh.shape[1], ctx.x.shape[2]
         d_pre = workspace.take(ctx.gates.shape, grad.dtype, grad)
         dh = xp.zeros_like(grad[0])
         dc = grad[steps].copy()
-        for t in range(steps - 1, -1, -1):
-            dh += grad[t]
-            cells.lstm_backward(dh, dc, ctx.gates[t], ctx.cs[t], ctx.tanh_c[t], d_pre[t])
-            xp.matmul(d_pre[t], w_hh, out=dh)
+        loops.lstm_backward_sequence(grad, ctx.gates, ctx.cs, ctx.tanh_c, ctx.w_hh, d_pre, dh, dc)
         need = ctx.needs_input_grad
         flat = d_pre.reshape(steps * batch, -1)
         dx = (flat @ ctx.w_ih).reshape(ctx.x.shape) if need[0] else None
         grads: tuple = (dx, dh, dc)
-        if any(need[3:]):
-            d_stacked = flat.T @ ctx.rows[:steps].reshape(steps * batch, -1)  # (4H, width)
-            grads += (xp.ascontiguousarray(d_stacked[:, hidden:-1]) if need[3] else None,
+        if any(need[3:]):  # one GEMM for [dW_hh | dW_ih | 0 | db]
+            d_stacked = flat.T @ ctx.rows[:steps].reshape(steps * batch, -1)[:, :k + 1]
+            grads += (xp.ascontiguousarray(d_stacked[:, hidden:hidden + n_in]) if need[3] else None,
                       xp.ascontiguousarray(d_stacked[:, :hidden]) if need[4] else None)
             if ctx.has_bias:
-                grads += tuple(d_stacked[:, -1].copy() if n else None for n in need[5:7])
+                grads += tuple(d_stacked[:, k].copy() if n else None for n in need[5:7])
         else:
             grads += (None,) * (len(need) - 3)
         _release(ctx.gates, ctx.cs, ctx.tanh_c, ctx.rows, d_pre)

@@ -9,7 +9,8 @@ separate NumPy calls, each is a pass over memory with its own call overhead. Her
   serves all gates;
 - the arithmetic in between, and the whole backward cell, is one fused Numba loop when
   Numba is available (a scalar libm tanh inside Numba would be slower than NumPy's SIMD one,
-  which is why the tanh calls stay outside). The loops walk 1-D row slices and take their
+  which is why the tanh calls stay outside; `rnn_loops` runs whole LSTM sequences in Numba
+  with a vectorizable float32 tanh instead). The loops walk 1-D row slices and take their
   constants (`one`, `half`) as arguments of the arrays' dtype: that way LLVM vectorizes them
   (indexing the 2-D arrays directly, or a literal 1 promoting float32 to float64, kept them
   scalar and about three times slower).
