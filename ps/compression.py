@@ -14,6 +14,9 @@ sees it, so nothing downstream (consistency, bsp sums, replication, checkpoints)
     twobit  +t where x >= t, -t where x <= -t, else 0, four 2-bit codes a
             byte, first value in the high bits: 11 = +t, 10 = -t, 00 = 0
             (MXNet's 2bit; 01 is never sent)                                2 bits/value
+    sparse  lossless: the non-zero entries only, as topk sends them: what
+            an embedding's rows untouched by a batch, or a first layer's
+            weights on always-blank pixels, leave out                       8 bytes/non-zero
 
 The lossy codecs (topk, onebit, twobit) keep error feedback on the worker: what a push did
 not deliver (the compensated gradient minus what the shard will decode) stays in a residual
@@ -34,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-CODECS = ("none", "fp16", "topk", "onebit", "twobit")
+CODECS = ("none", "fp16", "topk", "onebit", "twobit", "sparse")
 LOSSY = frozenset({"topk", "onebit", "twobit"})   # these keep a residual (error feedback)
-FIELDS = {"none": (), "fp16": (), "topk": ("count",), "onebit": ("scale",), "twobit": ("threshold",)}
-FRAMES = {"none": 1, "fp16": 1, "topk": 2, "onebit": 1, "twobit": 1}
+FIELDS = {"none": (), "fp16": (), "topk": ("count",), "onebit": ("scale",), "twobit": ("threshold",),
+          "sparse": ("count",)}
+FRAMES = {"none": 1, "fp16": 1, "topk": 2, "onebit": 1, "twobit": 1, "sparse": 2}
 _ALL_FIELDS = frozenset(f for fields in FIELDS.values() for f in fields)
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 _POS, _NEG = 3, 2                             # twobit codes (MXNet's bit patterns)
@@ -77,6 +81,9 @@ class Compressor:
             return {}, (grad,)
         if self.codec == "fp16":
             return {"codec": "fp16"}, (np.clip(grad, -FP16_MAX, FP16_MAX).astype(np.float16),)
+        if self.codec == "sparse":
+            idx = np.flatnonzero(grad).astype(np.uint32)
+            return {"codec": "sparse", "count": int(idx.size)}, (idx, grad[idx])
         residual = self.residuals[shard]
         x = grad if residual is None else np.add(residual, grad, out=residual)  # compensated, in place
         if self.codec == "topk":
@@ -184,16 +191,16 @@ def decode(header: dict, arrays: Sequence[np.ndarray], n: int, out: np.ndarray |
     if codec == "fp16":
         np.copyto(out, _frame(arrays[0], "float16", n, codec, "values"))
         _finite(out, codec)   # checked in float32: 20x faster than on float16
-    elif codec == "topk":
+    elif codec in ("topk", "sparse"):
         count = header["count"]
         if not _is_int(count) or not 0 <= count <= n:
-            raise CodecError(f"topk count {str(count)[:40]}: expected an integer in [0, {n}]")
+            raise CodecError(f"{codec} count {str(count)[:40]}: expected an integer in [0, {n}]")
         idx = _frame(arrays[0], "uint32", count, codec, "indices")
         values = _frame(arrays[1], "float32", count, codec, "values")
         if count and idx[-1] >= n:
-            raise CodecError(f"topk index {int(idx[-1])} out of range: expected indices in [0, {n})")
+            raise CodecError(f"{codec} index {int(idx[-1])} out of range: expected indices in [0, {n})")
         if count > 1 and not np.all(idx[1:] > idx[:-1]):
-            raise CodecError("topk indices not strictly increasing: expected sorted indices without repeats")
+            raise CodecError(f"{codec} indices not strictly increasing: expected sorted indices without repeats")
         _finite(values, codec)
         out.fill(0.0)
         out[idx] = values

@@ -400,7 +400,7 @@ JOB = Section({
         "keep": integer(1, default=2),
     }),
     "compression": Section({  # of pushes, see ps/compression.py
-        "codec": choice("none", "fp16", "topk", "onebit", "twobit", default="none"),
+        "codec": choice("none", "fp16", "topk", "onebit", "twobit", "sparse", default="none"),
         "ratio": number(0.01, low_open=True, high=1.0, high_open=False),  # topk: the share kept
         "threshold": number(0.5, low_open=True),                          # twobit: the t of +-t
         "error_feedback": boolean(True),                                  # topk, onebit, twobit

@@ -67,6 +67,18 @@ def test_topk_sends_at_least_one_value_and_at_most_all(ratio, k):
         np.testing.assert_array_equal(out, grad)
 
 
+def test_sparse_sends_the_non_zero_entries_exactly_and_nothing_else():
+    grad = np.zeros(N, np.float32)
+    rows = [3, 17, 40]                        # an embedding's rows touched by a batch, 8 wide
+    for r in rows:
+        grad[r * 8:(r + 1) * 8] = gradient(8, seed=r)
+    fields, (idx, values), out = round_trip("sparse", grad)
+    assert fields == {"codec": "sparse", "count": 24}
+    np.testing.assert_array_equal(out, grad)  # lossless: no residual needed
+    assert wire_bytes((idx, values)) == 24 * 8
+    assert round_trip("sparse", np.zeros(N, np.float32))[0] == {"codec": "sparse", "count": 0}
+
+
 def test_onebit_decodes_to_plus_or_minus_the_mean_magnitude():
     grad = gradient(n=13)   # not a multiple of 8: the last byte is padded
     grad[0] = 0.0           # zero counts as non-negative
@@ -266,7 +278,7 @@ def test_the_compression_section_defaults_shorthand_and_errors():
     assert config.load(base, ["compression=topk"])["compression"]["codec"] == "topk"
     assert config.load(base, ["compression.codec=twobit", "compression.threshold=0.1"])["compression"]["threshold"] == 0.1
     for override, message in [
-        ("compression.codec=gzip", "compression.codec: expected one of none, fp16, topk, onebit, twobit, got 'gzip'"),
+        ("compression.codec=gzip", "compression.codec: expected one of none, fp16, topk, onebit, twobit, sparse, got 'gzip'"),
         ("compression.ratio=0", "compression.ratio: expected a number in (0, 1], got 0"),
         ("compression.threshold=-1", "compression.threshold: expected a positive number, got -1"),
     ]:
