@@ -47,6 +47,7 @@ CODECS = {
     "topk": ["compression.codec=topk", "compression.ratio=0.01"],
     "onebit": ["compression.codec=onebit"],
     "twobit": ["compression.codec=twobit", "compression.threshold=0.5"],
+    "sparse": ["compression.codec=sparse"],
 }
 ACCEPTANCE = {"codec": "topk", "max_bytes_ratio": 0.05, "max_accuracy_drop": 0.01}
 REFERENCE = ("MXNet 2-bit gradient compression (threshold 0.5, error feedback); "
