@@ -67,7 +67,7 @@ def shard_templates(job: str, n: int) -> list:
             ({**data, "op": P.PUSH, "lo": 100, "hi": 110}, [zeros[:10]])] + [
             ({**data, "op": P.PUSH, "clock": 4, **fields}, list(frames))   # compressed pushes
             for fields, frames in (Compressor({"codec": codec}, [(0, n)]).encode(0, zeros + 0.01)
-                                   for codec in ("fp16", "topk", "onebit", "twobit"))]
+                                   for codec in ("fp16", "topk", "onebit", "twobit", "sparse"))]
 
 
 def coordinator_templates(job: str) -> list:
