@@ -37,14 +37,24 @@ def test_none_sends_the_float32_slice_itself_and_adds_no_header_field():
     assert decode({"codec": "none"}, frames, N) is grad
 
 
-def test_fp16_is_exact_to_float16_rounding_and_clips_instead_of_overflowing():
-    grad = gradient()
-    grad[:4] = [1e6, -1e6, 65504.0, 3e-8]
+def test_fp16_scales_by_a_power_of_two_so_every_value_keeps_float16_precision():
+    grad = gradient(scale=1e-6)                    # raw, these would be float16 subnormals
     fields, frames, out = round_trip("fp16", grad)
-    assert fields == {"codec": "fp16"} and frames[0].dtype == np.float16
-    assert out.dtype == np.float32 and np.isfinite(out).all()
-    assert out[0] == 65504.0 and out[1] == -65504.0           # clipped to the float16 range, not inf
-    np.testing.assert_allclose(out[2:], grad[2:], rtol=2 ** -11, atol=6e-8)  # half a float16 ulp
+    peak = np.abs(grad).max()
+    assert fields["codec"] == "fp16" and frames[0].dtype == np.float16
+    assert 2 ** 14 <= peak * 2.0 ** fields["exponent"] < 2 ** 15
+    assert out.dtype == np.float32
+    big = np.abs(grad) >= peak * 2.0 ** -14     # the scaled value is a normal float16
+    np.testing.assert_allclose(out[big], grad[big], rtol=2 ** -11)  # half a float16 ulp
+    np.testing.assert_allclose(out, grad, rtol=2 ** -11, atol=peak * 2.0 ** -28)  # the flushed rest
+
+
+def test_fp16_flushes_what_would_be_subnormal_and_keeps_zero_and_huge_values_finite():
+    grad = np.array([1e6, -1e6, 3e-8, 0.0] + [1.0] * 4, np.float32)
+    fields, _, out = round_trip("fp16", grad)
+    assert out[2] == 0.0 and out[3] == 0.0              # 3e-8 is under 2^-29 of the largest
+    np.testing.assert_allclose(out[[0, 1, 4]], grad[[0, 1, 4]], rtol=2 ** -11)
+    assert round_trip("fp16", np.zeros(8, np.float32))[0] == {"codec": "fp16", "exponent": 0}
 
 
 def test_topk_keeps_exactly_the_k_largest_magnitudes_with_sorted_indices():
@@ -182,12 +192,15 @@ MALFORMED = [
     ({"codec": "gzip"}, [F16], "unknown codec 'gzip': expected one of none, fp16, topk, onebit, twobit"),
     ({"codec": None}, [F16], "unknown codec 'None'"),
     ({"codec": 3}, [F16], "unknown codec '3'"),
-    ({"codec": "fp16"}, [F16, F16], "fp16 push with 2 array frames: expected 1"),
+    ({"codec": "fp16", "exponent": 0}, [F16, F16], "fp16 push with 2 array frames: expected 1"),
+    ({"codec": "fp16"}, [F16], "fp16 push without header field 'exponent'"),
+    ({"codec": "fp16", "exponent": 101}, [F16], "fp16 exponent 101: expected an integer in [-100, 100]"),
+    ({"codec": "fp16", "exponent": 1.5}, [F16], "fp16 exponent 1.5"),
     ({"codec": "topk", "count": 1}, [u32(1)], "topk push with 1 array frames: expected 2"),
-    ({"codec": "fp16"}, [np.zeros(8, np.float32)], "fp16 values: expected float16 of shape (8,), got float32"),
-    ({"codec": "fp16"}, [F16[:7]], "fp16 values: expected float16 of shape (8,), got float16 of shape (7,)"),
-    ({"codec": "fp16"}, [F16.reshape(2, 4)], "expected float16 of shape (8,), got float16 of shape (2, 4)"),
-    ({"codec": "fp16"}, [np.array([np.inf] + [0] * 7, np.float16)], "fp16 values include inf or NaN"),
+    ({"codec": "fp16", "exponent": 0}, [np.zeros(8, np.float32)], "fp16 values: expected float16 of shape (8,), got float32"),
+    ({"codec": "fp16", "exponent": 0}, [F16[:7]], "fp16 values: expected float16 of shape (8,), got float16 of shape (7,)"),
+    ({"codec": "fp16", "exponent": 0}, [F16.reshape(2, 4)], "expected float16 of shape (8,), got float16 of shape (2, 4)"),
+    ({"codec": "fp16", "exponent": 0}, [np.array([np.inf] + [0] * 7, np.float16)], "fp16 values include inf or NaN"),
     ({"codec": "none"}, [F16], "none values: expected float32 of shape (8,)"),
     ({"codec": "topk"}, [u32(1), f32(1)], "topk push without header field 'count'"),
     ({"codec": "topk", "count": 9}, [u32(*range(9)), f32(*range(9))], "topk count 9: expected an integer in [0, 8]"),
@@ -203,7 +216,7 @@ MALFORMED = [
     ({"codec": "topk", "count": 2}, [u32(2, 2), f32(1, 2)], "sorted indices without repeats"),
     ({"codec": "topk", "count": 1}, [u32(0), f32(np.nan)], "topk values include inf or NaN"),
     ({"codec": "topk", "count": 1, "scale": 1.0}, [u32(0), f32(1)], "topk push with header field 'scale': topk takes 'count'"),
-    ({"codec": "fp16", "count": 1}, [F16], "fp16 push with header field 'count': fp16 takes no fields"),
+    ({"codec": "fp16", "exponent": 0, "count": 1}, [F16], "fp16 push with header field 'count': fp16 takes 'exponent'"),
     ({"codec": "onebit"}, [BITS], "onebit push without header field 'scale'"),
     ({"codec": "onebit", "scale": float("nan")}, [BITS], "onebit scale nan: expected a finite number >= 0"),
     ({"codec": "onebit", "scale": float("inf")}, [BITS], "onebit scale inf"),
