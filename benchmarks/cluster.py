@@ -54,8 +54,11 @@ JOBS = {
     "lenet5": ("configs/fashion_lenet5.yaml", ["model.dropout=0"], "LeNet-5, batch 64, Adam"),
 }
 TARGET = {"model": "mlp", "workers": 2, "shards": 1, "min_share_of_ceiling": 0.65, "min_times_ray": 2.5}
+# Every row, every shard count, also with every array on the wire: what roles on separate hosts
+# would see (and what the scale model, benchmarks/simulate.py, is checked against).
+WIRE = ("cluster.shared_memory=false",)
 # Measured on the target row too (1 shard), to show what each part of the design buys.
-VARIANTS = {"no-overlap": ["train.overlap=false"], "fp16": ["compression.codec=fp16"]}
+VARIANTS = {"wire+fp16": [*WIRE, "compression.codec=fp16"], "no-overlap": ["train.overlap=false"]}
 WARMUP_SECONDS = 1.0  # left out of every rate: first-touch allocations, Numba dispatch, caches
 ENV_ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                   "NUMBA_NUM_THREADS": "1"}
@@ -254,6 +257,7 @@ def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int,
     config = job_config_module.load(path, overrides)
     variants = variants or {}
     runs: dict[str, list[dict[str, Any]]] = {"ceiling": [], "ray": [], **{f"downpour/{s}": [] for s in args.shards},
+                                             **{f"downpour/{s}+wire": [] for s in args.shards},
                                              **{f"downpour/1+{name}": [] for name in variants}}
     loads = []
     for _ in range(rounds):
@@ -263,6 +267,8 @@ def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int,
         for position, shards in enumerate(args.shards):
             runs[f"downpour/{shards}"].append(run_downpour(model, workers, shards, steps,
                                                                 config["train"]["batch_size"]))
+            runs[f"downpour/{shards}+wire"].append(run_downpour(model, workers, shards, steps,
+                                                                     config["train"]["batch_size"], WIRE))
             if position == 0:  # Ray between the downpour runs: load drifts hit both alike
                 runs["ray"].append(run_ray(args.ray_python, config, workers, args.seconds))
         for name, extra in variants.items():

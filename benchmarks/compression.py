@@ -3,7 +3,8 @@
 The MLP job (`configs/fashion_mlp.yaml`, 2 workers, 2 shards, async) runs to the end on a real
 local cluster once per codec (`downpour launch ... --set compression.codec=CODEC`): none, fp16,
 topk at 1%, onebit and twobit at threshold 0.5 (MXNet's default), each with the error feedback the
-config gives by default. Bytes sent are the workers' own count of push payload bytes (the last
+config gives by default. Every array travels over the sockets (`cluster.shared_memory: false`),
+as between machines. Bytes sent are the workers' own count of push payload bytes (the last
 `bytes_sent` each worker reported in metrics.jsonl, summed); accuracy is the final
 `test_accuracy` in summary.json. Same seed, same data order; async runs still differ a little
 from run to run, so an accuracy difference of a few tenths of a point is noise.
@@ -58,7 +59,9 @@ def run_codec(name: str, steps: int | None, timeout: float) -> dict[str, Any]:
     """One full job with codec `name`; its bytes, accuracy and wall time."""
     with tempfile.TemporaryDirectory(prefix="downpour-compression-") as tmp:
         run_dir = pathlib.Path(tmp) / "run"
-        overrides = [*CODECS[name], "workers=2", "shards=2", "consistency.mode=async"]
+        # Compression is about the network: every array goes over it here, as between machines
+        # (on one host shared memory would carry the uncompressed pushes and send nothing).
+        overrides = [*CODECS[name], "workers=2", "shards=2", "consistency.mode=async", "cluster.shared_memory=false"]
         if steps is not None:
             overrides.append(f"train.steps={steps}")
         argv = [sys.executable, "-m", "ps.cli", "launch", str(CONFIG), "--run-dir", str(run_dir), "--quiet"]

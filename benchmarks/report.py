@@ -80,8 +80,9 @@ def render_wire(record: dict[str, Any]) -> str:
         f"of {figures['repeats']} interleaved samples; throughput is model bytes moved per second "
         "(PUSH+PULL moves the model twice)",
         "",
-        "| model | op | downpour (ms) | raw pyzmq (ms) | downpour GB/s | raw GB/s | downpour / raw | target |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | op | downpour (ms) | raw pyzmq (ms) | downpour GB/s | raw GB/s | downpour / raw | target "
+        "| shared memory (ms) | shared memory GB/s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for label, size in figures["sizes"].items():
         for op, name in (("pull", "PULL"), ("push_pull", "PUSH+PULL")):
@@ -90,10 +91,12 @@ def render_wire(record: dict[str, Any]) -> str:
             verdict = f"≥ {target['min_share_of_raw']:.0%}" if judged else ""
             share = f"**{f['share_of_raw']:.0%}**{_met(f['share_of_raw'] >= target['min_share_of_raw'])}" \
                 if judged else f"{f['share_of_raw']:.0%}"
+            local = (f"{f['shm_ms']['median']:.3f} | {f['shm_gb_per_s']:.2f}" if "shm_ms" in f else "- | -")
             lines.append(f"| {label} | {name} | {f['downpour_ms']['median']:.3f} | {f['raw_ms']['median']:.3f} "
-                         f"| {f['downpour_gb_per_s']:.2f} | {f['raw_gb_per_s']:.2f} | {share} | {verdict} |")
+                         f"| {f['downpour_gb_per_s']:.2f} | {f['raw_gb_per_s']:.2f} | {share} | {verdict} | {local} |")
     lines += ["", f"downpour: {figures['downpour_side']}; raw: {figures['raw_side']}. "
-              "Reference (issue #6): ZeroMQ over loopback moves 4 MiB frames at 2.4–4 GB/s.",
+              + (f"Shared memory: {figures['shm_side']}. " if "shm_side" in figures else "")
+              + "Reference (issue #6): ZeroMQ over loopback moves 4 MiB frames at 2.4–4 GB/s.",
               "", _conditions(record)]
     return "\n".join(lines)
 
@@ -107,14 +110,16 @@ def render_cluster(record: dict[str, Any]) -> str:
         f"{figures.get('warmup_seconds', 1):g} s warm-up** — downpour against N processes computing with no "
         "communication (ceiling) and a Ray actor parameter server (same model, batch, data, update rule)",
         "",
-        "| model | workers | ceiling | Ray PS | downpour 1 shard | 2 shards | 1 shard / ceiling | 1 shard / Ray |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | workers | ceiling | Ray PS | downpour 1 shard | 2 shards | 1 shard / ceiling | 1 shard / Ray "
+        "| on the wire: 1 shard | 2 shards |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for model, rows in figures["results"].items():
         for workers, row in rows.items():
             c, r, d = row["ceiling"], row["ray"], row["downpour"]
             ray = f"{r['updates_per_s']:.0f} ({r['samples_per_s']:.0f})" if "updates_per_s" in r else "skipped"
-            cells = [f"{d[s]['updates_per_s']:.0f} ({d[s]['samples_per_s']:.0f})" if s in d else "-" for s in ("1", "2")]
+            cells = [f"{d[s]['updates_per_s']:.0f} ({d[s]['samples_per_s']:.0f})" if s in d else "-"
+                     for s in ("1", "2", "1+wire", "2+wire")]
             one = d.get("1", {})
             judged = (model, int(workers)) == (target["model"], target["workers"])
             share = f"{one.get('share_of_ceiling', float('nan')):.0%}"
@@ -123,11 +128,13 @@ def render_cluster(record: dict[str, Any]) -> str:
                 share = f"**{share}**{_met(one.get('share_of_ceiling', 0) >= target['min_share_of_ceiling'])}"
                 times = f"**{times}**{_met(one.get('times_ray', 0) >= target['min_times_ray'])}"
             lines.append(f"| {figures['models'].get(model, model)} | {workers} | {c['updates_per_s']:.0f} "
-                         f"({c['samples_per_s']:.0f}) | {ray} | {cells[0]} | {cells[1]} | {share} | {times} |")
+                         f"({c['samples_per_s']:.0f}) | {ray} | {cells[0]} | {cells[1]} | {share} | {times} "
+                         f"| {cells[2]} | {cells[3]} |")
     judged_row = figures["results"].get(target["model"], {}).get(str(target["workers"]), {})
     parts = []
-    for key, label in (("1", "as shipped (overlap on)"), ("1+no-overlap", "overlap off"),
-                       ("1+fp16", "overlap on, fp16 pushes")):
+    for key, label in (("1", "as shipped (shared memory, overlap on)"), ("1+no-overlap", "overlap off"),
+                       ("1+wire", "every array through the sockets (`cluster.shared_memory: false`)"),
+                       ("1+wire+fp16", "through the sockets with fp16 pushes")):
         d = judged_row.get("downpour", {}).get(key)
         if d:
             blocked = d.get("blocked_share")
@@ -175,7 +182,7 @@ def render_simulate(record: dict[str, Any]) -> str:
         f"{net['latency_us']:g} µs latency, one host per role** — closed queueing model (exact MVA) calibrated "
         f"on step {cal['step_seconds'] * 1e3:.2f} ms, {cal['message_seconds'] * 1e6:.0f} µs per round trip and "
         f"{cal['path_bytes_per_s'] / 1e9:.2f} GB/s through the software path; against the {len(check['points'])} "
-        f"measured points on this machine: median error {check['median_abs_error']:.0%}, "
+        f"points measured on this machine with every array on the wire: median error {check['median_abs_error']:.0%}, "
         f"max {check['max_abs_error']:.0%}",
         "",
         "| shards \\ workers | " + " | ".join(workers) + " |",
@@ -185,7 +192,7 @@ def render_simulate(record: dict[str, Any]) -> str:
         lines.append(f"| {shards} | " + " | ".join(f"{row[w]:.0f}" for w in workers) + " |")
     points = ", ".join(f"{p['workers']}w/{p['shards']}s {p['measured']:.0f} vs {p['predicted']:.0f}"
                        for p in check["points"])
-    lines += ["", f"Measured vs predicted on this machine: {points}.", "",
+    lines += ["", f"Measured (over the wire) vs predicted on this machine: {points}.", "",
               "![predicted updates/s](benchmarks/results/simulate.png)", "", _conditions(record)]
     return "\n".join(lines)
 
@@ -233,6 +240,10 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
+# Results that other scripts render: jobs.json is the README's results table (jobs_report.py).
+RENDERED_ELSEWHERE = {"jobs"}
+
+
 def render_all(results: pathlib.Path) -> str:
     """The Markdown for every known results file (in RENDERERS' order), and a note on others."""
     blocks, unknown = [], []
@@ -241,7 +252,7 @@ def render_all(results: pathlib.Path) -> str:
         if path.exists():
             blocks.append(render(common.read_result(path)))
     for path in sorted(results.glob("*.json")):
-        if path.stem not in RENDERERS:
+        if path.stem not in RENDERERS and path.stem not in RENDERED_ELSEWHERE:
             unknown.append(path.name)
     if unknown:
         blocks.append("Results without a renderer yet: " + ", ".join(f"`{n}`" for n in unknown) + ".")

@@ -16,7 +16,8 @@ the push and the pull overlap); a shard serves at the slower of its CPU and its 
 
     python benchmarks/simulate.py [--bandwidth-gbit 10] [--latency-us 50] [--model mlp]
 
-Checked against the measured 1-4 worker points of `cluster.json` (same machine, loopback,
+Checked against the 1-4 worker points of `cluster.json` measured with every array on the wire
+(`cluster.shared_memory: false`, as between hosts; same machine, loopback,
 2 cores); writes benchmarks/results/simulate.json and benchmarks/results/simulate.png.
 """
 from __future__ import annotations
@@ -104,7 +105,10 @@ def check(cal: Calibration, cluster: dict[str, Any], model: str, cores: float) -
     """The model on this machine (loopback, `cores` cores) against every measured point."""
     points = []
     for workers, row in cluster["figures"]["results"][model].items():
-        for shards, measured in row["downpour"].items():
+        for key, measured in row["downpour"].items():
+            shards, _, variant = key.partition("+")
+            if variant != "wire":  # the model is of messages on a network, not of shared memory
+                continue
             predicted = updates_per_second(cal, int(workers), int(shards), Network(None, 0.0, cores))
             points.append({"workers": int(workers), "shards": int(shards), "measured": measured["updates_per_s"],
                            "predicted": predicted,

@@ -7,7 +7,10 @@ figure includes header packing and validation, the shard's bookkeeping, its upda
 PUSH+PULL) and the client's copy of the reply into the model's flat buffer. The reference is a
 raw pyzmq DEALER/ROUTER pair, its ROUTER also in a process of its own, moving the same bytes
 with zero-copy sends and nothing else (the reply is not copied anywhere). The contenders are
-timed in alternation in one run, so load on the shared machine hits both alike.
+timed in alternation in one run, so load on the shared machine hits both alike. downpour's
+side keeps every array on the wire (`shared_memory=False`), as between hosts; a third contender,
+the same client with shared memory (the default on one host, `ps/shm.py`), shows what a local
+cluster gets instead.
 
 The model is a logistic regression on an `npz` data set whose input width is chosen so the
 flat parameters come to 64 KiB, 4 MiB and 16 MiB of float32 (to within 40 bytes).
@@ -123,8 +126,9 @@ def write_config(directory: pathlib.Path, nbytes: int) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[ShardClient]:
-    """A coordinator and one shard as processes, and a ShardClient registered as worker 0.
+def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[tuple[ShardClient, ShardClient]]:
+    """A coordinator and one shard as processes, and two ShardClients registered as worker 0:
+    one that keeps every array on the wire, one that uses shared memory (ps/shm.py).
 
     The job stays in its start-up state (no evaluator registers), which keeps the shard
     serving for as long as the benchmark needs it."""
@@ -152,11 +156,14 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[ShardClient]:
             info = control.register({"rank": 0}, startup_timeout=60).body()
             layout = layout_from_dict(info["layout"])
             address = _wait_for_shard(control, procs[1], directory)
-            client = ShardClient(ctx, layout, [address], info["job_id"], control.name, timeout=30.0)
+            wire = ShardClient(ctx, layout, [address], info["job_id"], control.name, timeout=30.0,
+                               shared_memory=False)
+            local = ShardClient(ctx, layout, [address], info["job_id"], control.name, timeout=30.0)
             try:
-                yield client
+                yield wire, local
             finally:
-                client.close()
+                wire.close()
+                local.close()
                 control.close()
 
 
@@ -192,16 +199,21 @@ def _wait_for_shard(control: ControlClient, shard: subprocess.Popen, directory: 
 def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dict[str, Any]:
     raw = RawPair(ctx, nbytes)
     try:
-        with downpour_shard(ctx, nbytes) as client:
+        with downpour_shard(ctx, nbytes) as (client, local):
             flat = np.zeros(client.layout.total, np.float32)
             grad = np.full_like(flat, 1e-3)
+            local_grad = local.gradient_buffers(1)[0]
+            local_grad[:] = grad
             clock = iter(range(1, 1 << 40))
             client.pull(0, flat)
+            local.pull(0, flat)  # the first read tells it where the shard's memory is
             contenders = {
                 "downpour_pull": lambda: client.pull(0, flat),
                 "raw_pull": raw.pull,
+                "shm_pull": lambda: local.pull(0, flat),
                 "downpour_push_pull": lambda: client.push_pull(grad, next(clock), flat),
                 "raw_push_pull": raw.push_pull,
+                "shm_push_pull": lambda: local.push_pull(local_grad, next(clock), flat),
             }
             timings = common.time_interleaved(contenders, repeats, warmup=3, target_seconds=0.05)
             model_bytes = flat.nbytes
@@ -214,6 +226,7 @@ def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dic
             "downpour_ms": ours.as_dict(), "raw_ms": theirs.as_dict(),
             "downpour_gb_per_s": moved / ours.median / 1e9, "raw_gb_per_s": moved / theirs.median / 1e9,
             "share_of_raw": theirs.median / ours.median,
+            "shm_ms": timings[f"shm_{op}"].wall.as_dict(), "shm_gb_per_s": moved / timings[f"shm_{op}"].wall.median / 1e9,
         }
     log.info("%s: pull %.2f GB/s vs raw %.2f GB/s (%.0f%%); push+pull %.2f vs %.2f GB/s", label,
              figures["pull"]["downpour_gb_per_s"], figures["pull"]["raw_gb_per_s"],
@@ -238,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": args.repeats, "sizes": sizes,
         "downpour_side": "coordinator + shard as separate processes (ps.cli), ShardClient in this process",
         "raw_side": "pyzmq DEALER -> ROUTER in a separate process, zero-copy frames, reply not copied",
+        "shm_side": "the same shard and client with the arrays in shared memory (the default on one host): "
+                    "the weights copied once from the shard's memory, the gradient read where it lies",
         "target": {"size": TARGET_SIZE, "op": "pull", "min_share_of_raw": TARGET_PULL_SHARE},
     }
     if TARGET_SIZE in sizes:

@@ -393,6 +393,7 @@ JOB = Section({
         "request_timeout": number(30.0, low_open=True),
         "max_message_mb": number(512.0, low_open=True),
         "curve": boolean(False),
+        "shared_memory": boolean(True),  # workers and shards on one host share arrays, not copies
     }, rules=(Rule("heartbeat_timeout", lambda c: c["heartbeat_timeout"] > c["heartbeat_interval"],
                    lambda c: f"a number greater than heartbeat_interval ({c['heartbeat_interval']:g})"),)),
     "checkpoint": Section({

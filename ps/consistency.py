@@ -46,11 +46,19 @@ class Consistency:
         return self.applied_clock if self.mode == "bsp" else 0
 
     def join(self, worker: int, clock: int | None = None) -> None:
-        """A worker (re)joins: where it left off, but never behind the slowest live worker
-        (or, in bsp, behind the clocks already applied)."""
+        """A worker (re)joins. One that was here before carries on from its own clock, so no
+        push of it is skipped (a stopped job resumed, a dead worker restarted), except that in
+        bsp no clock already applied can be pushed again. A newcomer starts level with the
+        slowest live worker (bsp: at the next clock to apply)."""
         if worker not in self.clocks:
             floor = self.applied_clock if self.mode == "bsp" else (min(self.clocks.values()) if self.clocks else 0)
-            start = clock if clock is not None else max(self.departed.pop(worker, 0), floor)
+            if clock is not None:
+                start = clock
+            elif worker in self.departed:
+                start = self.departed.pop(worker)
+                start = max(start, floor) if self.mode == "bsp" else start
+            else:
+                start = floor
             self.clocks[worker] = start
 
     def leave(self, worker: int) -> list[int]:

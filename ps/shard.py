@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import checkpoint, security
+from . import checkpoint, security, shm
 from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
@@ -57,6 +57,11 @@ class Shard:
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
         self.scratch = np.empty(0, np.float32)  # compressed pushes decode here (grown as needed)
+        # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
+        # is that nothing travels outside the encrypted connections.
+        self.local = keys is None
+        self.segments: dict[tuple[int, int], shm.Segment] = {}  # each store's weights, by its range
+        self.attached = shm.Attached()             # local workers' gradient buffers
 
     # ---- start-up ------------------------------------------------------------------------
     def join(self, startup_timeout: float = 60.0) -> None:
@@ -84,11 +89,16 @@ class Shard:
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
             raise RuntimeError("coordinator sent no initial weights for this shard's range")
         mode = self.config["consistency"]
+        self.local = self.local and cluster["shared_memory"]
 
         def store(rng: int, weights) -> ParameterStore:
             lo, hi = self.layout.ranges[rng]
+            buffer = None
+            if self.local:
+                seg = self.segments[(lo, hi)] = shm.Segment.create(hi - lo, f"{self.job_id}-range{rng}")
+                buffer = seg.array
             return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
-                                  info["workers"], planned_updates(self.config))
+                                  info["workers"], planned_updates(self.config), buffer=buffer)
 
         self.store = store(self.rank, msg.arrays[0])
         self.stores = {self.rank: self.store}   # the ranges this shard serves
@@ -202,7 +212,7 @@ class Shard:
             self._handle(msg)
         except WireError as err:
             self.errors += 1
-            reply_error(self.sock, msg.envelope, msg.seq, str(err), retry=err.retry)
+            reply_error(self.sock, msg.envelope, msg.seq, str(err), retry=err.retry, **err.fields)
 
     # ---- the data plane ------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
@@ -228,7 +238,7 @@ class Shard:
             except StalePush as exc:
                 raise WireError(str(exc)) from None
             if new and store is self.store:
-                if grad.base is self.scratch and self.replicator.channel is not None:
+                if (grad.base is self.scratch or "grad_at" in h) and self.replicator.channel is not None:
                     grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
                 held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"))
         if msg.op == P.PUSH:
@@ -256,6 +266,8 @@ class Shard:
             raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
         if "codec" in msg.header:
             return self._decoded(msg, lo, hi)
+        if "grad_at" in msg.header:
+            return self._shared_gradient(msg.header["grad_at"], lo, hi)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
             got = [(a.dtype.name, a.shape) for a in msg.arrays]
             raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
@@ -272,6 +284,22 @@ class Shard:
             return decode(msg.header, msg.arrays, hi - lo, self.scratch[:hi - lo])
         except CodecError as err:
             raise WireError(f"push to [{lo}, {hi}): {err}") from None
+
+    def _shared_gradient(self, ref: Any, lo: int, hi: int) -> np.ndarray:
+        """A local worker's gradient for [lo, hi), read where the worker wrote it: no copy. The
+        worker leaves that buffer alone until we have answered."""
+        if not self.local:
+            raise WireError("this shard takes no pushes through shared memory", retry=True, local=False)
+        offset = ref.get("offset") if isinstance(ref, dict) else None
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise WireError("header field 'grad_at': expected a segment reference with an offset")
+        try:
+            seg = self.attached.get(ref)
+        except shm.SegmentError as exc:
+            raise WireError(f"cannot map the pushed gradient: {exc}", retry=True, local=False) from None
+        if offset + (hi - lo) > seg.count:
+            raise WireError(f"gradient at offset {offset} of {hi - lo} values overruns a segment of {seg.count}")
+        return seg.array[offset:offset + hi - lo]
 
     def _respond(self, held: int | None, send) -> None:
         """Reply now, or once the backup has acknowledged the push (replication)."""
@@ -299,8 +327,15 @@ class Shard:
 
     def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int) -> None:
         h = msg.header
-        weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
-        reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record)
+        seg = self.segments.get((store.lo, store.hi))
+        if seg is not None and h.get("shm") is True:  # the reader copies from our segment itself
+            on_record = store.admit_read(worker, clock)
+            reply(self.sock, msg, version=store.updates_applied, clock=on_record, segment=seg.ref,
+                  offset=h["lo"] - store.lo)
+        else:
+            weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
+            where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
+            reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:
@@ -337,6 +372,7 @@ class Shard:
     def close(self) -> None:
         if self.replicator is not None:
             self.replicator.close()
+        self.attached.close()
         self.sock.close(0)
         self.control.close()
 

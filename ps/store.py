@@ -24,9 +24,15 @@ class StalePush(ValueError):
 
 class ParameterStore:
     def __init__(self, lo: int, hi: int, weights: np.ndarray, optimizer: dict, mode: str,
-                 staleness: int, workers: list[int], planned_updates: int = 1):
+                 staleness: int, workers: list[int], planned_updates: int = 1, buffer: np.ndarray | None = None):
+        """`buffer`, if given, is where the weights live (a shared-memory segment, `ps/shm.py`);
+        otherwise the store keeps its own copy."""
         self.lo, self.hi = lo, hi
-        self.weights = np.array(weights, dtype=np.float32)  # our own, writable copy
+        if buffer is None:
+            self.weights = np.array(weights, dtype=np.float32)
+        else:
+            self.weights = buffer
+            self.weights[...] = weights
         opt, self.schedule = schedule.split(optimizer, planned_updates)
         self.rule = optim.make(opt.pop("type"), **opt)
         self.rule.bind(self.weights)
@@ -97,14 +103,19 @@ class ParameterStore:
 
         Snapshot, not view: ZeroMQ sends from its own thread, so a view could be torn by the
         next in-place update. One copy per version of the weights serves every reader."""
-        on_record = clock
-        if worker is not None:
-            self.consistency.join(worker)          # a (re)joining worker is waited for from now on
-            self.consistency.record_read(worker, clock)
-            on_record = max(clock, self.consistency.clocks.get(worker, clock))
+        on_record = self.admit_read(worker, clock)
         if self._snapshot is None or self._snapshot[0] != self.updates_applied:
             self._snapshot = (self.updates_applied, self.weights.copy())
         return self._snapshot[1][lo - self.lo:hi - self.lo], on_record
+
+    def admit_read(self, worker: int | None, clock: int) -> int:
+        """Record a read at `clock` (one the consistency model allows); return the clock we
+        have on record for the reader. A reader through shared memory copies the weights itself."""
+        if worker is None:
+            return clock
+        self.consistency.join(worker)          # a (re)joining worker is waited for from now on
+        self.consistency.record_read(worker, clock)
+        return max(clock, self.consistency.clocks.get(worker, clock))
 
     # ---- checkpoints ---------------------------------------------------------------------
     def state_dict(self) -> tuple[dict[str, np.ndarray], dict]:

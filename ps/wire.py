@@ -21,11 +21,13 @@ from . import protocol as P
 
 class WireError(ValueError):
     """A message that cannot be acted upon; `str()` is the reason sent back to the peer.
-    `retry` marks a refusal that may pass later (the peer is told it may ask again)."""
+    `retry` marks a refusal that may pass later (the peer is told it may ask again); `fields`
+    go into the ERROR reply's header (e.g. `local=False`: send the arrays over the wire)."""
 
-    def __init__(self, reason: str, retry: bool = False):
+    def __init__(self, reason: str, retry: bool = False, **fields: Any):
         super().__init__(reason)
         self.retry = retry
+        self.fields = fields
 
 
 @dataclasses.dataclass
@@ -73,11 +75,12 @@ def reply(sock: zmq.Socket, request: Message, op: str = P.OK, body: dict | None 
     send(sock, header, arrays, request.envelope)
 
 
-def reply_error(sock: zmq.Socket, envelope: Sequence[bytes], seq: Any, reason: str, retry: bool = False) -> None:
+def reply_error(sock: zmq.Socket, envelope: Sequence[bytes], seq: Any, reason: str, retry: bool = False,
+                **fields: Any) -> None:
     """An ERROR reply; usable even when the request's header could not be decoded. `retry`
     says the message arrived garbled, so sending it again may succeed."""
     seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
-    header = {"op": P.ERROR, "seq": seq, "reason": reason[:1000]}
+    header = {**fields, "op": P.ERROR, "seq": seq, "reason": reason[:1000]}
     if retry:
         header["retry"] = True
     send(sock, header, (), envelope)

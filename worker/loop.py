@@ -96,7 +96,7 @@ def train(session: Session) -> None:
     # With overlap the round trip of one step travels while the next step computes, so the
     # gradient it sent must stay untouched until it is answered: two buffers, taken in turn.
     overlap = t["overlap"] and cfg["consistency"]["mode"] == "async"
-    outgoing = [np.zeros_like(flat.data) for _ in range(2 if overlap else 1)]
+    outgoing = client.gradient_buffers(2 if overlap else 1)
     scratch = np.zeros_like(flat.data) if push_every > 1 else None
     in_flight = None
     accumulated = 0

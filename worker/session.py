@@ -107,7 +107,8 @@ class Session:
         return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
                            addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
-                           compression=self.config["compression"])
+                           compression=self.config["compression"],
+                           shared_memory=cluster["shared_memory"] and self.configure is None)
 
     def close(self, leave: bool = True) -> None:
         self.heartbeat.stop()

@@ -168,6 +168,9 @@ def run_figures(run_dir: pathlib.Path, batch_size: int) -> dict:
 
 def compare(job_file: pathlib.Path, overrides: list[str], rate: str, work_dir: pathlib.Path,
             timeout: float = 240.0) -> dict:
+    # Namespaces share one kernel and one /proc: the roles would find each other's memory
+    # (ps/shm.py), which separate machines cannot. Both runs keep every array on the wire.
+    overrides = ["cluster.shared_memory=false", *overrides]
     hosts = run_on_hosts(job_file, overrides, rate, work_dir / "hosts", timeout)
     loopback = run_on_loopback(job_file, overrides, work_dir / "loopback", timeout)
     return {"job": str(job_file), "overrides": overrides, "rate": rate, "hosts": hosts, "loopback": loopback}

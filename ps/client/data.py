@@ -7,6 +7,13 @@ are copied once, from the received frame into the caller's buffer. Pushes may be
 split in two (`start`, `finish`), so a worker computes its next gradient while the previous
 push and read travel (overlap).
 
+With a shard on the same host (`ps/shm.py`) the arrays leave the messages: a pull's reply says
+where the weights are and we copy them from the shard's memory; a push names the place in our
+own gradient buffer (`gradient_buffers`) where the shard reads it. Whether a shard is local is
+learnt, not configured: every reply names the shard's segment, and if we can map it, the next
+requests go through shared memory. A shard that cannot map ours answers so, and we go back to
+the wire for it.
+
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
 once, so a push that got no reply is simply sent again. A request is resent after a retry
 interval that adapts to the measured round-trip time, and re-routed when the coordinator
@@ -23,6 +30,7 @@ import numpy as np
 import zmq
 
 from .. import protocol as P
+from .. import shm
 from ..compression import Compressor, wire_bytes
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
@@ -42,6 +50,7 @@ class _Pending:
     sent_at: float
     retry_at: float
     attempts: int = 1
+    grad: np.ndarray | None = None  # this shard's part of a push through shared memory
 
 
 @dataclasses.dataclass
@@ -58,7 +67,8 @@ class ShardClient:
     def __init__(self, ctx: zmq.Context, layout: Layout, addresses: Sequence[str], job: str,
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
                  configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
-                 faults: FaultPlan | None = None, compression: dict | None = None):
+                 faults: FaultPlan | None = None, compression: dict | None = None,
+                 shared_memory: bool = True):
         if len(addresses) != layout.num_shards:
             raise ValueError(f"layout has {layout.num_shards} shards, got {len(addresses)} addresses")
         self.ctx = ctx
@@ -80,6 +90,24 @@ class ShardClient:
         self.retries = 0
         self.waited = 0.0  # seconds spent blocked in `finish`: communication that compute did not hide
         self._rtts: list[float] = []
+        self.shared_memory = shared_memory
+        self.local: list[shm.Segment | None] = [None] * layout.num_shards  # shards whose memory we map
+        self._unmappable: set[tuple] = set()  # segment references that failed to map from here
+        self._wire_only: set[int] = set()     # shards that cannot map our memory (until they move)
+        self._attached = shm.Attached(limit=4 * layout.num_shards)
+        self._grads: shm.Segment | None = None
+
+    def gradient_buffers(self, n: int) -> list[np.ndarray]:
+        """`n` flat buffers for outgoing gradients. Pushed from one of these, a gradient reaches
+        a shard on this host without a copy (in shared memory); elsewhere it is sent as usual."""
+        size = self.layout.total
+        if not self.shared_memory or self.compressor.codec != "none":
+            return [np.zeros(size, np.float32) for _ in range(n)]
+        try:
+            self._grads = shm.Segment.create(n * size, self.sender)
+        except OSError:
+            return [np.zeros(size, np.float32) for _ in range(n)]
+        return [self._grads.array[i * size:(i + 1) * size] for i in range(n)]
 
     def _channel(self, shard: int, address: str) -> Channel:
         return Channel(self.ctx, address, f"shard {shard}", self.max_bytes, self.configure)
@@ -104,15 +132,22 @@ class ShardClient:
         self._reroute()
         now = time.monotonic()
         trip = RoundTrip(op, out, now + self.timeout)
+        shared = self._offset_in_shared(grad)
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
             arrays: tuple = ()
-            if grad is not None:  # encoded once per push: a retry resends these very frames
+            local = self.local[shard] is not None
+            if local and out is not None:
+                header["shm"] = True
+            if grad is not None and local and shared is not None:
+                header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
+            elif grad is not None:  # encoded once per push: a retry resends these very frames
                 fields, arrays = self.compressor.encode(shard, grad[lo:hi])
                 header.update(fields)
                 self.bytes_sent += wire_bytes(arrays)
-            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval())
+            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval(),
+                         grad=grad[lo:hi] if "grad_at" in header else None)
             self._send(p, now)
             trip.pending[shard] = p
         return trip
@@ -191,6 +226,9 @@ class ShardClient:
         """Take a reply; False if it asks us to try again (the request was garbled on the way)."""
         lo, hi = self.layout.ranges[p.shard]
         if msg.op == P.ERROR:
+            if msg.header.get("local") is False:  # the shard cannot map our memory: use the wire
+                self._wire_only.add(p.shard)
+                self._to_wire(p)
             if msg.header.get("retry"):
                 return False
             raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} replied with an error: "
@@ -199,12 +237,57 @@ class ShardClient:
         clock = msg.header.get("clock")
         if isinstance(clock, int):
             self.shard_clocks[p.shard] = clock
-        if out is not None:
+        seg = self._map(p.shard, msg.header) if out is not None else None
+        if out is not None and not msg.arrays:  # the weights are in the shard's memory
+            offset = msg.header.get("offset")
+            if seg is None or not isinstance(offset, int) or not 0 <= offset <= seg.count - (hi - lo):
+                self._to_wire(p)  # it moved somewhere we cannot map: ask again over the wire
+                return False
+            np.copyto(out[lo:hi], seg.array[offset:offset + hi - lo])
+        elif out is not None:
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (hi - lo,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
             np.copyto(out[lo:hi], msg.arrays[0])
             self.bytes_received += msg.arrays[0].nbytes
         return True
+
+    # ---- shared memory with shards on this host --------------------------------------------
+    def _map(self, shard: int, header: dict) -> shm.Segment | None:
+        """The shard's segment named in a reply, mapped (once) if we can; None if not."""
+        ref = header.get("segment")
+        self.local[shard] = None
+        if not self.shared_memory or ref is None or shard in self._wire_only:
+            return None
+        try:
+            key = shm.ref_key(ref)
+        except shm.SegmentError:
+            return None
+        if key not in self._unmappable:
+            try:
+                self.local[shard] = self._attached.get(ref)
+            except shm.SegmentError:
+                self._unmappable.add(key)
+        return self.local[shard]
+
+    def _to_wire(self, p: _Pending) -> None:
+        """Send this shard's part again without shared memory, and use the wire from now on."""
+        self.local[p.shard] = None
+        p.header.pop("shm", None)
+        if p.header.pop("grad_at", None) is not None:
+            fields, p.arrays = self.compressor.encode(p.shard, p.grad)
+            p.header.update(fields)
+            self.bytes_sent += wire_bytes(p.arrays)
+        p.retry_at = time.monotonic()  # resend at once
+
+    def _offset_in_shared(self, grad: np.ndarray | None) -> int | None:
+        """Where `grad` starts in our gradient segment, or None if it is not in there."""
+        if grad is None or self._grads is None:
+            return None
+        base = self._grads.array
+        start = (grad.ctypes.data - base.ctypes.data)
+        if grad.dtype != np.float32 or start % 4 or not 0 <= start // 4 <= base.size - grad.size:
+            return None
+        return start // 4
 
     def _reroute(self) -> set[int]:
         """Follow shards that moved (the coordinator's current map); return the ones that did."""
@@ -215,6 +298,8 @@ class ShardClient:
             return set()
         moved = {i for i, (a, b) in enumerate(zip(self.addresses, current)) if a != b}
         for i in moved:
+            self.local[i] = None
+            self._wire_only.discard(i)
             self.channels[i].close()
             self.channels[i] = self._channel(i, current[i])
         self.addresses = list(current)
@@ -223,3 +308,6 @@ class ShardClient:
     def close(self) -> None:
         for ch in self.channels:
             ch.close()
+        self._attached.close()
+        if self._grads is not None:
+            self._grads.close()

@@ -89,3 +89,41 @@ def test_a_message_over_the_size_limit_gets_an_error_reply(live_shard):
     reply = ask(live_shard, encode(dict(pull(live_shard), op=P.PUSH, hi=20_000), [big]))
     assert reply.op == P.ERROR and "over the size limit" in reply.header["reason"]
     assert_still_serves(live_shard)
+
+
+def test_a_push_through_shared_memory_that_cannot_be_mapped_is_refused_with_a_way_back_to_the_wire(live_shard):
+    ref = {"pid": 2 ** 31 - 5, "fd": 3, "nonce": bytes(16), "count": 10, "offset": 0}
+    header = dict(pull(live_shard), op=P.PUSH, grad_at=ref, **{"from": "worker-0"})
+    reply = ask(live_shard, encode(header))
+    assert reply.op == P.ERROR and "cannot map the pushed gradient" in reply.header["reason"]
+    assert reply.header["local"] is False and reply.header["retry"] is True
+    for bad in ("a string", {"pid": 1}, dict(ref, offset=-1), dict(ref, offset=True)):
+        reply = ask(live_shard, encode(dict(header, grad_at=bad)))
+        assert reply.op == P.ERROR
+    assert_still_serves(live_shard)
+
+
+def test_a_shared_memory_push_that_overruns_its_segment_is_refused_and_nothing_is_applied(live_shard):
+    from ps import shm
+    seg = shm.Segment.create(live_shard["initial"].size, "overrun")
+    try:
+        seg.array[:] = 1.0
+        header = dict(pull(live_shard), op=P.PUSH, grad_at={**seg.ref, "offset": 1}, **{"from": "worker-0"})
+        reply = ask(live_shard, encode(header))
+        assert reply.op == P.ERROR and "overruns" in reply.header["reason"]
+    finally:
+        seg.close()
+    assert_still_serves(live_shard)
+
+
+def test_a_pull_reply_names_the_shards_segment_and_a_shared_memory_pull_carries_no_array(live_shard):
+    from ps import shm
+    plain = ask(live_shard, encode(pull(live_shard)))
+    assert plain.arrays and plain.header["offset"] == 0
+    seg = shm.Segment.attach(plain.header["segment"])
+    try:
+        np.testing.assert_array_equal(seg.array, live_shard["initial"])
+        shared = ask(live_shard, encode(pull(live_shard, shm=True)))
+        assert shared.op == P.OK and shared.arrays == [] and shared.header["segment"] == plain.header["segment"]
+    finally:
+        seg.close()

@@ -79,6 +79,29 @@ def test_a_joining_worker_starts_at_the_slowest_live_clock():
     assert c.clocks[2] == 2
 
 
+@pytest.mark.parametrize("mode", ["async", "ssp"])
+def test_a_returning_worker_carries_on_from_its_own_clock_even_behind_the_others(mode):
+    """A resumed job or restarted worker must not skip pushes: the shards would lose them."""
+    c = Consistency(mode, staleness=2, workers=[0, 1])
+    for clock in range(3):
+        c.push(0, clock)
+    for clock in range(7):
+        c.push(1, clock)
+    c.set_live([1])          # worker 0 is gone (the coordinator no longer lists it) ...
+    c.set_live([0, 1])       # ... and back
+    assert c.clocks == {0: 3, 1: 7}
+
+
+def test_in_bsp_a_returning_worker_resumes_no_earlier_than_the_clocks_already_applied():
+    c = Consistency("bsp", workers=[0, 1])
+    c.push(0, 0)
+    c.set_live([1])          # worker 0 gone: clock 0 completes with worker 1 alone
+    c.push(1, 0)
+    c.push(1, 1)
+    c.set_live([0, 1])
+    assert c.applied_clock == 2 and c.clocks[0] == 2
+
+
 def test_unknown_mode_and_negative_staleness_are_errors():
     with pytest.raises(ValueError, match="expected one of"):
         Consistency("eventual")
