@@ -1,7 +1,8 @@
 # Full-length jobs and the test suite.
 #   make results            every config in configs/, one after another, then the README's table
 #   make results-NAME       one config (configs/NAME.yaml) into runs/results/NAME
-#   make report             the table again from the runs already in runs/results/
+#   make report             the table again: each run in runs/results/ replaces its row of
+#                           benchmarks/results/jobs.json, the other rows stay as measured
 #   make test               the README's test command
 # The jobs run one at a time: each local cluster already uses every core of a small machine.
 

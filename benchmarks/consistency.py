@@ -123,9 +123,9 @@ def run_mode(name: str, target: float, eval_every: int, max_steps: int) -> dict[
     result: dict[str, Any] = {
         "overrides": MODES[name], "reached": reached is not None,
         "seconds_to_target": (reached["time"] - started) if reached else None,
-        "clock_at_target": reached["clock"] if reached else None,
+        "clock_at_target": reached.get("clock") if reached else None,
         "best_test_accuracy": max((r["test_accuracy"] for r in tests), default=None),
-        "evaluations": [[round(r["time"] - started, 2), r["clock"], r["test_accuracy"]] for r in tests],
+        "evaluations": [[round(r["time"] - started, 2), r.get("clock"), r["test_accuracy"]] for r in tests],
         "first_train_report_seconds": (min(r["time"] for r in trains) - started) if trains else None,
         "waiting_fraction_per_worker": waiting,
         "waiting_fraction": sum(waiting.values()) / len(waiting) if waiting else None,

@@ -4,6 +4,10 @@ Reads `runs/results/NAME/summary.json` and `config.yaml` (written by `make resul
 the published reference from the `# Reference:` line of `configs/NAME.yaml`, so each config
 stays the one place that says what it should reach. Writes `benchmarks/results/jobs.json`
 and the README's table between `<!-- results:start -->` and `<!-- results:end -->`.
+
+A full-length run takes minutes to most of an hour on a small machine, so the table is kept
+row by row: a config rerun (`make results-NAME`) replaces its own row in jobs.json, and the
+rows of configs not rerun stay as they were measured, with the date of their run.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import json
 import logging
 import pathlib
 import re
+import time
 
 import yaml
 
@@ -65,6 +70,7 @@ def job_row(run_dir: pathlib.Path, configs: pathlib.Path) -> dict:
         "target": f"{metric} {bound}".strip(),
         "met": target.get("met"),
         "reference": published_reference(configs / f"{run_dir.name}.yaml"),
+        "measured": time.strftime("%Y-%m-%d", time.gmtime((run_dir / "summary.json").stat().st_mtime)),
     }
 
 
@@ -77,6 +83,14 @@ def collect(results: pathlib.Path, configs: pathlib.Path) -> list[dict]:
         except (OSError, KeyError, ValueError, yaml.YAMLError) as err:
             log.warning("skipping %s: %s", summary.parent, err)
     return rows
+
+
+def merge(previous: list[dict], fresh: list[dict], configs: pathlib.Path) -> list[dict]:
+    """The rows of `previous` with each config's row replaced by a `fresh` one where there is
+    one; rows of configs that no longer exist are dropped."""
+    by_config = {row["config"]: row for row in previous}
+    by_config.update({row["config"]: row for row in fresh})
+    return [by_config[name] for name in sorted(by_config) if (configs / pathlib.Path(name).name).is_file()]
 
 
 def _figure(row: dict) -> str:
@@ -98,7 +112,9 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {row['workers']}×{row['shards']} | {row['wall_seconds']:.0f} s | {row['updates_applied']} "
             f"| {_figure(row)} | {row['target']} | {row['reference'] or '—'} | {met} |")
     lines.append("")
-    lines.append(f"Measured with `{COMMAND}` on a 2-core machine shared with other work "
+    dates = sorted({row.get("measured", "2026-11-25") for row in rows})
+    lines.append(f"Measured with `{COMMAND}` (or `make results-NAME` for one row) on 2-core machines shared "
+                 f"with other work, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))} "
                  "(wall times are noisy; the metrics are not).")
     return "\n".join(lines)
 
@@ -119,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=pathlib.Path, default=ROOT / "README.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = collect(args.results, args.configs)
+    fresh = collect(args.results, args.configs)
+    previous = json.loads(args.json.read_text())["jobs"] if args.json.is_file() else []
+    rows = merge(previous, fresh, args.configs)
     if not rows:
         log.error("no runs in %s; run `make results` first", args.results)
         return 1

@@ -115,8 +115,9 @@ def write_config(directory: pathlib.Path, nbytes: int) -> pathlib.Path:
     width = input_width(nbytes)
     rng = np.random.default_rng(0)
     data = directory / "data.npz"
-    np.savez(data, x_train=rng.standard_normal((4, width), dtype=np.float32), y_train=np.arange(4) % CLASSES,
-             x_test=rng.standard_normal((2, width), dtype=np.float32), y_test=np.arange(2))
+    # Every class present: the loader counts the classes from the labels, and so sizes the model.
+    np.savez(data, x_train=rng.standard_normal((CLASSES, width), dtype=np.float32), y_train=np.arange(CLASSES),
+             x_test=rng.standard_normal((CLASSES, width), dtype=np.float32), y_test=np.arange(CLASSES))
     config = directory / "job.yaml"
     config.write_text(
         f"name: wire_{nbytes}\nworkers: 1\nshards: 1\ndata:\n  dataset: npz:{data}\n"
@@ -197,10 +198,13 @@ def _wait_for_shard(control: ControlClient, shard: subprocess.Popen, directory: 
 
 # ---- the measurement --------------------------------------------------------------------------
 def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dict[str, Any]:
-    raw = RawPair(ctx, nbytes)
+    raw = None
     try:
         with downpour_shard(ctx, nbytes) as (client, local):
             flat = np.zeros(client.layout.total, np.float32)
+            if abs(flat.nbytes - nbytes) > 64:
+                raise RuntimeError(f"{label}: the job's model has {flat.nbytes} bytes, not about {nbytes}")
+            raw = RawPair(ctx, flat.nbytes)  # the very same bytes each way
             grad = np.full_like(flat, 1e-3)
             local_grad = local.gradient_buffers(1)[0]
             local_grad[:] = grad
@@ -218,7 +222,8 @@ def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dic
             timings = common.time_interleaved(contenders, repeats, warmup=3, target_seconds=0.05)
             model_bytes = flat.nbytes
     finally:
-        raw.close()
+        if raw is not None:
+            raw.close()
     figures: dict[str, Any] = {"model_bytes": model_bytes, "label": label}
     for op, moved in (("pull", model_bytes), ("push_pull", 2 * model_bytes)):
         ours, theirs = timings[f"downpour_{op}"].wall, timings[f"raw_{op}"].wall

@@ -8,10 +8,8 @@ socket keeps serving everybody else in the meantime.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import pathlib
-import socket
 import time
 from typing import Any
 
@@ -19,6 +17,7 @@ import numpy as np
 import zmq
 
 from . import checkpoint, security, shm
+from .address import advertised
 from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
@@ -44,7 +43,7 @@ class Shard:
             keys.configure_server(self.sock)
         bind_socket(self.sock, bind)
         endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.address = _advertised(endpoint, advertise, coordinator)
+        self.address = advertised(endpoint, advertise, coordinator)
         self.configure = keys.configure_client if keys is not None else None
         self.control = ControlClient(ctx, coordinator, P.SHARD, configure=self.configure)
         self.requested_rank = rank
@@ -380,43 +379,6 @@ class Shard:
 def _sender(name: str) -> tuple[str, int]:
     role, _, rank = name.rpartition("-")
     return (role, int(rank)) if rank.isdigit() else (name, -1)
-
-
-def _advertised(endpoint: str, advertise: str | None, coordinator: str | None = None) -> str:
-    """The address peers should dial: `advertise` (HOST or HOST:PORT) if given, else the bound
-    endpoint. A wildcard bind (0.0.0.0) has no address of its own: it becomes this host's
-    address on the interface that reaches the coordinator (the container's IP on a compose
-    network, the pod IP in Kubernetes, the namespace's IP in the multi-host test), falling
-    back to the host name only when the coordinator is on loopback or cannot be resolved."""
-    port = endpoint.rsplit(":", 1)[1]
-    if advertise:
-        host = advertise if ":" not in advertise.removeprefix("tcp://") else None
-        if host is None:
-            return advertise if advertise.startswith("tcp://") else f"tcp://{advertise}"
-        return f"tcp://{host}:{port}"
-    host = endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
-    if host in ("0.0.0.0", "*", "[::]"):
-        host = _route_address(coordinator) or socket.gethostname()
-    return f"tcp://{host}:{port}"
-
-
-def _route_address(coordinator: str | None) -> str | None:
-    """This host's source address towards the coordinator, or None if that is loopback.
-
-    A UDP `connect` only asks the kernel for a route; no packet is sent."""
-    if not coordinator or not coordinator.startswith("tcp://"):
-        return None
-    host, _, port = coordinator.removeprefix("tcp://").rpartition(":")
-    try:
-        family, kind, proto, _, target = socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_DGRAM)[0]
-        with socket.socket(family, kind, proto) as probe:
-            probe.connect(target)
-            address = probe.getsockname()[0]
-    except (OSError, ValueError):
-        return None
-    if ipaddress.ip_address(address.split("%")[0]).is_loopback:
-        return None
-    return f"[{address}]" if ":" in address else address
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,

@@ -3,13 +3,14 @@
 It takes no part in training. Every `eval.every` clocks (of the slowest live worker) it pulls
 the weights and scores the validation split (the test split if the job keeps none), writing
 the figures to the run's metrics. With `eval.early_stopping` it keeps the best weights seen and
-ends training once the watched metric has not improved for `patience` evaluations. At the end
-it scores the test split on the final (or best) weights and sends them, with the figures, to
+ends training once the watched metric has not improved for `patience` evaluations; the final
+weights are the last contenders. At the end it scores the test split on the final (or best) weights and sends them, with the figures, to
 the coordinator, which exports them and writes the run's summary.
 """
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,10 +30,11 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
         job = build_job(session.config, session.layout)
         client = session.shard_client()
         best = watch(session, job, client)
-        if best is None:
-            client.pull(0, job.flat.data)
-        else:
-            job.flat.data[:] = best
+        client.pull(0, job.flat.data)
+        if best is not None:  # the final weights against the best seen, by the same measure
+            final = evaluate(job.net, job.data, best.split)[best.metric]
+            if not _better(session.config["eval"]["early_stopping"], final, best.value):
+                job.flat.data[:] = best.weights
         metrics = evaluate(job.net, job.data, "test")
         if _has_validation(job):
             metrics.update(evaluate(job.net, job.data, "val"))
@@ -55,9 +57,22 @@ def _has_validation(job: Job) -> bool:
     return len(data.y_val if data.kind == "classification" else data.val_ids) > 0
 
 
-def watch(session: Session, job: Job, client) -> np.ndarray | None:
-    """Evaluate every `eval.every` clocks until training ends; return the best weights when
-    early stopping is on (None otherwise: the final weights are the ones to score)."""
+class Best(NamedTuple):
+    """The best weights early stopping has seen, and the measure they won by."""
+    weights: np.ndarray
+    split: str
+    metric: str
+    value: float
+
+
+def _better(stopping: dict, value: float, than: float | None) -> bool:
+    return than is None or (value < than if stopping["mode"] == "min" else value > than)
+
+
+def watch(session: Session, job: Job, client) -> Best | None:
+    """Evaluate every `eval.every` clocks until training ends. With early stopping on, return
+    the best weights seen, with the split, metric and value they were judged by (None
+    otherwise, or if nothing was evaluated: the final weights are the ones to score)."""
     cfg = session.config["eval"]
     every, stopping = cfg["every"], cfg["early_stopping"]
     split = "val" if _has_validation(job) else "test"
@@ -66,7 +81,7 @@ def watch(session: Session, job: Job, client) -> np.ndarray | None:
     while True:
         try:
             session.wait_for({P.FINISHING}, timeout=0.2)
-            return best
+            return Best(best, split, stopping["metric"], best_value) if best is not None else None
         except TimeoutError:
             pass
         if not every or session.min_clock < next_clock:
@@ -79,8 +94,7 @@ def watch(session: Session, job: Job, client) -> np.ndarray | None:
         if not stopping:
             continue
         value = metrics[stopping["metric"]]
-        better = best_value is None or (value < best_value if stopping["mode"] == "min" else value > best_value)
-        if better:
+        if _better(stopping, value, best_value):
             best, best_value, patience_left = job.flat.data.copy(), value, stopping["patience"]
             continue
         patience_left -= 1
@@ -89,4 +103,4 @@ def watch(session: Session, job: Job, client) -> np.ndarray | None:
             log.info("%s", reason)
             session.control.report({"kind": "early_stop", "clock": clock, "message": reason})
             session.wait_for({P.FINISHING})
-            return best
+            return Best(best, split, stopping["metric"], best_value)

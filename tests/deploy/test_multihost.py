@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ps.shard import _advertised
+from ps.address import advertised
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MULTIHOST = ROOT / "deploy" / "multihost"
@@ -71,21 +71,21 @@ def root_links() -> list[str]:
 # ---- the address a shard registers -------------------------------------------------------------
 
 def test_shard_advertises_the_given_host_with_its_bound_port():
-    assert _advertised("tcp://0.0.0.0:5600", "10.0.0.7", "tcp://coordinator:5555") == "tcp://10.0.0.7:5600"
+    assert advertised("tcp://0.0.0.0:5600", "10.0.0.7", "tcp://coordinator:5555") == "tcp://10.0.0.7:5600"
 
 
 def test_shard_advertises_a_given_host_and_port_unchanged():
-    assert _advertised("tcp://0.0.0.0:5600", "shard-0.shard:7000", None) == "tcp://shard-0.shard:7000"
+    assert advertised("tcp://0.0.0.0:5600", "shard-0.shard:7000", None) == "tcp://shard-0.shard:7000"
 
 
 def test_shard_bound_to_one_address_advertises_that_address():
-    assert _advertised("tcp://127.0.0.1:41234", None, "tcp://127.0.0.1:5555") == "tcp://127.0.0.1:41234"
+    assert advertised("tcp://127.0.0.1:41234", None, "tcp://127.0.0.1:5555") == "tcp://127.0.0.1:41234"
 
 
 def test_wildcard_shard_of_a_loopback_or_unknown_coordinator_falls_back_to_the_host_name():
     expected = f"tcp://{socket.gethostname()}:5600"
-    assert _advertised("tcp://0.0.0.0:5600", None, "tcp://127.0.0.1:5555") == expected
-    assert _advertised("tcp://0.0.0.0:5600", None, "tcp://no-such-host.invalid:5555") == expected
+    assert advertised("tcp://0.0.0.0:5600", None, "tcp://127.0.0.1:5555") == expected
+    assert advertised("tcp://0.0.0.0:5600", None, "tcp://no-such-host.invalid:5555") == expected
 
 
 # ---- hosts on network namespaces -----------------------------------------------------------------

@@ -54,4 +54,5 @@ def test_early_stopping_ends_the_job_and_keeps_the_best_weights(jobs):
     evals = [json.loads(line) for line in (s["_run_dir"] / "metrics.jsonl").open() if '"kind": "val"' in line]
     assert len(evals) >= 4
     best = min(e["val_loss"] for e in evals)
-    assert s["metrics"]["val_loss"] == pytest.approx(best, rel=1e-5)   # the exported weights are the best ones
+    # The exported weights are the best seen: the best periodic ones, or the final ones if better still.
+    assert s["metrics"]["val_loss"] == pytest.approx(best, rel=1e-5) or s["metrics"]["val_loss"] < best
