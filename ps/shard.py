@@ -94,8 +94,12 @@ class Shard:
             lo, hi = self.layout.ranges[rng]
             buffer = None
             if self.local:
-                seg = self.segments[(lo, hi)] = shm.Segment.create(hi - lo, f"{self.job_id}-range{rng}")
-                buffer = seg.array
+                try:
+                    seg = self.segments[(lo, hi)] = shm.Segment.create(hi - lo, f"{self.job_id}-range{rng}")
+                    buffer = seg.array
+                except OSError as exc:  # e.g. a sandbox that forbids memfd_create: the wire still works
+                    log.warning("shard %d: no shared memory (%s); every array goes over the wire", self.rank, exc)
+                    self.local = False
             return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
                                   info["workers"], planned_updates(self.config), buffer=buffer)
 
