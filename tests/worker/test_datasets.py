@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import itertools
 import random
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from worker.datasets import DatasetError, available, batch_indices, load
 from worker.datasets import generated
 from worker.datasets.arrays import load_npz
+from worker.datasets.batching import window_offset
 from worker.datasets.idx import encode_idx, parse_idx
 from worker.datasets.images import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
 from worker.datasets.text import JARGON_PATH, JARGON_INSTALL, decode_ids, read_jargon, read_pydoc_topics
@@ -219,11 +221,34 @@ def test_language_model_batches_are_windows_whose_targets_are_the_next_character
     pydoc = load("text:pydoc", max_chars=5_000, seq_len=16)
     x, y = next(pydoc.batches(rank=1, world=2, batch_size=8, seed=0))
     assert x.shape == y.shape == (8, 16) and x.dtype == y.dtype == np.int64
-    windows = (len(pydoc.train_ids) - 1) // 16
+    windows = (len(pydoc.train_ids) - 16) // 16  # as many as fit at every offset of the grid
+    assert pydoc.train_examples == windows
     chosen = next(batch_indices(windows, 8, rank=1, world=2, seed=0))
-    starts = chosen * 16  # window i starts at i * seq_len: non-overlapping
+    starts = window_offset(16, seed=0, epoch=0) + chosen * 16  # non-overlapping, on a shifted grid
     np.testing.assert_array_equal(x, pydoc.train_ids[starts[:, None] + np.arange(16)])
     np.testing.assert_array_equal(y, pydoc.train_ids[starts[:, None] + np.arange(1, 17)])
+
+
+def test_each_epoch_cuts_the_text_into_windows_at_a_new_offset():
+    pydoc = load("text:pydoc", max_chars=20_000, seq_len=16)
+    per_epoch = pydoc.steps_per_epoch(batch_size=4, world=1)
+    batches = list(itertools.islice(pydoc.batches(rank=0, world=1, batch_size=4, seed=0), 8 * per_epoch))
+    indices = list(itertools.islice(batch_indices(pydoc.train_examples, 4, rank=0, world=1, seed=0), 8 * per_epoch))
+    offsets = [window_offset(16, seed=0, epoch=e) for e in range(8)]
+    assert len(set(offsets)) > 1 and all(0 <= o < 16 for o in offsets)
+    for step in (0, per_epoch - 1, per_epoch, 7 * per_epoch + 1):
+        starts = offsets[step // per_epoch] + indices[step] * 16
+        np.testing.assert_array_equal(batches[step][0], pydoc.train_ids[starts[:, None] + np.arange(16)])
+
+
+def test_all_workers_shift_their_windows_alike_so_they_still_partition_each_global_batch():
+    pydoc = load("text:pydoc", max_chars=20_000, seq_len=16)
+    one = pydoc.batches(rank=0, world=1, batch_size=8, seed=3, epoch_start=2)
+    halves = [pydoc.batches(rank=r, world=2, batch_size=4, seed=3, epoch_start=2) for r in (0, 1)]
+    for _ in range(2 * pydoc.steps_per_epoch(8, 1) + 1):
+        x, _ = next(one)
+        parts = np.concatenate([next(h)[0] for h in halves])
+        np.testing.assert_array_equal(x, parts)
 
 
 def test_text_eval_scores_consecutive_windows_each_read_after_its_context():

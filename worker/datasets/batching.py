@@ -57,6 +57,16 @@ def window_starts(num_ids: int, seq_len: int) -> np.ndarray:
     return np.arange(0, max(num_ids - seq_len, 0), seq_len, dtype=np.int64)
 
 
+def shifted_window_count(num_ids: int, seq_len: int) -> int:
+    """Windows per epoch when the grid of windows is shifted: as many as fit at every offset in [0, L)."""
+    return len(window_starts(num_ids - seq_len + 1, seq_len))
+
+
+def window_offset(seq_len: int, seed: int, epoch: int) -> int:
+    """Where epoch `epoch` starts its grid of windows: seeded, the same on every worker."""
+    return int(np.random.default_rng([seed, epoch, 0x0FF5E7]).integers(seq_len))
+
+
 def scored_window_starts(num_ids: int, seq_len: int) -> np.ndarray:
     """Starts L, 2L, ... of the windows scored in evaluation: each is read after the L ids
     before it, and needs the one after it."""

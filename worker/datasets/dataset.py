@@ -13,7 +13,7 @@ from typing import Iterator, Literal
 import numpy as np
 
 from worker.datasets.batching import (batch_indices, gather_scored_windows, gather_windows, scored_window_starts,
-                                      steps_per_epoch, window_starts)
+                                      shifted_window_count, steps_per_epoch, window_offset)
 from worker.datasets.errors import DatasetError
 
 Kind = Literal["classification", "language_model"]
@@ -63,7 +63,7 @@ class Dataset:
     def language_model(
         cls, name: str, train_ids: np.ndarray, test_ids: np.ndarray, vocab: str, seq_len: int
     ) -> Dataset:
-        """A character-level text set; every split must hold at least one window of `seq_len` + 1 ids."""
+        """A character-level text set; every split must hold at least one window (see `_require_windows`)."""
         dataset = cls(
             name=name, kind="language_model", num_classes=len(vocab), input_shape=(seq_len,),
             train_ids=train_ids, val_ids=train_ids[:0], test_ids=test_ids, vocab=vocab, seq_len=seq_len,
@@ -77,7 +77,7 @@ class Dataset:
         """How many examples `batches` draws from: rows, or windows for a language model."""
         if self.kind == "classification":
             return len(self.y_train)
-        return len(window_starts(len(self.train_ids), self.seq_len))
+        return shifted_window_count(len(self.train_ids), self.seq_len)
 
     def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
         """Batches each of `world` workers gets per epoch (the incomplete last global batch is dropped)."""
@@ -114,21 +114,29 @@ class Dataset:
         if limit < 1:
             raise ValueError(f"limit_train must be >= 1, got {limit}")
         if self.kind == "language_model":
-            return dataclasses.replace(self, train_ids=self.train_ids[: limit * self.seq_len + 1])
+            return dataclasses.replace(self, train_ids=self.train_ids[: (limit + 1) * self.seq_len])
         return dataclasses.replace(self, x_train=self.x_train[:limit], y_train=self.y_train[:limit])
 
     def batches(self, rank: int, world: int, batch_size: int, seed: int, epoch_start: int = 0) -> Iterator[Batch]:
         """Endless (x, y) training batches of worker `rank` out of `world`, partitioned by `batch_indices`.
 
         Classification yields rows; a language model yields windows x (B, L) and their
-        next-character targets y (B, L), both int64.
+        next-character targets y (B, L), both int64. Each epoch cuts the text into windows at a
+        new seeded offset, so a small text is not learnt window by window, and every character
+        is seen both early and late in a window.
         """
         if self.kind == "classification":
             indices = batch_indices(len(self.y_train), batch_size, rank, world, seed, epoch_start)
             return ((self.x_train[idx], self.y_train[idx]) for idx in indices)
-        starts = window_starts(len(self.train_ids), self.seq_len)
-        indices = batch_indices(len(starts), batch_size, rank, world, seed, epoch_start)
-        return (gather_windows(self.train_ids, starts[idx], self.seq_len) for idx in indices)
+        return self._window_batches(rank, world, batch_size, seed, epoch_start)
+
+    def _window_batches(self, rank: int, world: int, batch_size: int, seed: int, epoch_start: int) -> Iterator[Batch]:
+        windows = self.train_examples
+        indices = batch_indices(windows, batch_size, rank, world, seed, epoch_start)
+        per_epoch = steps_per_epoch(windows, batch_size, world)
+        for step, idx in enumerate(indices):
+            offset = window_offset(self.seq_len, seed, epoch_start + step // per_epoch)
+            yield gather_windows(self.train_ids, offset + idx * self.seq_len, self.seq_len)
 
     def eval_batches(self, split: Literal["val", "test"], batch_size: int) -> Iterator[Batch]:
         """The whole split once, in order, in batches of `batch_size` (the last may be smaller).
@@ -166,9 +174,13 @@ class Dataset:
         )
 
     def _require_windows(self, split: str, ids: np.ndarray, scored: bool = False) -> None:
-        starts = scored_window_starts if scored else window_starts
-        if len(starts(len(ids), self.seq_len)) == 0:
-            need = f"{2 * self.seq_len} + 1 (a window and its context)" if scored else f"{self.seq_len} + 1"
+        if scored:
+            fits = len(scored_window_starts(len(ids), self.seq_len))
+            need = f"{2 * self.seq_len} + 1 (a window and its context)"
+        else:
+            fits = shifted_window_count(len(ids), self.seq_len)
+            need = f"{2 * self.seq_len} (a window at any offset)"
+        if fits == 0:
             raise DatasetError(
                 f"{self.name}: the {split} split has {len(ids)} characters, too few for one window of "
                 f"seq_len {self.seq_len}: it needs {need}; use a smaller seq_len or more text"
