@@ -4,7 +4,8 @@ downpour's side is the real thing: a coordinator and a shard started as separate
 the same command lines the launcher uses (`python -m ps.cli coordinator|shard`), and this
 process talking to the shard through `ps.client.ShardClient` as a worker does, so every
 figure includes header packing and validation, the shard's bookkeeping, its update rule (for
-PUSH+PULL) and the client's copy of the reply into the model's flat buffer. The reference is a
+PUSH+PULL) and the handing of the reply to the model's parameters as a worker does it
+(`FlatParameters.receive`: the parameters keep the received frame as their memory). The reference is a
 raw pyzmq DEALER/ROUTER pair, its ROUTER also in a process of its own, moving the same bytes
 with zero-copy sends and nothing else (the reply is not copied anywhere). The contenders are
 timed in alternation in one run, so load on the shared machine hits both alike. downpour's
@@ -45,6 +46,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
+from model.flat import FlatParameters  # noqa: E402
+from model.tensor import Tensor  # noqa: E402
 from ps import protocol as P  # noqa: E402
 from ps.client import ControlClient, ShardClient  # noqa: E402
 from ps.layout import layout_from_dict  # noqa: E402
@@ -202,6 +205,7 @@ def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dic
     try:
         with downpour_shard(ctx, nbytes) as (client, local):
             flat = np.zeros(client.layout.total, np.float32)
+            model = FlatParameters([(p.name, Tensor(np.zeros(p.shape, np.float32))) for p in client.layout.params])
             if abs(flat.nbytes - nbytes) > 64:
                 raise RuntimeError(f"{label}: the job's model has {flat.nbytes} bytes, not about {nbytes}")
             raw = RawPair(ctx, flat.nbytes)  # the very same bytes each way
@@ -212,12 +216,12 @@ def measure_size(ctx: zmq.Context, label: str, nbytes: int, repeats: int) -> dic
             client.pull(0, flat)
             local.pull(0, flat)  # the first read tells it where the shard's memory is
             contenders = {
-                "downpour_pull": lambda: client.pull(0, flat),
+                "downpour_pull": lambda: client.pull(0, model),
                 "raw_pull": raw.pull,
-                "shm_pull": lambda: local.pull(0, flat),
-                "downpour_push_pull": lambda: client.push_pull(grad, next(clock), flat),
+                "shm_pull": lambda: local.pull(0, model),
+                "downpour_push_pull": lambda: client.push_pull(grad, next(clock), model),
                 "raw_push_pull": raw.push_pull,
-                "shm_push_pull": lambda: local.push_pull(local_grad, next(clock), flat),
+                "shm_push_pull": lambda: local.push_pull(local_grad, next(clock), model),
             }
             timings = common.time_interleaved(contenders, repeats, warmup=3, target_seconds=0.05)
             model_bytes = flat.nbytes

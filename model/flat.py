@@ -6,14 +6,21 @@ view into one buffer (in `named_parameters()` order), so weights pulled from the
 written into `flat.data` (or a slice of it) and the model sees them with no further copy, and
 an update rule run over `flat.data` updates every parameter at once.
 
-The views hold only while nothing rebinds a parameter's `.data`. The engine's backward assigns
-new arrays to `.grad` (which is why gradients are gathered by copying), never to `.data`;
-single-process training must likewise update `flat.data` in place (`rule.step(flat.data,
-flat.gather_grads(buf))`), never `p.data = p.data - lr * g`. `check_views()` tells when a
-parameter has been cut loose.
+A worker that pulls its weights off the wire need not copy them even once: `receive(lo, hi,
+frame, keep=True)` makes each parameter lying wholly inside [lo, hi) a view of the received
+frame itself (the network wrote the weights; the model reads them there), and copies into
+`data` only the parameters a shard boundary cuts. `data` is then the home of the copied
+parameters alone; `set_data` brings every parameter home again.
+
+The views hold only while nothing else rebinds a parameter's `.data`. The engine's backward
+assigns new arrays to `.grad` (which is why gradients are gathered by copying), never to
+`.data`; single-process training must likewise update `flat.data` in place
+(`rule.step(flat.data, flat.gather_grads(buf))`), never `p.data = p.data - lr * g`.
+`check_views()` tells when a parameter has been cut loose.
 """
 from __future__ import annotations
 
+import bisect
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -89,6 +96,7 @@ class FlatParameters:
         self._views = list(unflatten(self.data, self.specs).values())
         for tensor, view in zip(self._tensors, self._views):
             tensor.data = view
+        self._memory = list(self._views)  # what each parameter's .data is: its view, or a received frame's
 
     def __len__(self) -> int:
         return len(self.specs)
@@ -105,11 +113,47 @@ class FlatParameters:
         return unflatten(flat, self.specs)
 
     def set_data(self, flat: np.ndarray) -> None:
-        """Copy new weights (any buffer of `size` elements) into the model, in place."""
+        """Copy new weights (any buffer of `size` elements) into `data`, and make every
+        parameter its view again."""
         flat = np.asarray(flat)
         if flat.size != self.size:
             raise ValueError(f"got {flat.size} weights, the model has {self.size}")
         np.copyto(self.data, flat.reshape(-1), casting="same_kind")
+        for i in range(len(self._tensors)):
+            self._rebind(i, self._views[i])
+
+    def receive(self, lo: int, hi: int, weights: np.ndarray, keep: bool = False) -> None:
+        """Make elements [lo, hi) of the model equal `weights` (shape (hi - lo,)).
+
+        With `keep`, `weights` is ours to keep (a frame just received, which nobody else holds
+        or writes): every parameter lying wholly inside [lo, hi) becomes a view of it, with no
+        copy. Parameters that [lo, hi) cuts, and everything when `keep` is false or `weights`
+        is not of our dtype and aligned, are copied into `data`.
+        """
+        weights = np.asarray(weights)
+        if not 0 <= lo <= hi <= self.size or weights.shape != (hi - lo,):
+            raise ValueError(f"weights of shape {weights.shape} for [{lo}, {hi}) of a model of {self.size}")
+        keep = (keep and weights.dtype == self.data.dtype and weights.flags.writeable
+                and weights.ctypes.data % weights.itemsize == 0)
+        first = bisect.bisect_right(self.offsets, lo) - 1
+        for i in range(max(first, 0), len(self._tensors)):
+            start, end = self.offsets[i], self.offsets[i + 1]
+            if start >= hi:
+                break
+            whole = lo <= start and end <= hi
+            if keep and whole:
+                self._rebind(i, weights[start - lo:end - lo].reshape(self.specs[i][1]))
+                continue
+            if self._memory[i] is not self._views[i]:  # back home (all of it, if we overwrite a part)
+                if not whole:
+                    np.copyto(self._views[i], self._memory[i])
+                self._rebind(i, self._views[i])
+            a, b = max(start, lo), min(end, hi)
+            np.copyto(self.data[a:b], weights[a - lo:b - lo], casting="same_kind")
+
+    def _rebind(self, i: int, memory: np.ndarray) -> None:
+        self._tensors[i].data = memory
+        self._memory[i] = memory
 
     def gather_grads(self, out: np.ndarray | None = None) -> np.ndarray:
         """Copy every parameter's `.grad` into one flat buffer (zeros where a grad is None).
@@ -132,9 +176,10 @@ class FlatParameters:
         return out
 
     def check_views(self) -> None:
-        """Raise if any parameter's `.data` is no longer its view into `data` (it was rebound)."""
-        pairs = zip(self.specs, self._tensors, self._views)
-        cut = [name for (name, _), tensor, view in pairs if tensor.data is not view]
+        """Raise if any parameter's `.data` is neither its view into `data` nor the received
+        memory `receive` gave it (something else rebound it)."""
+        pairs = zip(self.specs, self._tensors, self._memory)
+        cut = [name for (name, _), tensor, memory in pairs if tensor.data is not memory]
         if cut:
             raise RuntimeError(f"parameters {cut} no longer share the flat buffer: their .data "
                                "was replaced instead of updated in place")

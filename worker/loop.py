@@ -100,7 +100,7 @@ def train(session: Session) -> None:
     scratch = np.zeros_like(flat.data) if push_every > 1 else None
     in_flight = None
     accumulated = 0
-    client.pull(session.clock, flat.data)
+    client.pull(session.clock, flat)  # the model reads its weights in the frames they came in
     if client.clock_hint > session.clock:  # a restart or resume: carry on where we left off
         session.clock = client.clock_hint
         log.info("%s: the shards have us at clock %d: resuming there", session.name, session.clock)
@@ -153,11 +153,11 @@ def train(session: Session) -> None:
             if t["clip_norm"]:
                 optim.clip_grad_norm_(acc, t["clip_norm"])
             trip = client.start(P.PUSH_PULL if fetch_next else P.PUSH, session.clock, acc,
-                                flat.data if fetch_next else None)
+                                flat if fetch_next else None)
             session.clock += 1
             accumulated = 0
         elif fetch_next:
-            trip = client.start(P.PULL, session.clock, None, flat.data)
+            trip = client.start(P.PULL, session.clock, None, flat)
         if trip is not None:
             if overlap and not last:
                 in_flight = trip

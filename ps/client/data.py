@@ -1,8 +1,10 @@
 """The data plane, client side: pull weights from and push gradients to every shard at once.
 
 Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
-shard, not the sum. Gradients leave as views of the caller's buffer (no copy); pulled weights
-are copied once, from the received frame into the caller's buffer. Pushes may be compressed
+shard, not the sum. Gradients leave as views of the caller's buffer (no copy). Pulled weights
+go into a flat buffer (one copy, from the received frame) or into a `WeightSink`, such as the
+worker's `model.flat.FlatParameters`, which keeps the received frames as the parameters'
+memory (no copy at all). Pushes may be compressed
 (`ps/compression.py`), with the error feedback kept here. Every round trip can be
 split in two (`start`, `finish`), so a worker computes its next gradient while the previous
 push and read travel (overlap).
@@ -24,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import zmq
@@ -37,6 +39,16 @@ from ..wire import Channel, Message, RemoteError, WireError, recv
 from .faults import FaultPlan
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
+
+
+class WeightSink(Protocol):
+    """Where pulled weights can go instead of a flat buffer (`model.flat.FlatParameters` is one)."""
+
+    def receive(self, lo: int, hi: int, weights: np.ndarray, keep: bool = False) -> None:
+        """Take elements [lo, hi) of the model; with `keep`, `weights` may be kept without a copy."""
+
+
+Out = np.ndarray | WeightSink | None
 
 
 @dataclasses.dataclass
@@ -58,7 +70,7 @@ class RoundTrip:
     """A request sent to every shard whose replies are not yet all in."""
 
     op: str
-    out: np.ndarray | None
+    out: Out
     deadline: float
     pending: dict[int, _Pending] = dataclasses.field(default_factory=dict)
 
@@ -113,20 +125,20 @@ class ShardClient:
         return Channel(self.ctx, address, f"shard {shard}", self.max_bytes, self.configure)
 
     # ---- the three operations ------------------------------------------------------------
-    def pull(self, clock: int, out: np.ndarray) -> None:
-        """Fill `out` (the whole flat model) with every shard's current weights."""
+    def pull(self, clock: int, out: np.ndarray | WeightSink) -> None:
+        """Fill `out` (the whole flat model, or a sink) with every shard's current weights."""
         self.finish(self.start(P.PULL, clock, None, out))
 
     def push(self, grad: np.ndarray, clock: int) -> None:
         """Send the flat gradient `grad`, each shard its own range; wait for every ack."""
         self.finish(self.start(P.PUSH, clock, grad, None))
 
-    def push_pull(self, grad: np.ndarray, clock: int, out: np.ndarray) -> None:
+    def push_pull(self, grad: np.ndarray, clock: int, out: np.ndarray | WeightSink) -> None:
         """Push `grad` at `clock` and read the weights at clock + 1, one round trip per shard."""
         self.finish(self.start(P.PUSH_PULL, clock, grad, out))
 
     # ---- split in two, so that a worker can compute while the round trip is under way ------
-    def start(self, op: str, clock: int, grad: np.ndarray | None, out: np.ndarray | None) -> RoundTrip:
+    def start(self, op: str, clock: int, grad: np.ndarray | None, out: Out) -> RoundTrip:
         """Send `op` to every shard and return at once. Until `finish`, `grad` must stay as it
         is (it leaves without a copy and a retry sends it again) and `out` is not written."""
         self._reroute()
@@ -153,8 +165,8 @@ class ShardClient:
         return trip
 
     def finish(self, trip: RoundTrip) -> None:
-        """Wait for every shard's reply to `trip` (resending what goes unanswered) and copy the
-        weights it carries into the `out` given to `start`."""
+        """Wait for every shard's reply to `trip` (resending what goes unanswered) and hand the
+        weights it carries to the `out` given to `start`."""
         pending = trip.pending
         began = time.monotonic()
         try:
@@ -164,14 +176,12 @@ class ShardClient:
 
     def _wait(self, trip: RoundTrip) -> None:
         pending = trip.pending
+        poller = self._poller(pending)
         while pending:
             now = time.monotonic()
             if now > trip.deadline:
                 missing = ", ".join(f"shard {s} at {self.addresses[s]}" for s in pending)
                 raise TimeoutError(f"{trip.op}: no reply within {self.timeout:g} s from {missing}")
-            poller = zmq.Poller()
-            for p in pending.values():
-                poller.register(self.channels[p.shard].sock, zmq.POLLIN)
             wake = min([p.retry_at for p in pending.values()] + [trip.deadline])
             events = dict(poller.poll(max(1, int((wake - now) * 1000))))
             for shard, p in list(pending.items()):
@@ -186,9 +196,12 @@ class ShardClient:
                     if msg.seq in p.seqs and self._accept(msg, p, trip.out):
                         self._rtts.append(time.monotonic() - p.sent_at)
                         del pending[shard]
+                        poller.unregister(sock)
             now = time.monotonic()
             if any(p.retry_at <= now for p in pending.values()):
                 moved = self._reroute()
+                if moved:
+                    poller = self._poller(pending)
                 for p in pending.values():
                     if p.retry_at <= now or p.shard in moved:
                         p.attempts += 1
@@ -203,6 +216,12 @@ class ShardClient:
         return min(self.shard_clocks)
 
     # ---- the machinery -------------------------------------------------------------------
+    def _poller(self, pending: dict[int, _Pending]) -> zmq.Poller:
+        poller = zmq.Poller()
+        for shard in pending:
+            poller.register(self.channels[shard].sock, zmq.POLLIN)
+        return poller
+
     def _retry_interval(self) -> float:
         typical = statistics.median(self._rtts[-32:]) if self._rtts else 0.0
         return max(MIN_RETRY, 4 * typical)
@@ -222,7 +241,7 @@ class ShardClient:
                 p.seqs.add(ch.send(p.header, p.arrays))
         p.seqs.add(ch.send(p.header, p.arrays))
 
-    def _accept(self, msg: Message, p: _Pending, out: np.ndarray | None) -> bool:
+    def _accept(self, msg: Message, p: _Pending, out: Out) -> bool:
         """Take a reply; False if it asks us to try again (the request was garbled on the way)."""
         lo, hi = self.layout.ranges[p.shard]
         if msg.op == P.ERROR:
@@ -243,11 +262,11 @@ class ShardClient:
             if seg is None or not isinstance(offset, int) or not 0 <= offset <= seg.count - (hi - lo):
                 self._to_wire(p)  # it moved somewhere we cannot map: ask again over the wire
                 return False
-            np.copyto(out[lo:hi], seg.array[offset:offset + hi - lo])
+            _deliver(out, lo, hi, seg.array[offset:offset + hi - lo], keep=False)  # it keeps changing
         elif out is not None:
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (hi - lo,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
-            np.copyto(out[lo:hi], msg.arrays[0])
+            _deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
             self.bytes_received += msg.arrays[0].nbytes
         return True
 
@@ -311,3 +330,10 @@ class ShardClient:
         self._attached.close()
         if self._grads is not None:
             self._grads.close()
+
+
+def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:
+    if isinstance(out, np.ndarray):
+        np.copyto(out[lo:hi], weights)
+    else:
+        out.receive(lo, hi, weights, keep=keep)

@@ -203,3 +203,78 @@ def test_a_model_nn_linear_layer_trains_through_its_flat_view():
     grads = flat.gather_grads()
     np.testing.assert_allclose(grads, np.concatenate([np.full(12, 5.0), np.full(3, 5.0)]))
     flat.check_views()
+
+
+# ---- receiving weights off the wire without copying them --------------------------------------
+def _weights(module: TinyModule) -> np.ndarray:
+    return np.concatenate([np.ravel(p.data) for _, p in module.named_parameters()])
+
+
+def test_received_weights_become_the_memory_of_the_parameters_wholly_inside_their_range():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    frame = np.arange(10, 24, dtype=np.float32)  # elements [10, 24): cuts weight (0..12) and embedding (16..26)
+    flat.receive(10, 24, frame, keep=True)
+    assert np.shares_memory(module.bias.data, frame) and np.shares_memory(module.scale.data, frame)
+    assert not np.shares_memory(module.weight.data, frame) and not np.shares_memory(module.embedding.data, frame)
+    np.testing.assert_array_equal(_weights(module)[10:24], frame)
+    np.testing.assert_array_equal(flat.data[10:12], frame[:2])  # the cut ones were copied home
+    flat.check_views()
+
+
+def test_a_whole_model_received_in_two_ranges_is_read_where_it_arrived():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    first, second = np.full(15, 1.0, np.float32), np.full(11, 2.0, np.float32)
+    flat.receive(0, 15, first, keep=True)
+    flat.receive(15, 26, second, keep=True)
+    assert np.shares_memory(module.weight.data, first) and np.shares_memory(module.embedding.data, second)
+    np.testing.assert_array_equal(_weights(module), [1.0] * 15 + [2.0] * 11)
+    second[:] = 3.0  # the parameters are views: the frame's memory is the model's
+    assert float(module.scale.data) == 3.0
+
+
+def test_weights_received_without_keep_are_copied_and_bring_their_parameters_home():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    flat.receive(0, 26, np.zeros(26, np.float32), keep=True)
+    copied = np.arange(26, dtype=np.float32)
+    flat.receive(12, 26, copied[12:])  # e.g. from a shard's shared memory, which keeps changing
+    for _, p in module.named_parameters()[1:]:
+        assert not np.shares_memory(p.data, copied) and np.shares_memory(p.data, flat.data)
+    np.testing.assert_array_equal(_weights(module), [0.0] * 12 + list(range(12, 26)))
+    flat.check_views()
+
+
+def test_a_parameter_received_in_part_is_first_brought_home_whole():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    frame = np.arange(26, dtype=np.float32)
+    flat.receive(0, 26, frame, keep=True)
+    flat.receive(13, 14, np.array([-1.0], np.float32), keep=True)  # a range that cuts bias
+    np.testing.assert_array_equal(module.bias.data, [12.0, -1.0, 14.0])
+    assert np.shares_memory(module.bias.data, flat.data)
+
+
+def test_frames_of_another_dtype_or_misaligned_are_copied_not_kept():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    flat.receive(0, 26, np.ones(26, np.float64), keep=True)
+    assert np.shares_memory(module.weight.data, flat.data)
+    raw = np.zeros(26 * 4 + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data[1:], np.float32)
+    flat.receive(0, 26, misaligned, keep=True)
+    assert np.shares_memory(module.weight.data, flat.data) and float(module.scale.data) == 0.0
+
+
+def test_set_data_brings_every_parameter_home_and_bad_ranges_are_refused():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    flat.receive(0, 26, np.ones(26, np.float32), keep=True)
+    flat.set_data(np.full(26, 4.0))
+    for _, p in module.named_parameters():
+        assert np.shares_memory(p.data, flat.data) and np.all(p.data == 4.0)
+    with pytest.raises(ValueError, match=r"\[20, 30\)"):
+        flat.receive(20, 30, np.zeros(10, np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        flat.receive(0, 4, np.zeros(5, np.float32))

@@ -126,3 +126,28 @@ def test_a_reply_by_reference_to_memory_we_cannot_map_is_asked_again_over_the_wi
     msgs = run(client, sock, seg, P.PULL, None, out, serve)
     assert [m.header.get("shm", False) for m in msgs] == [True, False]
     np.testing.assert_array_equal(out, 9.0)
+
+
+class RecordingSink:
+    """A WeightSink that records what it was handed and whether it may keep it."""
+
+    def __init__(self):
+        self.received = []
+
+    def receive(self, lo, hi, weights, keep=False):
+        self.received.append((lo, hi, np.array(weights), keep, weights))
+
+
+def test_a_sink_may_keep_a_frame_off_the_wire_but_must_copy_out_of_shared_memory(shard):
+    sock, seg, client = shard
+    sink = RecordingSink()
+    run(client, sock, seg, P.PULL, None, sink, lambda m: answer_pull(sock, m, seg))
+    lo, hi, values, keep, weights = sink.received[-1]
+    assert (lo, hi, keep) == (0, SIZE, True) and not np.shares_memory(weights, seg.array)
+    np.testing.assert_array_equal(values, 5.0)
+
+    seg.array[:] = 7.0
+    run(client, sock, seg, P.PULL, None, sink, lambda m: answer_pull(sock, m, seg))
+    lo, hi, values, keep, weights = sink.received[-1]
+    assert (lo, hi, keep) == (0, SIZE, False)  # the shard keeps changing that memory: copy it
+    np.testing.assert_array_equal(values, 7.0)
