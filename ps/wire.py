@@ -48,6 +48,12 @@ class Message:
         return self.header.get("body") or {}
 
 
+# dtype name <-> NumPy dtype for what may travel: NumPy computes `dtype.name` in Python on
+# every call, and a hot path that sends a message per update notices.
+_NAMES = {np.dtype(name): name for name in P.WIRE_DTYPES}
+_ITEMSIZES = {name: np.dtype(name).itemsize for name in P.WIRE_DTYPES}
+
+
 # ---- encoding ------------------------------------------------------------------------------
 
 def encode(header: dict, arrays: Sequence[np.ndarray] = ()) -> list:
@@ -55,7 +61,7 @@ def encode(header: dict, arrays: Sequence[np.ndarray] = ()) -> list:
     arrays = [np.ascontiguousarray(a) for a in arrays]
     header = dict(header)
     header["v"] = P.VERSION
-    header["arrays"] = [[a.dtype.name, list(a.shape)] for a in arrays]
+    header["arrays"] = [[_NAMES.get(a.dtype) or a.dtype.name, list(a.shape)] for a in arrays]
     return [msgpack.packb(header, use_bin_type=True)] + [memoryview(a).cast("B") for a in arrays]
 
 
@@ -163,7 +169,7 @@ def _arrays(descriptors: Any, frames: Sequence[Any]) -> list[np.ndarray]:
             raise WireError(f"array {i}: dtype {dtype!r} not allowed (expected one of {sorted(P.WIRE_DTYPES)})")
         if len(shape) > 8 or not all(_is_int(n) and n >= 0 for n in shape):
             raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints"[:200])
-        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * _ITEMSIZES[dtype]
         if nbytes != len(frame):
             raise WireError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes, frame has {len(frame)}")
         out.append(np.frombuffer(_buffer(frame), dtype=dtype).reshape(shape))

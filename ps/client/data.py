@@ -23,8 +23,8 @@ says a shard moved (restarted elsewhere, or its backup was promoted).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-import statistics
 import time
 from typing import Callable, Protocol, Sequence
 
@@ -101,7 +101,8 @@ class ShardClient:
         self.bytes_received = 0
         self.retries = 0
         self.waited = 0.0  # seconds spent blocked in `finish`: communication that compute did not hide
-        self._rtts: list[float] = []
+        self._rtts: collections.deque[float] = collections.deque(maxlen=32)
+        self._retry_after = MIN_RETRY
         self.shared_memory = shared_memory
         self.local: list[shm.Segment | None] = [None] * layout.num_shards  # shards whose memory we map
         self._unmappable: set[tuple] = set()  # segment references that failed to map from here
@@ -194,7 +195,7 @@ class ShardClient:
                     except WireError:
                         continue  # a garbled reply: the retry timer will ask again
                     if msg.seq in p.seqs and self._accept(msg, p, trip.out):
-                        self._rtts.append(time.monotonic() - p.sent_at)
+                        self._measured(time.monotonic() - p.sent_at)
                         del pending[shard]
                         poller.unregister(sock)
             now = time.monotonic()
@@ -223,8 +224,12 @@ class ShardClient:
         return poller
 
     def _retry_interval(self) -> float:
-        typical = statistics.median(self._rtts[-32:]) if self._rtts else 0.0
-        return max(MIN_RETRY, 4 * typical)
+        return self._retry_after
+
+    def _measured(self, rtt: float) -> None:
+        """Keep the retry interval at four typical round trips (the median of the last 32)."""
+        self._rtts.append(rtt)
+        self._retry_after = max(MIN_RETRY, 4 * sorted(self._rtts)[len(self._rtts) // 2])
 
     def _send(self, p: _Pending, now: float) -> None:
         ch = self.channels[p.shard]
