@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx.term()
     figures: dict[str, Any] = {
         "repeats": args.repeats, "sizes": sizes,
-        "downpour_side": "coordinator + shard as separate processes (ps.cli), ShardClient in this process",
+        "downpour_side": "coordinator + shard as separate processes (ps.cli), ShardClient in this process, pulling "
+                         "into the model's parameters as a worker does (they keep the received frame: no copy)",
         "raw_side": "pyzmq DEALER -> ROUTER in a separate process, zero-copy frames, reply not copied",
         "shm_side": "the same shard and client with the arrays in shared memory (the default on one host): "
                     "the weights copied once from the shard's memory, the gradient read where it lies",
