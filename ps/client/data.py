@@ -159,7 +159,7 @@ class ShardClient:
                 fields, arrays = self.compressor.encode(shard, grad[lo:hi])
                 header.update(fields)
                 self.bytes_sent += wire_bytes(arrays)
-            p = _Pending(shard, header, arrays, set(), now, now + self._retry_interval(),
+            p = _Pending(shard, header, arrays, set(), now, now + self._retry_after,
                          grad=grad[lo:hi] if "grad_at" in header else None)
             self._send(p, now)
             trip.pending[shard] = p
@@ -206,7 +206,7 @@ class ShardClient:
                 for p in pending.values():
                     if p.retry_at <= now or p.shard in moved:
                         p.attempts += 1
-                        p.retry_at = now + self._retry_interval() * min(2 ** (p.attempts - 1), 16)
+                        p.retry_at = now + self._retry_after * min(2 ** (p.attempts - 1), 16)
                         self.retries += 1
                         self._send(p, now)
 
@@ -222,9 +222,6 @@ class ShardClient:
         for shard in pending:
             poller.register(self.channels[shard].sock, zmq.POLLIN)
         return poller
-
-    def _retry_interval(self) -> float:
-        return self._retry_after
 
     def _measured(self, rtt: float) -> None:
         """Keep the retry interval at four typical round trips (the median of the last 32)."""

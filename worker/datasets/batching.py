@@ -52,14 +52,10 @@ def steps_per_epoch(n: int, batch_size: int, world: int) -> int:
     return n // (batch_size * world)
 
 
-def window_starts(num_ids: int, seq_len: int) -> np.ndarray:
-    """Starts 0, L, 2L, ... of the non-overlapping windows that fit: each needs L+1 ids (inputs plus the next one)."""
-    return np.arange(0, max(num_ids - seq_len, 0), seq_len, dtype=np.int64)
-
-
 def shifted_window_count(num_ids: int, seq_len: int) -> int:
-    """Windows per epoch when the grid of windows is shifted: as many as fit at every offset in [0, L)."""
-    return len(window_starts(num_ids - seq_len + 1, seq_len))
+    """Windows of L inputs (and the next id) per epoch on a grid shifted by any offset in [0, L):
+    as many as fit at every offset."""
+    return max(num_ids - seq_len, 0) // seq_len
 
 
 def window_offset(seq_len: int, seed: int, epoch: int) -> int:

@@ -135,7 +135,8 @@ class Dataset:
         indices = batch_indices(windows, batch_size, rank, world, seed, epoch_start)
         per_epoch = steps_per_epoch(windows, batch_size, world)
         for step, idx in enumerate(indices):
-            offset = window_offset(self.seq_len, seed, epoch_start + step // per_epoch)
+            if step % per_epoch == 0:  # a new epoch, a new grid
+                offset = window_offset(self.seq_len, seed, epoch_start + step // per_epoch)
             yield gather_windows(self.train_ids, offset + idx * self.seq_len, self.seq_len)
 
     def eval_batches(self, split: Literal["val", "test"], batch_size: int) -> Iterator[Batch]:
