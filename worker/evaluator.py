@@ -4,8 +4,9 @@ It takes no part in training. Every `eval.every` clocks (of the slowest live wor
 the weights and scores the validation split (the test split if the job keeps none), writing
 the figures to the run's metrics. With `eval.early_stopping` it keeps the best weights seen and
 ends training once the watched metric has not improved for `patience` evaluations; the final
-weights are the last contenders. At the end it scores the test split on the final (or best) weights and sends them, with the figures, to
-the coordinator, which exports them and writes the run's summary.
+weights are the last contenders. At the end it scores the test split on the final (or best)
+weights and sends them, with the figures, to the coordinator, which exports them and writes
+the run's summary.
 """
 from __future__ import annotations
 
