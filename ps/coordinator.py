@@ -260,7 +260,7 @@ class Coordinator:
             self._event("alarm", node, message=str(record.get("message"))[:300], clock=record.get("clock"))
             if record.get("fatal"):
                 self._finish(P.FAILED, f"{node.name} at clock {record.get('clock')}: {record.get('message')}")
-        if node.role == P.WORKER:
+        if node.role == P.WORKER and record.get("kind") == "train":  # not an alarm
             self.latest[node.name] = record
         if self._metrics:
             self._metrics.write(json.dumps(record) + "\n")

@@ -13,7 +13,7 @@ def summary_line(status: dict) -> str:
     """One line: state, steps, loss, throughput, slowest/fastest worker, staleness."""
     workers = _workers(status)
     alive = sum(1 for w in workers if w["state"] == "alive")
-    latest = [w["latest"] for w in workers if w.get("latest")]
+    latest = [w["latest"] for w in workers if "loss" in w.get("latest", {})]
     steps = [w["stats"].get("step", 0) for w in workers]
     total = status.get("steps_per_worker", 0)
     loss = f"{sum(r['loss'] for r in latest) / len(latest):.4f}" if latest else "-"

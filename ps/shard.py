@@ -55,6 +55,7 @@ class Shard:
         self.restored_updates: int | None = None
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
+        self.coordinator_lost = False  # the job ended for us because the coordinator fell silent
         self.scratch = np.empty(0, np.float32)  # compressed pushes decode here (grown as needed)
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
         # is that nothing travels outside the encrypted connections.
@@ -159,6 +160,7 @@ class Shard:
             if now - last_reply > self.coordinator_timeout:
                 log.error("coordinator at %s silent for %.1f s: shutting down", self.control.address,
                           now - last_reply)
+                self.coordinator_lost = True
                 return P.FAILED
             if self.replicator.sock is not replica_sock:  # the backup holder changed
                 if replica_sock is not None:
@@ -361,9 +363,11 @@ class Shard:
                 "push_staleness": {str(k): v for k, v in sorted(s.push_staleness.items())}}
 
     def finish(self, state: str) -> None:
-        """Write the final checkpoint (not over a good one when the job failed) and leave."""
+        """Write the final checkpoint (not over a good one when the job failed) and leave, so
+        that the coordinator need not wait for our heartbeat to stop."""
         if state != P.FAILED:
             self.save_checkpoint()
+        if not self.coordinator_lost:
             try:
                 self.control.leave(self.stats())
             except (TimeoutError, RuntimeError) as exc:
@@ -397,7 +401,7 @@ def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | N
         shard.join(startup_timeout)
         state = shard.serve()
         shard.finish(state)
-        return 0 if state != P.FAILED else 1
+        return 1 if shard.coordinator_lost else 0  # a job that failed elsewhere is no crash of ours
     finally:
         if shard is not None:
             shard.close()

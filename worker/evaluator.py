@@ -40,12 +40,11 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
         if _has_validation(job):
             metrics.update(evaluate(job.net, job.data, "val"))
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        client.close()
         session.control.result(metrics, job.flat.data)
         return 0
     except JobEnded as ended:
         log.warning("evaluator: %s", ended)
-        return 0 if session.state == P.STOPPED else 1
+        return 1 if session.coordinator_lost else 0  # we ended with the job, in order
     except Exception:
         log.exception("the evaluator failed")
         return 1

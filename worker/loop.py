@@ -45,7 +45,7 @@ def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0
         return 0
     except JobEnded as ended:
         log.warning("%s: %s", session.name, ended)
-        return 0 if session.state == P.STOPPED else 1
+        return 1 if session.coordinator_lost else 0  # we ended with the job, in order
     except Garbage as alarm:
         log.error("%s: %s", session.name, alarm)
         session.control.report({"kind": "alarm", "fatal": True, "clock": session.clock,
@@ -173,7 +173,6 @@ def train(session: Session) -> None:
             window_start, window_samples, losses = time.perf_counter(), 0, []
     if in_flight is not None:
         client.finish(in_flight)
-    client.close()
 
 
 def _watch_norm(session: Session, norms: list[float], norm: float) -> None:

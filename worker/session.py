@@ -45,6 +45,7 @@ class Session:
         self.control.timeout = cluster["request_timeout"]
         self.state = P.STARTING
         self.reason = ""
+        self.coordinator_lost = False  # the job ended because we could no longer reach the coordinator
         self.shards: list[str] | None = None
         self.live: list[int] = []  # the live workers, as the coordinator last said
         self.min_clock = 0         # the slowest live worker's clock, as the coordinator last said
@@ -57,6 +58,7 @@ class Session:
                                    cluster["heartbeat_interval"], self._beat_body, self._on_beat,
                                    timeout=cluster["heartbeat_timeout"], configure=configure)
         self.heartbeat.start()
+        self._clients: list[ShardClient] = []  # closed with the session: a socket left open blocks ctx.term
 
     def _beat_body(self) -> dict:
         return {"clock": self.clock, "step": self.step}
@@ -67,6 +69,7 @@ class Session:
                 self._unreachable_since = self._unreachable_since or time.monotonic()
                 if time.monotonic() - self._unreachable_since > self._unreachable_limit:
                     self.state, self.reason = P.FAILED, f"coordinator unreachable: {body.get('error')}"
+                    self.coordinator_lost = True
             else:
                 self._unreachable_since = None
                 self.state = body["state"]
@@ -104,13 +107,20 @@ class Session:
         cluster = self.config["cluster"]
         # Wait for a shard at least as long as the coordinator waits for it to come back.
         patience = cluster["request_timeout"] + cluster["heartbeat_timeout"] + cluster["startup_timeout"]
-        return ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
+        client = ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
                            addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
                            compression=self.config["compression"],
-                           shared_memory=cluster["shared_memory"] and self.configure is None)
+                           shared_memory=cluster["shared_memory"] and self.configure is None,
+                           give_up=self.check)
+        self._clients.append(client)
+        return client
 
     def close(self, leave: bool = True) -> None:
+        """Stop the heartbeat, say goodbye (unless told not to) and close every socket, however
+        the role ended: an open socket would keep the process from exiting."""
+        for client in self._clients:
+            client.close()
         self.heartbeat.stop()
         self.heartbeat.join(timeout=5)
         if leave:

@@ -80,7 +80,10 @@ class ShardClient:
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
                  configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
                  faults: FaultPlan | None = None, compression: dict | None = None,
-                 shared_memory: bool = True):
+                 shared_memory: bool = True, give_up: Callable[[], None] | None = None):
+        """`give_up` is called whenever a round trip has waited a retry interval in vain; it
+        raises to abandon the round trip (a worker's when the coordinator says the job ended,
+        so that it does not wait out `timeout` for shards that have already left)."""
         if len(addresses) != layout.num_shards:
             raise ValueError(f"layout has {layout.num_shards} shards, got {len(addresses)} addresses")
         self.ctx = ctx
@@ -91,6 +94,7 @@ class ShardClient:
         self.max_bytes = max_bytes
         self.configure = configure
         self.addresses_now = addresses_now
+        self.give_up = give_up
         self.faults = faults
         self.compressor = Compressor(compression or {}, layout.ranges)
         self.addresses = list(addresses)
@@ -200,6 +204,8 @@ class ShardClient:
                         poller.unregister(sock)
             now = time.monotonic()
             if any(p.retry_at <= now for p in pending.values()):
+                if self.give_up is not None:
+                    self.give_up()
                 moved = self._reroute()
                 if moved:
                     poller = self._poller(pending)
@@ -327,11 +333,13 @@ class ShardClient:
         return moved
 
     def close(self) -> None:
+        """Close every socket and unmap shared memory; closing again does nothing."""
         for ch in self.channels:
             ch.close()
         self._attached.close()
         if self._grads is not None:
             self._grads.close()
+            self._grads = None
 
 
 def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:

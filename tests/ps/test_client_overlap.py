@@ -92,3 +92,24 @@ def test_the_blocking_calls_are_start_then_finish(two_shards):
     client.pull(0, out)
     server.join()
     np.testing.assert_array_equal(out, weights)
+
+
+def test_a_round_trip_that_waits_in_vain_asks_give_up_and_ends_when_it_raises(two_shards):
+    ctx, _, layout, silent = two_shards
+
+    class JobOver(Exception):
+        pass
+
+    asked = []
+
+    def give_up():
+        asked.append(time.monotonic())
+        if len(asked) == 2:
+            raise JobOver("the coordinator says the job ended")
+
+    client = ShardClient(ctx, layout, silent.addresses, "job", "worker-0", timeout=60.0, give_up=give_up)
+    began = time.monotonic()
+    with pytest.raises(JobOver):
+        client.pull(0, np.zeros(SIZE, np.float32))    # the shards never answer
+    client.close()
+    assert len(asked) == 2 and time.monotonic() - began < 10.0    # not the 60 s timeout
