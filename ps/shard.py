@@ -49,7 +49,9 @@ class Shard:
         self.requested_rank = rank
         self.run_dir = pathlib.Path(run_dir) if run_dir else None
         self.resume = resume
-        self.parked: dict[tuple[str, int], tuple[Message, int]] = {}  # reads waiting on the consistency model
+        # reads waiting on the consistency model, by (reader, clock, first key): a shard that
+        # serves two ranges (a promoted backup) gets two reads per round trip from each worker
+        self.parked: dict[tuple[str, int, int], tuple[Message, int]] = {}
         self.pulls_served = 0
         self.errors = 0
         self.restored_updates: int | None = None
@@ -253,10 +255,10 @@ class Shard:
             read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
             if store.can_read(reader, read_clock):
                 self._respond(held, lambda: self._read(msg, store, reader, read_clock))
-            elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock) not in self.parked:
+            elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock, lo) not in self.parked:
                 raise WireError(f"too many reads waiting ({MAX_PARKED}); ask again later", retry=True)
             else:  # a resent read replaces the one it repeats
-                self.parked[(h["from"], read_clock)] = (msg, read_clock)
+                self.parked[(h["from"], read_clock, lo)] = (msg, read_clock)
         self._serve_parked()
 
     def _store_for(self, lo: int, hi: int) -> ParameterStore:
