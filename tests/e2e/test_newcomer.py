@@ -29,8 +29,9 @@ def test_export_plot_eval_and_pytorch_agree_with_the_run(jobs):
     ours = export.load(npz)
     for name, array in export.load(safetensors).items():
         np.testing.assert_array_equal(array, ours[name])
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Dropout(0.5),
-                              torch.nn.Linear(512, 10))
+    width = ours["1.bias"].shape[0]   # the config's hidden layer, as exported
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, width), torch.nn.ReLU(), torch.nn.Dropout(0.5),
+                              torch.nn.Linear(width, 10))
     net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.items()})
     net.eval()
     from worker.datasets import load
