@@ -290,10 +290,10 @@ def blas_gemm_pass(names: list[str], repeats: int) -> dict[str, Any]:
 
 
 def engine_facts() -> dict[str, Any]:
-    """Which of our own kernels ran: Numba's, and the small-GEMM loop (`model.gemm.FAST`)."""
+    """Which of our own kernels ran: Numba's, and the small-GEMM loop (`model.gemm.fast()`)."""
     from model import gemm, kernels  # noqa: PLC0415
 
-    return {"numba": kernels.HAVE_NUMBA, "small_gemm": gemm.FAST,
+    return {"numba": kernels.HAVE_NUMBA, "small_gemm": gemm.fast(),
             "DOWNPOUR_SMALL_GEMM": os.environ.get("DOWNPOUR_SMALL_GEMM")}
 
 

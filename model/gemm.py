@@ -10,7 +10,7 @@ faster (measured, float32, 1 thread: (32,160)x(160,512) 35 us against 45 us, (32
 this loop for the weight gradient (K = T*B), whose operands need transposing first: BLAS.
 
 The loop only pays with 512-bit vectors: compiled for AVX2 it runs at half OpenBLAS's speed,
-and LLVM prefers 256-bit vectors on Intel's AVX-512 parts. So it is used (`FAST`) where the
+and LLVM prefers 256-bit vectors on Intel's AVX-512 parts. So it is used (`fast()`) where the
 Numba target is an AMD Zen with AVX-512, unless DOWNPOUR_SMALL_GEMM=0 (=1 forces it, for
 comparisons); elsewhere, and for CuPy arrays, `matmul_nt` is plain `xp.matmul`. The sums are
 reassociated (fastmath reassoc/contract only, so NaN and inf still propagate): the rounding
@@ -18,17 +18,21 @@ differs from BLAS's, within float tolerance; tests compare both.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import numpy as np
 
-from . import backend
-from .kernels import HAVE_NUMBA, numba
+from . import backend, jit
+from .kernels import HAVE_NUMBA
 
 
-def _small_gemm_pays() -> bool:
-    """Whether Numba compiles for a CPU where the tile loop beats OpenBLAS (see above)."""
+@functools.cache
+def fast() -> bool:
+    """Whether NumPy arrays go through the tile loop (and `rnn_loops` through its compiled time
+    loops): whether Numba compiles for a CPU where it beats OpenBLAS (see above). Numba's
+    target is the host's, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise."""
     forced = os.environ.get("DOWNPOUR_SMALL_GEMM", "")
     if not HAVE_NUMBA or forced == "0":
         return False
@@ -36,18 +40,14 @@ def _small_gemm_pays() -> bool:
         return True
     try:
         from llvmlite import binding  # noqa: PLC0415 - ships with numba
-        name = numba.config.CPU_NAME or binding.get_host_cpu_name()
-        if numba.config.CPU_FEATURES:
-            avx512 = "+avx512f" in numba.config.CPU_FEATURES.split(",")
+        name = os.environ.get("NUMBA_CPU_NAME") or binding.get_host_cpu_name()
+        if os.environ.get("NUMBA_CPU_FEATURES"):
+            avx512 = "+avx512f" in os.environ["NUMBA_CPU_FEATURES"].split(",")
         else:
             avx512 = bool(binding.get_host_cpu_features().get("avx512f", False))
     except (ImportError, AttributeError, RuntimeError):  # pragma: no cover - best effort
         return False
     return avx512 and name.startswith("znver")
-
-
-# Whether NumPy arrays go through the tile loop (and `rnn_loops` through its compiled time loops).
-FAST = _small_gemm_pays()
 
 
 def _dot_tiles(a, bt, k, bias, out):
@@ -113,13 +113,13 @@ def _transpose_tiles(src, dst):
 
 def padded(k: int) -> int:
     """A contraction length rounded up so the Numba loop needs no scalar tail (16 floats)."""
-    return -(-k // 16) * 16 if FAST else k
+    return -(-k // 16) * 16 if fast() else k
 
 
 def matmul_nt(a: Any, bt: Any, out: Any, use_numba: bool | None = None) -> Any:
     """out[...] = a @ bt.T for a (M, K) and bt (N, K), both C-contiguous; returns out (M, N)."""
     if use_numba is None:
-        use_numba = FAST and backend.array_module(a) is np
+        use_numba = fast() and backend.array_module(a) is np
     elif use_numba and not HAVE_NUMBA:
         raise RuntimeError("Numba kernels asked for, but numba is not available")
     if use_numba:
@@ -130,7 +130,6 @@ def matmul_nt(a: Any, bt: Any, out: Any, use_numba: bool | None = None) -> Any:
     return backend.array_module(a).matmul(a, bt.T, out=out)
 
 
-if HAVE_NUMBA:
-    _dot_tiles_jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_dot_tiles)
-    _transpose_tiles_jit = numba.njit(cache=True, nogil=True)(_transpose_tiles)
+_dot_tiles_jit = jit.kernel(cache=True, nogil=True, fastmath={"reassoc", "contract"})(_dot_tiles)
+_transpose_tiles_jit = jit.kernel(cache=True, nogil=True)(_transpose_tiles)
 

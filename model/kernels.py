@@ -3,8 +3,9 @@
 Each kernel exists twice. The NumPy version is vectorized over the batch (it loops only over
 the kh*kw kernel offsets) and runs unchanged under CuPy. The Numba version is a compiled
 loop nest that touches every element once with no temporaries; it is chosen for NumPy
-arrays when numba imports, unless `DOWNPOUR_NO_NUMBA=1` forces the fallback. Both give the
-same numbers (tests check it), so the choice is purely about speed.
+arrays when numba is installed (it is imported at the first call, `jit.py`), unless
+`DOWNPOUR_NO_NUMBA=1` forces the fallback. Both give the same numbers (tests check it), so
+the choice is purely about speed.
 
 Conventions shared by both: `cols` has shape (C*kh*kw, N*OH*OW), rows ordered (c, i, j) like
 a torch weight flattened to (O, C*kh*kw), columns ordered (n, oh, ow). Max pooling records
@@ -13,27 +14,15 @@ first element inside the input, exactly as torch does.
 """
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import numpy as np
 
-from . import backend
-
-log = logging.getLogger(__name__)
+from . import backend, jit
 
 Pair = tuple[int, int]
 
-try:
-    if os.environ.get("DOWNPOUR_NO_NUMBA", "") not in ("", "0"):
-        raise ImportError("disabled by DOWNPOUR_NO_NUMBA")
-    import numba
-except ImportError as exc:
-    numba = None
-    log.debug("Numba kernels off (%s): using the NumPy versions", exc)
-
-HAVE_NUMBA = numba is not None
+HAVE_NUMBA = jit.AVAILABLE  # numba itself is imported when a kernel first runs (model/jit.py)
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -186,8 +175,7 @@ def _avg_pool_backward_numpy(grad, shape, kernel, stride, padding, count_include
 
 # ---- Numba versions ---------------------------------------------------------------------
 
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if HAVE_NUMBA else fn
+_jit = jit.kernel(cache=True, nogil=True)
 
 
 @_jit

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
-from .kernels import HAVE_NUMBA, numba
+from . import backend, jit
+from .kernels import HAVE_NUMBA
 
 _SIGMOID_GATES = {"lstm": (True, True, False, True), "gru": (True, True, False)}
 
@@ -260,10 +260,9 @@ def gru_backward(dh: Any, h_prev: Any, gates: Any, hn: Any, d_pre_x: Any, d_pre_
         _gru_backward_numpy(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct)
 
 
-if HAVE_NUMBA:
-    _jit = numba.njit(cache=True, nogil=True)
-    _lstm_combine_jit = _jit(_lstm_combine_loops)
-    _lstm_backward_jit = _jit(_lstm_backward_loops)
-    _gru_gates_jit = _jit(_gru_gates_loops)
-    _gru_mix_jit = _jit(_gru_mix_loops)
-    _gru_backward_jit = _jit(_gru_backward_loops)
+_jit = jit.kernel(cache=True, nogil=True)
+_lstm_combine_jit = _jit(_lstm_combine_loops)
+_lstm_backward_jit = _jit(_lstm_backward_loops)
+_gru_gates_jit = _jit(_gru_gates_loops)
+_gru_mix_jit = _jit(_gru_mix_loops)
+_gru_backward_jit = _jit(_gru_backward_loops)

@@ -2,7 +2,7 @@
 
 Per step the LSTM does one small GEMM and a fused elementwise cell. Driven from Python that
 is five or six NumPy/Numba calls a step, microseconds each, next to a GEMM of ~30 us. Where
-the small-GEMM loop of `gemm` pays (Numba with 512-bit vectors, `gemm.FAST`), the whole
+the small-GEMM loop of `gemm` pays (Numba with 512-bit vectors, `gemm.fast()`), the whole
 loop runs inside Numba instead: GEMM, cell and the hand-over of h_t to the next step's row.
 
 Inside Numba the transcendental cannot be NumPy's vectorized tanh, and libm's scalar tanh
@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from . import backend, gemm
+from . import backend, gemm, jit
 from . import rnn_cells as cells
-from .kernels import HAVE_NUMBA, numba
+from .kernels import HAVE_NUMBA
 
 
 def _fused(x: Any, use_numba: bool | None) -> bool:
     if use_numba is None:
-        return gemm.FAST and backend.array_module(x) is np
+        return gemm.fast() and backend.array_module(x) is np
     if use_numba and not HAVE_NUMBA:
         raise RuntimeError("Numba kernels asked for, but numba is not available")
     return use_numba
@@ -133,7 +133,8 @@ def lstm_backward_sequence(grad: Any, gates: Any, cs: Any, tanh_c: Any, w_hh: An
         xp.matmul(d_pre[t], w_hh, out=dh)
 
 
-if HAVE_NUMBA:
+def _register_tanh(numba) -> None:
+    """Inside the compiled loops `_tanh` is the rational approximation for float32."""
     from numba.extending import overload
 
     @overload(_tanh, jit_options={"error_model": "numpy", "fastmath": {"contract"}})
@@ -142,8 +143,10 @@ if HAVE_NUMBA:
             return _tanh_float32
         return lambda x: math.tanh(x)
 
-    _jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-    _dot_tiles_jit, _transpose_tiles_jit = gemm._dot_tiles_jit, gemm._transpose_tiles_jit
-    _lstm_backward_jit = cells._lstm_backward_jit
-    _lstm_forward_steps_jit = _jit(_lstm_forward_steps)
-    _lstm_backward_steps_jit = _jit(_lstm_backward_steps)
+
+jit.on_load(_register_tanh)
+_jit = jit.kernel(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
+_dot_tiles_jit, _transpose_tiles_jit = gemm._dot_tiles_jit, gemm._transpose_tiles_jit
+_lstm_backward_jit = cells._lstm_backward_jit
+_lstm_forward_steps_jit = _jit(_lstm_forward_steps)
+_lstm_backward_steps_jit = _jit(_lstm_backward_steps)

@@ -36,7 +36,7 @@ class ParameterStore:
         opt, self.schedule = schedule.split(optimizer, planned_updates)
         self.rule = optim.make(opt.pop("type"), **opt)
         self.rule.bind(self.weights)
-        _warm_up(self.rule)
+        _warm_up(self.rule, hi - lo)
         self.consistency = Consistency(mode, staleness, workers)
         self.pushes = PushLog()
         self.bsp_sums: dict[int, np.ndarray] = {}
@@ -154,9 +154,12 @@ class ParameterStore:
         self._snapshot = None
 
 
-def _warm_up(like: optim.Rule) -> None:
+def _warm_up(like: optim.Rule, size: int) -> None:
     """Compile the update rule's kernel now, on a throwaway buffer, rather than on the first
-    push, when a long pause would hold up the heartbeats that keep this shard alive."""
+    push, when a long pause would hold up the heartbeats that keep this shard alive. A range
+    too small for the kernel (`optim.fused`) has nothing to compile."""
+    if not optim.fused.use_kernel(size):
+        return
     rule = optim.make(like.name, **like.hparams)
-    buf = np.zeros(16, np.float32)
+    buf = np.zeros(optim.fused.MIN_ELEMENTS, np.float32)
     rule.step(buf, np.zeros_like(buf))

@@ -12,7 +12,8 @@ bit-for-bit the numbers of one rule over the whole buffer, which is what lets sh
 tensor anywhere. A rule holds the state of one buffer; give each buffer its own instance.
 
 Each step exists twice: a Numba loop that reads and writes every element once, chosen for
-C-contiguous float32/float64 buffers when numba imports (unless `DOWNPOUR_NO_NUMBA=1`), and a
+C-contiguous float32/float64 buffers of 65 536 elements or more when numba is installed (unless
+`DOWNPOUR_NO_NUMBA=1`; `set_fused` forces a choice), and a
 NumPy fallback that does the same arithmetic in the same order through in-place ufuncs on
 persistent scratch buffers. Neither allocates on the hot path; tests check they agree.
 """

@@ -93,7 +93,7 @@ class Rule(abc.ABC):
                 raise ValueError(f"{self.name}: index {index} does not match param shape {param.shape}")
         self.step_count += 1
         use_kernel = (
-            fused.enabled()
+            fused.use_kernel(param.size)
             and param.dtype in (np.float32, np.float64)
             and grad.dtype == param.dtype
             and param.flags.c_contiguous
