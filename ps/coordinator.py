@@ -233,9 +233,10 @@ class Coordinator:
 
     def _heartbeat_reply(self, node: Node) -> dict:
         # During start-up the live set is still filling: say nothing, or shards would drop
-        # the workers they were told to expect.
+        # the workers they were told to expect, or a primary would start without its backup.
         clocks = [n.stats.get("clock", 0) for n in self._members(P.WORKER)]
-        extra = self._replica_orders(node) if node.role == P.SHARD and self.replication > 1 else {}
+        replicated = node.role == P.SHARD and self.replication > 1 and self.state != P.STARTING
+        extra = self._replica_orders(node) if replicated else {}
         return {**extra, "state": self.state, "workers": None if self.state == P.STARTING else self.live_workers(),
                 "checkpoint": self.checkpoint_requests, "clock": min(clocks, default=0),
                 "shards": self.shard_addresses() if self.state != P.STARTING else None,

@@ -113,6 +113,9 @@ class Shard:
             held = backup_of(self.rank, self.layout.num_shards)
             self.backups[held] = store(held, msg.arrays[1])
         self.replicator = Replicator(self.ctx, self.job_id, self.control.name, self.max_bytes, self.configure)
+        # With replication, pushes wait until the coordinator has named our backup holder (or
+        # said there is none): a push acknowledged before that would live on one process only.
+        self.backup_known = self.config["shards"]["replication"] == 1
         path = self.checkpoint_path()
         if path is not None and path.exists() and (self.resume or info.get("restart")):
             self.restore(path)
@@ -202,6 +205,7 @@ class Shard:
                 self.stores[rng] = self.backups.pop(rng)
         if "replicate_to" in body:
             self.replicator.set_target(body["replicate_to"])
+            self.backup_known = True
         if body.get("checkpoint", 0) > self.checkpoint_requests:
             self.checkpoint_requests = body["checkpoint"]
             self.save_checkpoint()
@@ -239,6 +243,8 @@ class Shard:
         clock = h["clock"]
         held = None
         if msg.op in (P.PUSH, P.PUSH_PULL):
+            if store is self.store and not self.backup_known:
+                raise WireError("this shard's backup is not attached yet; ask again", retry=True)
             grad = self._gradient(msg, role, lo, hi)
             try:
                 new = store.push(rank, clock, lo, hi, grad, h.get("read_version"))

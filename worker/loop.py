@@ -44,7 +44,7 @@ def run(coordinator: str, rank: int | None = None, startup_timeout: float = 60.0
         session.control.done({"clock": session.clock, "step": session.step})
         return 0
     except JobEnded as ended:
-        log.warning("%s: %s", session.name, ended)
+        log.log(logging.INFO if session.state == P.DONE_STATE else logging.WARNING, "%s: %s", session.name, ended)
         return 1 if session.coordinator_lost else 0  # we ended with the job, in order
     except Garbage as alarm:
         log.error("%s: %s", session.name, alarm)

@@ -99,6 +99,12 @@ class Session:
         if self.state in (P.STOPPED, P.FAILED):
             raise JobEnded(f"job {self.state}: {self.reason}")
 
+    def _check_over(self) -> None:
+        """Raise JobEnded once the job is over, however it ended: a round trip still waiting
+        then (say after early stopping) waits for shards that have left."""
+        if self.state in P.FINAL_STATES:
+            raise JobEnded(f"job {self.state}: {self.reason}")
+
     def shard_client(self, faults: FaultPlan | None = None) -> ShardClient:
         """A client for every shard, following them if they move (restart, promotion)."""
         self.wait_for({P.RUNNING, P.FINISHING, P.DONE_STATE}, self.config["cluster"]["startup_timeout"])
@@ -112,7 +118,7 @@ class Session:
                            addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
                            compression=self.config["compression"],
                            shared_memory=cluster["shared_memory"] and self.configure is None,
-                           give_up=self.check)
+                           give_up=self._check_over)
         self._clients.append(client)
         return client
 
