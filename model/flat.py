@@ -133,8 +133,7 @@ class FlatParameters:
         weights = np.asarray(weights)
         if not 0 <= lo <= hi <= self.size or weights.shape != (hi - lo,):
             raise ValueError(f"weights of shape {weights.shape} for [{lo}, {hi}) of a model of {self.size}")
-        keep = (keep and weights.dtype == self.data.dtype and weights.flags.writeable
-                and weights.ctypes.data % weights.itemsize == 0)
+        keep = keep and weights.dtype == self.data.dtype and weights.flags.writeable and weights.flags.aligned
         first = bisect.bisect_right(self.offsets, lo) - 1
         for i in range(max(first, 0), len(self._tensors)):
             start, end = self.offsets[i], self.offsets[i + 1]

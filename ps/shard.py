@@ -26,7 +26,7 @@ from .config import planned_updates
 from .layout import layout_from_dict
 from .replication import Replicator, backup_of
 from .store import ParameterStore, StalePush
-from .wire import Message, WireError, bind_socket, recv, reply, reply_error
+from .wire import Message, SharedFrame, WireError, bind_socket, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
 MAX_PARKED = 4096  # reads waiting on the consistency model, from everybody together
@@ -59,6 +59,8 @@ class Shard:
         self.checkpoint_requests = 0
         self.coordinator_lost = False  # the job ended for us because the coordinator fell silent
         self.scratch = np.empty(0, np.float32)  # compressed pushes decode here (grown as needed)
+        # per store (by its first key): the snapshot, range and frame of the last read over the wire
+        self.frames: dict[int, tuple[np.ndarray, int, int, SharedFrame]] = {}
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
         # is that nothing travels outside the encrypted connections.
         self.local = keys is None
@@ -181,6 +183,8 @@ class Shard:
                     try:
                         self._handle_raw()
                     except zmq.Again:
+                        break
+                    if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than zmq.Again
                         break
                 self.faults.at_step(self.store.updates_applied)
             if self.control.channel.sock in events:
@@ -347,8 +351,11 @@ class Shard:
                   offset=h["lo"] - store.lo)
         else:
             weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
+            frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
+            if frame is None or frame[0] is not store.snapshot or frame[1:3] != (h["lo"], h["hi"]):
+                frame = self.frames[store.lo] = (store.snapshot, h["lo"], h["hi"], SharedFrame(weights))
             where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
-            reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
+            reply(self.sock, msg, arrays=(frame[3],), version=store.updates_applied, clock=on_record, **where)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:

@@ -106,7 +106,12 @@ class ParameterStore:
         on_record = self.admit_read(worker, clock)
         if self._snapshot is None or self._snapshot[0] != self.updates_applied:
             self._snapshot = (self.updates_applied, self.weights.copy())
-        return self._snapshot[1][lo - self.lo:hi - self.lo], on_record
+        return self.snapshot[lo - self.lo:hi - self.lo], on_record
+
+    @property
+    def snapshot(self) -> np.ndarray | None:
+        """The copy of the weights that reads are served from (a new one per version)."""
+        return self._snapshot[1] if self._snapshot is not None else None
 
     def admit_read(self, worker: int | None, clock: int) -> int:
         """Record a read at `clock` (one the consistency model allows); return the clock we

@@ -51,28 +51,57 @@ class Message:
 # dtype name <-> NumPy dtype for what may travel: NumPy computes `dtype.name` in Python on
 # every call, and a hot path that sends a message per update notices.
 _NAMES = {np.dtype(name): name for name in P.WIRE_DTYPES}
-_ITEMSIZES = {name: np.dtype(name).itemsize for name in P.WIRE_DTYPES}
+_DTYPES = {name: np.dtype(name) for name in P.WIRE_DTYPES}
+_KNOWN_OPS = P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS
+ZERO_COPY_BYTES = zmq.COPY_THRESHOLD  # frames from this size on are sent without a copy
+
+
+class SharedFrame:
+    """An array sent as one ZeroMQ frame that every message carrying it shares: libzmq counts
+    references to it, where a fresh zero-copy frame per message costs pyzmq a Frame object and
+    a release through its garbage thread. For a shard answering many reads of one version of
+    its weights. The array must not change while the frame lives."""
+
+    __slots__ = ("array", "frame")
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.ascontiguousarray(array)
+        self.frame = zmq.Frame(memoryview(self.array).cast("B"), copy=False)
 
 
 # ---- encoding ------------------------------------------------------------------------------
 
-def encode(header: dict, arrays: Sequence[np.ndarray] = ()) -> list:
+def encode(header: dict, arrays: Sequence[np.ndarray | SharedFrame] = ()) -> list:
     """Frames for a message: the packed header (with array descriptors) then each array's buffer."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+    frames: list = [None]
+    described = []
+    for a in arrays:
+        if isinstance(a, SharedFrame):
+            frames.append(a.frame)
+            a = a.array
+        else:
+            a = np.ascontiguousarray(a)
+            frames.append(memoryview(a).cast("B"))
+        described.append([_NAMES.get(a.dtype) or a.dtype.name, list(a.shape)])
     header = dict(header)
     header["v"] = P.VERSION
-    header["arrays"] = [[_NAMES.get(a.dtype) or a.dtype.name, list(a.shape)] for a in arrays]
-    return [msgpack.packb(header, use_bin_type=True)] + [memoryview(a).cast("B") for a in arrays]
+    header["arrays"] = described
+    frames[0] = msgpack.packb(header, use_bin_type=True)
+    return frames
 
 
-def send(sock: zmq.Socket, header: dict, arrays: Sequence[np.ndarray] = (),
+def send(sock: zmq.Socket, header: dict, arrays: Sequence[np.ndarray | SharedFrame] = (),
          envelope: Sequence[bytes] = ()) -> None:
-    """Send one message; arrays go by reference (ZeroMQ copies small frames itself)."""
-    sock.send_multipart(list(envelope) + encode(header, arrays), copy=False)
+    """Send one message. Large arrays go by reference; routing ids, the header and small
+    arrays are copied, which costs less than pyzmq's bookkeeping for a zero-copy frame."""
+    frames = [*envelope, *encode(header, arrays)]
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, zmq.SNDMORE if i < last else 0, copy=len(frame) < ZERO_COPY_BYTES)
 
 
 def reply(sock: zmq.Socket, request: Message, op: str = P.OK, body: dict | None = None,
-          arrays: Sequence[np.ndarray] = (), **fields: Any) -> None:
+          arrays: Sequence[np.ndarray | SharedFrame] = (), **fields: Any) -> None:
     """Answer `request` on a ROUTER socket, echoing its sequence number."""
     header = {"op": op, "seq": request.header.get("seq", 0) if isinstance(request.header, dict) else 0}
     header.update(fields)
@@ -138,7 +167,7 @@ def decode(frames: Sequence[Any], max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) 
     if version != P.VERSION:
         raise WireError(f"protocol version {version!r} not supported (expected {P.VERSION})")
     op = header.get("op")
-    if not isinstance(op, str) or op not in P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS:
+    if not isinstance(op, str) or op not in _KNOWN_OPS:
         raise WireError(f"unknown operation {op!r}")
     _check_fields(header, COMMON_FIELDS)
     _check_fields(header, OP_FIELDS.get(op, {}))
@@ -169,7 +198,8 @@ def _arrays(descriptors: Any, frames: Sequence[Any]) -> list[np.ndarray]:
             raise WireError(f"array {i}: dtype {dtype!r} not allowed (expected one of {sorted(P.WIRE_DTYPES)})")
         if len(shape) > 8 or not all(_is_int(n) and n >= 0 for n in shape):
             raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints"[:200])
-        nbytes = math.prod(shape) * _ITEMSIZES[dtype]
+        dtype = _DTYPES[dtype]
+        nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != len(frame):
             raise WireError(f"array {i}: shape {shape} of {dtype} needs {nbytes} bytes, frame has {len(frame)}")
         out.append(np.frombuffer(_buffer(frame), dtype=dtype).reshape(shape))

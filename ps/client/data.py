@@ -99,6 +99,7 @@ class ShardClient:
         self.compressor = Compressor(compression or {}, layout.ranges)
         self.addresses = list(addresses)
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
+        self._polled: zmq.Poller | None = None
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
         self.shard_clocks = [0] * layout.num_shards  # the clock each shard has on record for us
         self.bytes_sent = 0
@@ -172,7 +173,6 @@ class ShardClient:
     def finish(self, trip: RoundTrip) -> None:
         """Wait for every shard's reply to `trip` (resending what goes unanswered) and hand the
         weights it carries to the `out` given to `start`."""
-        pending = trip.pending
         began = time.monotonic()
         try:
             self._wait(trip)
@@ -181,7 +181,7 @@ class ShardClient:
 
     def _wait(self, trip: RoundTrip) -> None:
         pending = trip.pending
-        poller = self._poller(pending)
+        poller = self._poller()
         while pending:
             now = time.monotonic()
             if now > trip.deadline:
@@ -189,26 +189,27 @@ class ShardClient:
                 raise TimeoutError(f"{trip.op}: no reply within {self.timeout:g} s from {missing}")
             wake = min([p.retry_at for p in pending.values()] + [trip.deadline])
             events = dict(poller.poll(max(1, int((wake - now) * 1000))))
-            for shard, p in list(pending.items()):
-                sock = self.channels[shard].sock
-                while sock in events and shard in pending:
+            for shard, channel in enumerate(self.channels):
+                sock = channel.sock
+                while sock in events:
                     try:
                         msg = recv(sock, router=False, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     except WireError:
                         continue  # a garbled reply: the retry timer will ask again
-                    if msg.seq in p.seqs and self._accept(msg, p, trip.out):
+                    p = pending.get(shard)  # else an answer to an older request: dropped
+                    if p is not None and msg.seq in p.seqs and self._accept(msg, p, trip.out):
                         self._measured(time.monotonic() - p.sent_at)
                         del pending[shard]
-                        poller.unregister(sock)
+                        break
             now = time.monotonic()
             if any(p.retry_at <= now for p in pending.values()):
                 if self.give_up is not None:
                     self.give_up()
                 moved = self._reroute()
                 if moved:
-                    poller = self._poller(pending)
+                    poller = self._poller()
                 for p in pending.values():
                     if p.retry_at <= now or p.shard in moved:
                         p.attempts += 1
@@ -223,11 +224,14 @@ class ShardClient:
         return min(self.shard_clocks)
 
     # ---- the machinery -------------------------------------------------------------------
-    def _poller(self, pending: dict[int, _Pending]) -> zmq.Poller:
-        poller = zmq.Poller()
-        for shard in pending:
-            poller.register(self.channels[shard].sock, zmq.POLLIN)
-        return poller
+    def _poller(self) -> zmq.Poller:
+        """One poller over every shard's socket, kept until a shard moves: a socket whose
+        request was answered may still deliver late replies, which `_wait` reads and drops."""
+        if self._polled is None:
+            self._polled = zmq.Poller()
+            for channel in self.channels:
+                self._polled.register(channel.sock, zmq.POLLIN)
+        return self._polled
 
     def _measured(self, rtt: float) -> None:
         """Keep the retry interval at four typical round trips (the median of the last 32)."""
@@ -324,6 +328,7 @@ class ShardClient:
         if not current or list(current) == self.addresses:
             return set()
         moved = {i for i, (a, b) in enumerate(zip(self.addresses, current)) if a != b}
+        self._polled = None
         for i in moved:
             self.local[i] = None
             self._wire_only.discard(i)

@@ -5,7 +5,7 @@ import pytest
 import zmq
 
 from ps import protocol as P
-from ps.wire import WireError, decode, encode
+from ps.wire import SharedFrame, WireError, decode, encode
 
 
 def pull_header(**over):
@@ -85,3 +85,13 @@ def test_a_message_over_the_size_limit_is_refused():
 def test_too_many_frames_are_refused():
     with pytest.raises(WireError, match="too many frames"):
         decode([raw_header(pull_header())] + [b""] * (P.MAX_FRAMES + 1))
+
+
+def test_a_shared_frame_goes_out_as_the_same_zeromq_frame_in_every_message_and_decodes_like_its_array():
+    weights = np.arange(70_000, dtype=np.float32)
+    shared = SharedFrame(weights[10:])
+    first, second = encode({"op": P.OK, "seq": 1}, (shared,)), encode({"op": P.OK, "seq": 2}, (shared,))
+    assert first[1] is second[1] is shared.frame          # libzmq counts references, nothing is copied
+    msg = decode([first[0], shared.frame.bytes])
+    np.testing.assert_array_equal(msg.arrays[0], weights[10:])
+    assert msg.header["arrays"] == [["float32", [69_990]]]
