@@ -31,15 +31,11 @@ def numba() -> ModuleType:
     return module
 
 
-def loaded() -> bool:
-    return numba.cache_info().currsize > 0
-
-
 def on_load(hook: Callable[[ModuleType], None]) -> None:
     """Run `hook(numba)` once numba is imported (now, if it already is): for `@overload`s
     that compiled kernels rely on."""
     _hooks.append(hook)
-    if loaded():
+    if numba.cache_info().currsize:  # already imported
         hook(numba())
 
 

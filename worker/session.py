@@ -95,13 +95,8 @@ class Session:
             return self.state
 
     def check(self) -> None:
-        """Raise JobEnded if the job was stopped or failed while we were computing."""
-        if self.state in (P.STOPPED, P.FAILED):
-            raise JobEnded(f"job {self.state}: {self.reason}")
-
-    def _check_over(self) -> None:
-        """Raise JobEnded once the job is over, however it ended: a round trip still waiting
-        then (say after early stopping) waits for shards that have left."""
+        """Raise JobEnded once the job is over, however it ended: while we were computing, or
+        while a round trip waits (say after early stopping) for shards that have left."""
         if self.state in P.FINAL_STATES:
             raise JobEnded(f"job {self.state}: {self.reason}")
 
@@ -118,7 +113,7 @@ class Session:
                            addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
                            compression=self.config["compression"],
                            shared_memory=cluster["shared_memory"] and self.configure is None,
-                           give_up=self._check_over)
+                           give_up=self.check)
         self._clients.append(client)
         return client
 
