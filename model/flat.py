@@ -10,7 +10,8 @@ A worker that pulls its weights off the wire need not copy them even once: `rece
 frame, keep=True)` makes each parameter lying wholly inside [lo, hi) a view of the received
 frame itself (the network wrote the weights; the model reads them there), and copies into
 `data` only the parameters a shard boundary cuts. `data` is then the home of the copied
-parameters alone; `set_data` brings every parameter home again.
+parameters alone; `set_data` brings every parameter home again. A read of some rows of a
+table (`receive_at`) writes them into `data`.
 
 The views hold only while nothing else rebinds a parameter's `.data`. The engine's backward
 assigns new arrays to `.grad` (which is why gradients are gathered by copying), never to
@@ -149,6 +150,24 @@ class FlatParameters:
                 self._rebind(i, self._views[i])
             a, b = max(start, lo), min(end, hi)
             np.copyto(self.data[a:b], weights[a - lo:b - lo], casting="same_kind")
+
+    def receive_at(self, index: np.ndarray, weights: np.ndarray) -> None:
+        """Make the elements at `index` (flat positions, sorted) equal `weights`: a read of
+        some rows of a table. The parameters they fall in are copied home first, if a received
+        frame held them, so that their other elements keep their values."""
+        index = np.asarray(index)
+        if index.shape != np.shape(weights) or (index.size and not 0 <= index[0] <= index[-1] < self.size):
+            raise ValueError(f"{np.shape(weights)} weights for {index.shape} positions in a model of {self.size}")
+        if index.size == 0:
+            return
+        first = bisect.bisect_right(self.offsets, int(index[0])) - 1
+        last = bisect.bisect_right(self.offsets, int(index[-1])) - 1
+        bounds = np.searchsorted(index, self.offsets[first:last + 2])  # each parameter's share of index
+        for i in range(first, last + 1):
+            if bounds[i - first + 1] > bounds[i - first] and self._memory[i] is not self._views[i]:
+                np.copyto(self._views[i], self._memory[i])
+                self._rebind(i, self._views[i])
+        self.data[index] = weights
 
     def _rebind(self, i: int, memory: np.ndarray) -> None:
         self._tensors[i].data = memory

@@ -44,7 +44,8 @@ def _check_model(cfg: dict) -> list:
     from worker.job import load_data
     try:
         data = load_data(cfg)
-        return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"])
+        return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
+                                         by_rows=cfg["compression"]["rows"])
     except (models.ModelConfigError, datasets.DatasetError) as err:
         raise click.ClickException(str(err)) from None
 

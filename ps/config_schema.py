@@ -405,6 +405,7 @@ JOB = Section({
         "ratio": number(0.01, low_open=True, high=1.0, high_open=False),  # topk: the share kept
         "threshold": number(0.5, low_open=True),                          # twobit: the t of +-t
         "error_feedback": boolean(True),                                  # topk, onebit, twobit
+        "rows": boolean(False),  # embedding tables travel by the rows a batch uses (ps/spans.py)
     }, shorthand="codec"),
     "faults": ListOf(FAULT),
 }, expected="a mapping of settings")

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import checkpoint, security, shm
+from . import checkpoint, security, shm, spans
 from .address import advertised
 from . import protocol as P
 from .client.control import ControlClient
 from .client.faults import FaultPlan
-from .compression import CodecError, decode
+from .incoming import Incoming, header_spans
 from .config import planned_updates
 from .layout import layout_from_dict
 from .replication import Replicator, backup_of
@@ -51,21 +51,20 @@ class Shard:
         self.resume = resume
         # reads waiting on the consistency model, by (reader, clock, first key): a shard that
         # serves two ranges (a promoted backup) gets two reads per round trip from each worker
-        self.parked: dict[tuple[str, int, int], tuple[Message, int]] = {}
+        self.parked: dict[tuple[str, int, int], tuple[Message, int, spans.Spans | None]] = {}
         self.pulls_served = 0
         self.errors = 0
         self.restored_updates: int | None = None
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
         self.coordinator_lost = False  # the job ended for us because the coordinator fell silent
-        self.scratch = np.empty(0, np.float32)  # compressed pushes decode here (grown as needed)
         # per store (by its first key): the snapshot, range and frame of the last read over the wire
         self.frames: dict[int, tuple[np.ndarray, int, int, SharedFrame]] = {}
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
         # is that nothing travels outside the encrypted connections.
         self.local = keys is None
         self.segments: dict[tuple[int, int], shm.Segment] = {}  # each store's weights, by its range
-        self.attached = shm.Attached()             # local workers' gradient buffers
+        self.incoming = Incoming(self.local)  # how pushes arrive: frames, codecs, spans, shared memory
 
     # ---- start-up ------------------------------------------------------------------------
     def join(self, startup_timeout: float = 60.0) -> None:
@@ -93,7 +92,7 @@ class Shard:
         if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
             raise RuntimeError("coordinator sent no initial weights for this shard's range")
         mode = self.config["consistency"]
-        self.local = self.local and cluster["shared_memory"]
+        self.local = self.incoming.local = self.local and cluster["shared_memory"]
 
         def store(rng: int, weights) -> ParameterStore:
             lo, hi = self.layout.ranges[rng]
@@ -104,7 +103,7 @@ class Shard:
                     buffer = seg.array
                 except OSError as exc:  # e.g. a sandbox that forbids memfd_create: the wire still works
                     log.warning("shard %d: no shared memory (%s); every array goes over the wire", self.rank, exc)
-                    self.local = False
+                    self.local = self.incoming.local = False
             return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
                                   info["workers"], planned_updates(self.config), buffer=buffer)
 
@@ -245,6 +244,7 @@ class Shard:
         if role == P.WORKER and rank >= self.max_workers:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
+        wanted = header_spans(h["read_spans"], lo, hi, "read_spans") if "read_spans" in h and msg.op != P.PUSH else None
         held = None
         if msg.op in (P.PUSH, P.PUSH_PULL):
             if store is self.store and not self.backup_known:
@@ -255,7 +255,7 @@ class Shard:
             except StalePush as exc:
                 raise WireError(str(exc)) from None
             if new and store is self.store:
-                if (grad.base is self.scratch or "grad_at" in h) and self.replicator.channel is not None:
+                if (self.incoming.borrowed(grad) or "grad_at" in h) and self.replicator.channel is not None:
                     grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
                 held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"))
         if msg.op == P.PUSH:
@@ -264,11 +264,11 @@ class Shard:
             reader = rank if role == P.WORKER else None
             read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
             if store.can_read(reader, read_clock):
-                self._respond(held, lambda: self._read(msg, store, reader, read_clock))
+                self._respond(held, lambda: self._read(msg, store, reader, read_clock, wanted))
             elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock, lo) not in self.parked:
                 raise WireError(f"too many reads waiting ({MAX_PARKED}); ask again later", retry=True)
             else:  # a resent read replaces the one it repeats
-                self.parked[(h["from"], read_clock, lo)] = (msg, read_clock)
+                self.parked[(h["from"], read_clock, lo)] = (msg, read_clock, wanted)
         self._serve_parked()
 
     def _store_for(self, lo: int, hi: int) -> ParameterStore:
@@ -281,42 +281,7 @@ class Shard:
     def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> np.ndarray:
         if role != P.WORKER:
             raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
-        if "codec" in msg.header:
-            return self._decoded(msg, lo, hi)
-        if "grad_at" in msg.header:
-            return self._shared_gradient(msg.header["grad_at"], lo, hi)
-        if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
-            got = [(a.dtype.name, a.shape) for a in msg.arrays]
-            raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
-        return msg.arrays[0]
-
-    def _decoded(self, msg: Message, lo: int, hi: int) -> np.ndarray:
-        """A compressed push's dense gradient (ps/compression.py), in a scratch buffer that the
-        update rule consumes before the next push is read. Replication forwards it dense."""
-        if msg.op == P.REPLICATE:
-            raise WireError("a replicated push carries its dense gradient: no codec expected")
-        if self.scratch.size < hi - lo:
-            self.scratch = np.empty(hi - lo, np.float32)
-        try:
-            return decode(msg.header, msg.arrays, hi - lo, self.scratch[:hi - lo])
-        except CodecError as err:
-            raise WireError(f"push to [{lo}, {hi}): {err}") from None
-
-    def _shared_gradient(self, ref: Any, lo: int, hi: int) -> np.ndarray:
-        """A local worker's gradient for [lo, hi), read where the worker wrote it: no copy. The
-        worker leaves that buffer alone until we have answered."""
-        if not self.local:
-            raise WireError("this shard takes no pushes through shared memory", retry=True, local=False)
-        offset = ref.get("offset") if isinstance(ref, dict) else None
-        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-            raise WireError("header field 'grad_at': expected a segment reference with an offset")
-        try:
-            seg = self.attached.get(ref)
-        except shm.SegmentError as exc:
-            raise WireError(f"cannot map the pushed gradient: {exc}", retry=True, local=False) from None
-        if offset + (hi - lo) > seg.count:
-            raise WireError(f"gradient at offset {offset} of {hi - lo} values overruns a segment of {seg.count}")
-        return seg.array[offset:offset + hi - lo]
+        return self.incoming.gradient(msg, lo, hi)
 
     def _respond(self, held: int | None, send) -> None:
         """Reply now, or once the backup has acknowledged the push (replication)."""
@@ -342,13 +307,21 @@ class Shard:
             raise WireError(str(exc)) from None
         reply(self.sock, msg)
 
-    def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int) -> None:
+    def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int,
+              wanted: spans.Spans | None = None) -> None:
+        """Answer a read: by shared memory if the reader maps our segment, else the weights
+        of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`)."""
         h = msg.header
         seg = self.segments.get((store.lo, store.hi))
         if seg is not None and h.get("shm") is True:  # the reader copies from our segment itself
             on_record = store.admit_read(worker, clock)
             reply(self.sock, msg, version=store.updates_applied, clock=on_record, segment=seg.ref,
                   offset=h["lo"] - store.lo)
+        elif wanted is not None:  # some keys only: gathered afresh, so no snapshot is needed
+            on_record = store.admit_read(worker, clock)
+            weights = spans.gather(store.weights, store.lo, wanted)
+            where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
+            reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
         else:
             weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
             frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
@@ -359,12 +332,12 @@ class Shard:
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:
-        for key, (msg, clock) in list(self.parked.items()):
+        for key, (msg, clock, wanted) in list(self.parked.items()):
             _, rank = _sender(msg.header["from"])
             store = self._store_for(msg.header["lo"], msg.header["hi"])
             if store.can_read(rank, clock):
                 del self.parked[key]
-                self._read(msg, store, rank, clock)
+                self._read(msg, store, rank, clock, wanted)
 
     # ---- state ---------------------------------------------------------------------------
     def stats(self) -> dict:
@@ -394,7 +367,7 @@ class Shard:
     def close(self) -> None:
         if self.replicator is not None:
             self.replicator.close()
-        self.attached.close()
+        self.incoming.close()
         self.sock.close(0)
         self.control.close()
 

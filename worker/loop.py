@@ -15,6 +15,7 @@ reported as an alarm and stops the job before it is pushed: nobody trains on gar
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from ps.client.faults import FaultPlan
 
 from .job import build_job
 from .objective import batch_loss
+from .rows import RowPlan
 from .session import JobEnded, Session
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,19 @@ class _Partition:
         self.live: tuple[int, ...] = ()
         self.epoch = 0
         self.batches = None
+        self.ahead: collections.deque = collections.deque()  # batches drawn early by `peek`
 
     def next(self, step: int):
+        return self.ahead.popleft() if self.ahead else self._draw(step)
+
+    def peek(self, step: int, first: int, count: int) -> list:
+        """The batches of steps step + first .. step + first + count - 1, drawn now (rows are
+        read before the step that uses them) and handed out by `next` in turn."""
+        while len(self.ahead) < first + count:
+            self.ahead.append(self._draw(step + 1 + len(self.ahead)))
+        return [self.ahead[i] for i in range(first, first + count)]
+
+    def _draw(self, step: int):
         live = tuple(sorted(self.session.live)) or (self.session.rank,)
         if self.session.rank not in live:
             live = tuple(sorted(live + (self.session.rank,)))
@@ -96,6 +109,10 @@ def train(session: Session) -> None:
     # With overlap the round trip of one step travels while the next step computes, so the
     # gradient it sent must stay untouched until it is answered: two buffers, taken in turn.
     overlap = t["overlap"] and cfg["consistency"]["mode"] == "async"
+    # By rows: a pull reads the keys of the batches it serves, which start one step later
+    # when it overlaps the next step's compute; a push sends those of the batches it sums.
+    plan = RowPlan(net, flat) if cfg["compression"]["rows"] else None
+    computed: list[np.ndarray] = []  # the inputs of the batches since the last push
     outgoing = client.gradient_buffers(2 if overlap else 1)
     scratch = np.zeros_like(flat.data) if push_every > 1 else None
     in_flight = None
@@ -120,6 +137,8 @@ def train(session: Session) -> None:
         while faults.partitioned():
             time.sleep(0.05)
         x, y = partition.next(step)
+        if plan is not None:
+            computed.append(x)
         loss = batch_loss(net, data.kind, x, y)
         value = float(loss.item())
         if not math.isfinite(value):
@@ -143,6 +162,10 @@ def train(session: Session) -> None:
         last = step == steps - 1
         fetch_next = not last and (step + 1) % fetch_every == 0
         trip = None
+        rows = {}
+        if plan is not None and fetch_next:
+            served = partition.peek(step, 1 if overlap else 0, fetch_every)
+            rows["read_spans"] = plan.keys(x_next for x_next, _ in served)
         if (step + 1) % push_every == 0 or last:
             if accumulated > 1:
                 acc /= accumulated
@@ -152,12 +175,15 @@ def train(session: Session) -> None:
             _watch_norm(session, norms, norm)
             if t["clip_norm"]:
                 optim.clip_grad_norm_(acc, t["clip_norm"])
+            if plan is not None:
+                rows["grad_spans"] = plan.keys(computed)
+                computed = []
             trip = client.start(P.PUSH_PULL if fetch_next else P.PUSH, session.clock, acc,
-                                flat if fetch_next else None)
+                                flat if fetch_next else None, **rows)
             session.clock += 1
             accumulated = 0
         elif fetch_next:
-            trip = client.start(P.PULL, session.clock, None, flat)
+            trip = client.start(P.PULL, session.clock, None, flat, **rows)
         if trip is not None:
             if overlap and not last:
                 in_flight = trip

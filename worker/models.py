@@ -12,7 +12,10 @@ from typing import Any, Callable
 import numpy as np
 
 from model import nn
+from model.backend import array_module
 from model.tensor import Tensor
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
 
 
 class ModelConfigError(ValueError):
@@ -100,11 +103,22 @@ class CharRNN(nn.Module):
     Dropout on the non-recurrent connections only, into the recurrent layer and out of it
     (Zaremba et al. 2014): a small text (the Jargon File's 1.5 M characters) is otherwise
     memorised within a few epochs, while dropout inside the recurrence would erode the memory.
+
+    With `ngram_buckets`, each character's input also adds the vector of its last `ngram`
+    characters, hashed into a table of that many rows (fastText's hashed n-grams, Bojanowski
+    et al. 2017): a large table of which a batch reads a few thousand rows, the case that
+    `compression.rows` serves.
     """
 
-    def __init__(self, cell: str, vocab: int, embed: int, hidden: int, layers: int, dropout: float, rng):
+    def __init__(self, cell: str, vocab: int, embed: int, hidden: int, layers: int, dropout: float, rng,
+                 ngram_buckets: int = 0, ngram: int = 3):
         super().__init__()
+        if ngram_buckets < 0 or not 2 <= ngram <= 8:
+            raise ModelConfigError(f"model.ngram_buckets {ngram_buckets}, model.ngram {ngram}: expected "
+                                   "ngram_buckets >= 0 (0: none) and ngram in [2, 8]")
+        self.vocab, self.ngram_buckets, self.ngram = vocab, ngram_buckets, ngram
         self.embed = nn.Embedding(vocab, embed, rng=rng)
+        self.ngrams = nn.Embedding(ngram_buckets, embed, rng=rng) if ngram_buckets else None
         rnn = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
         self.rnn = rnn(embed, hidden, num_layers=layers, batch_first=True, rng=rng)
         self.drop = nn.Dropout(dropout, rng=rng) if dropout else None
@@ -112,16 +126,44 @@ class CharRNN(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         x = self.embed(ids)
+        if self.ngrams is not None:
+            x = x + self.ngrams(self.ngram_ids(ids.data))
         out, _ = self.rnn(self.drop(x) if self.drop is not None else x)
         return self.head(self.drop(out) if self.drop is not None else out)
 
+    def ngram_ids(self, ids):
+        """The bucket of each position's last `ngram` characters (padded before the start of
+        the window): a multiplicative hash of their base-(vocab + 1) code."""
+        xp = array_module(ids)
+        length = ids.shape[1]
+        code = xp.zeros(ids.shape, xp.uint64)
+        for j in range(self.ngram - 1, -1, -1):  # the oldest character first
+            earlier = xp.full(ids.shape, self.vocab, xp.uint64)
+            if j < length:
+                earlier[:, j:] = ids[:, :length - j]
+            code = code * xp.uint64(self.vocab + 1) + earlier
+        return ((code * _GOLDEN) >> xp.uint64(32)) % xp.uint64(self.ngram_buckets)
 
-def char_lstm(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1, dropout: float = 0.0) -> nn.Module:
-    return CharRNN("lstm", info["num_classes"], embed, hidden, layers, float(dropout), rng)
+    def row_tables(self) -> tuple[str, ...]:
+        """The parameters a batch reads only some rows of (`compression.rows`)."""
+        return ("embed.weight", "ngrams.weight") if self.ngrams is not None else ("embed.weight",)
+
+    def rows_used(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows of each table that a batch of `ids` reads (and whose gradient it makes)."""
+        used = {"embed.weight": ids}
+        if self.ngrams is not None:
+            used["ngrams.weight"] = self.ngram_ids(ids)
+        return used
 
 
-def char_gru(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1, dropout: float = 0.0) -> nn.Module:
-    return CharRNN("gru", info["num_classes"], embed, hidden, layers, float(dropout), rng)
+def char_lstm(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1, dropout: float = 0.0,
+              ngram_buckets: int = 0, ngram: int = 3) -> nn.Module:
+    return CharRNN("lstm", info["num_classes"], embed, hidden, layers, float(dropout), rng, ngram_buckets, ngram)
+
+
+def char_gru(info: dict, rng, embed: int = 32, hidden: int = 128, layers: int = 1, dropout: float = 0.0,
+             ngram_buckets: int = 0, ngram: int = 3) -> nn.Module:
+    return CharRNN("gru", info["num_classes"], embed, hidden, layers, float(dropout), rng, ngram_buckets, ngram)
 
 
 class SequenceGRU(nn.Module):
@@ -168,7 +210,19 @@ def data_info(data: Any) -> dict:
             "num_classes": int(data.num_classes), "kind": data.kind}
 
 
-def initial_parameters(model_cfg: dict, info: dict, seed: int) -> list[tuple[str, np.ndarray]]:
-    """The seeded initial weights, by PyTorch parameter name (what the coordinator hands out)."""
+def initial_parameters(model_cfg: dict, info: dict, seed: int, by_rows: bool = False) -> list[tuple[str, np.ndarray]]:
+    """The seeded initial weights, by PyTorch parameter name (what the coordinator hands out);
+    with `by_rows` (`compression.rows`), first check that the model has tables to read by rows."""
     module = build(model_cfg, info, seed)
+    if by_rows:
+        row_tables(module)
     return [(name, np.asarray(p.data, dtype=np.float32)) for name, p in module.named_parameters()]
+
+
+def row_tables(net: nn.Module) -> tuple[str, ...]:
+    """The names of the parameters that `compression.rows` reads by rows; an error if none."""
+    names = net.row_tables() if hasattr(net, "row_tables") else ()
+    if not names:
+        raise ModelConfigError(f"compression.rows: the model ({type(net).__name__}) has no embedding table "
+                               "to read by rows: expected a char_lstm or char_gru model, or compression.rows false")
+    return tuple(names)

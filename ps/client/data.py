@@ -32,7 +32,7 @@ import numpy as np
 import zmq
 
 from .. import protocol as P
-from .. import shm
+from .. import shm, spans
 from ..compression import Compressor, wire_bytes
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
@@ -46,6 +46,9 @@ class WeightSink(Protocol):
 
     def receive(self, lo: int, hi: int, weights: np.ndarray, keep: bool = False) -> None:
         """Take elements [lo, hi) of the model; with `keep`, `weights` may be kept without a copy."""
+
+    def receive_at(self, index: np.ndarray, weights: np.ndarray) -> None:
+        """Take the elements at `index` (sorted, distinct) of the model: a read by rows."""
 
 
 Out = np.ndarray | WeightSink | None
@@ -63,6 +66,8 @@ class _Pending:
     retry_at: float
     attempts: int = 1
     grad: np.ndarray | None = None  # this shard's part of a push through shared memory
+    grad_spans: spans.Spans | None = None  # the keys of it to push, if not all (`compression.rows`)
+    read_spans: spans.Spans | None = None  # the keys to read, if not all
 
 
 @dataclasses.dataclass
@@ -144,9 +149,14 @@ class ShardClient:
         self.finish(self.start(P.PUSH_PULL, clock, grad, out))
 
     # ---- split in two, so that a worker can compute while the round trip is under way ------
-    def start(self, op: str, clock: int, grad: np.ndarray | None, out: Out) -> RoundTrip:
+    def start(self, op: str, clock: int, grad: np.ndarray | None, out: Out, *,
+              grad_spans: spans.Spans | None = None, read_spans: spans.Spans | None = None) -> RoundTrip:
         """Send `op` to every shard and return at once. Until `finish`, `grad` must stay as it
-        is (it leaves without a copy and a retry sends it again) and `out` is not written."""
+        is (it leaves without a copy and a retry sends it again) and `out` is not written.
+
+        `grad_spans` and `read_spans` (model-wide key spans, `ps/spans.py`) limit what is pushed
+        (the gradient must be zero outside them) and what is read: the keys outside them in
+        `out` keep what they held."""
         self._reroute()
         now = time.monotonic()
         trip = RoundTrip(op, out, now + self.timeout)
@@ -154,21 +164,35 @@ class ShardClient:
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
-            arrays: tuple = ()
+            p = _Pending(shard, header, (), set(), now, now + self._retry_after)
             local = self.local[shard] is not None
             if local and out is not None:
                 header["shm"] = True
-            if grad is not None and local and shared is not None:
-                header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
-            elif grad is not None:  # encoded once per push: a retry resends these very frames
-                fields, arrays = self.compressor.encode(shard, grad[lo:hi])
-                header.update(fields)
-                self.bytes_sent += wire_bytes(arrays)
-            p = _Pending(shard, header, arrays, set(), now, now + self._retry_after,
-                         grad=grad[lo:hi] if "grad_at" in header else None)
+            if out is not None and read_spans is not None:
+                p.read_spans = _part(read_spans, lo, hi)
+                if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
+                    header["read_spans"] = spans.pack(p.read_spans)
+            if grad is not None:
+                p.grad = grad[lo:hi]
+                p.grad_spans = _part(grad_spans, lo, hi) if grad_spans is not None else None
+                if local and shared is not None:
+                    header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
+                else:
+                    self._encode(p)
             self._send(p, now)
             trip.pending[shard] = p
         return trip
+
+    def _encode(self, p: _Pending) -> None:
+        """Put the push's frames into `p`: once per push, as a retry resends these very frames."""
+        lo = self.layout.ranges[p.shard][0]
+        if p.grad_spans is not None and self.compressor.codec == "none":
+            p.header["grad_spans"] = spans.pack(p.grad_spans)
+            p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
+        else:
+            fields, p.arrays = self.compressor.encode(p.shard, p.grad)
+            p.header.update(fields)
+        self.bytes_sent += wire_bytes(p.arrays)
 
     def finish(self, trip: RoundTrip) -> None:
         """Wait for every shard's reply to `trip` (resending what goes unanswered) and hand the
@@ -274,11 +298,19 @@ class ShardClient:
             if seg is None or not isinstance(offset, int) or not 0 <= offset <= seg.count - (hi - lo):
                 self._to_wire(p)  # it moved somewhere we cannot map: ask again over the wire
                 return False
-            _deliver(out, lo, hi, seg.array[offset:offset + hi - lo], keep=False)  # it keeps changing
+            weights = seg.array[offset:offset + hi - lo]
+            if p.read_spans is None:
+                _deliver(out, lo, hi, weights, keep=False)  # it keeps changing
+            else:
+                _deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
         elif out is not None:
-            if len(msg.arrays) != 1 or msg.arrays[0].shape != (hi - lo,):
+            n = hi - lo if p.read_spans is None else spans.size(p.read_spans)
+            if len(msg.arrays) != 1 or msg.arrays[0].shape != (n,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
-            _deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
+            if p.read_spans is None:
+                _deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
+            else:
+                _deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
             self.bytes_received += msg.arrays[0].nbytes
         return True
 
@@ -305,9 +337,7 @@ class ShardClient:
         self.local[p.shard] = None
         p.header.pop("shm", None)
         if p.header.pop("grad_at", None) is not None:
-            fields, p.arrays = self.compressor.encode(p.shard, p.grad)
-            p.header.update(fields)
-            self.bytes_sent += wire_bytes(p.arrays)
+            self._encode(p)
         p.retry_at = time.monotonic()  # resend at once
 
     def _offset_in_shared(self, grad: np.ndarray | None) -> int | None:
@@ -347,8 +377,32 @@ class ShardClient:
             self._grads = None
 
 
+def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
+    """A shard's part of model-wide spans; None when that is its whole range (a plain read)."""
+    part = spans.clip(model_spans, lo, hi)
+    return None if spans.covers(part, lo, hi) else part
+
+
 def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:
     if isinstance(out, np.ndarray):
         np.copyto(out[lo:hi], weights)
     else:
         out.receive(lo, hi, weights, keep=keep)
+
+
+def _deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.ndarray, keep: bool) -> None:
+    """Write the keys of `wanted` (packed in `values`): long spans (dense parameters) as
+    ranges, which a sink may keep without a copy, the short ones (rows) through one index."""
+    if isinstance(out, np.ndarray):
+        spans.scatter(out, 0, wanted, values)
+        return
+    starts, stops = wanted
+    lengths = stops - starts
+    at = np.cumsum(lengths) - lengths
+    long = lengths >= spans.LONG
+    for a, b, o in zip(starts[long].tolist(), stops[long].tolist(), at[long].tolist()):
+        out.receive(a, b, values[o:o + b - a], keep=keep)
+    short = ~long
+    if short.any():
+        out.receive_at(spans.positions(starts[short], stops[short]),
+                       values[spans.positions(at[short], at[short] + lengths[short])])

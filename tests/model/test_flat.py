@@ -278,3 +278,19 @@ def test_set_data_brings_every_parameter_home_and_bad_ranges_are_refused():
         flat.receive(20, 30, np.zeros(10, np.float32))
     with pytest.raises(ValueError, match="shape"):
         flat.receive(0, 4, np.zeros(5, np.float32))
+
+
+def test_rows_received_by_position_keep_the_rest_of_their_table_and_leave_other_frames_alone():
+    module = TinyModule()
+    flat = FlatParameters(module.named_parameters())
+    frame = np.arange(26, dtype=np.float32)
+    flat.receive(0, 26, frame, keep=True)           # a whole-model read: every parameter in the frame
+    rows = np.array([18, 19, 24, 25])               # rows 1 and 4 of the (5, 2) embedding at 16
+    flat.receive_at(rows, np.array([-1, -2, -3, -4], np.float32))
+    np.testing.assert_array_equal(module.embedding.data, [[16, 17], [-1, -2], [20, 21], [22, 23], [-3, -4]])
+    assert np.shares_memory(module.embedding.data, flat.data)   # brought home, with its other rows
+    assert np.shares_memory(module.weight.data, frame)           # untouched parameters stay where they were
+    flat.check_views()
+    flat.receive_at(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    with pytest.raises(ValueError, match="positions"):
+        flat.receive_at(np.array([25, 26]), np.zeros(2, np.float32))

@@ -47,7 +47,8 @@ def test_a_minimal_config_gets_every_default_filled_in():
                               "startup_timeout": 60.0, "request_timeout": 30.0,
                               "max_message_mb": 512.0, "curve": False, "shared_memory": True}
     assert cfg["checkpoint"] == {"every_seconds": 0.0, "keep": 2}
-    assert cfg["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5, "error_feedback": True}
+    assert cfg["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5, "error_feedback": True,
+                                  "rows": False}
     assert cfg["faults"] == []
 
 

@@ -1,0 +1,158 @@
+"""Key spans: a read or a push that covers only part of a shard's range.
+
+A model with a large embedding table reads a few hundred of its rows per batch, and its
+gradient is zero everywhere else. With `compression.rows` a worker reads only the keys the
+next batches use, and pushes (uncompressed) only the keys its batches touched: every dense
+parameter whole, plus the used rows of each table. Those keys are described as spans.
+
+A set of spans is a pair of int64 arrays `(starts, stops)`: half-open key intervals, sorted,
+disjoint and non-empty. A request carries the spans of the receiving shard's range in its
+header as bytes (little-endian int64 start, stop pairs), and the values of those keys travel
+concatenated in span order in one float32 frame. The shard validates them like any other
+header field (`unpack`), so a bad span list gets an error reply, never an index error.
+
+Gathering and scattering copy long spans (dense parameters) as slices and short ones (rows)
+through one computed index, so neither a long span nor a thousand short ones costs a Python
+loop over elements.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+Spans = tuple[np.ndarray, np.ndarray]
+LONG = 512                         # spans of at least this many keys are copied as slices
+MAX_SPANS = 1 << 16                # per request (16 bytes each: a 1 MiB header holds them)
+_PAIR = np.dtype("<i8")
+
+
+class SpanError(ValueError):
+    """A span list that cannot be used; `str()` says what was wrong and what was expected."""
+
+
+def empty() -> Spans:
+    return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
+
+def whole(lo: int, hi: int) -> Spans:
+    """The one span [lo, hi) (no span at all if it is empty)."""
+    return (np.array([lo], np.int64), np.array([hi], np.int64)) if hi > lo else empty()
+
+
+def of_rows(offset: int, width: int, rows: np.ndarray) -> Spans:
+    """The keys of rows `rows` (any ints, repeats allowed) of a table of rows `width` keys
+    long starting at key `offset`; consecutive rows merge into one span."""
+    r = np.unique(np.asarray(rows, np.int64).reshape(-1))
+    if r.size == 0:
+        return empty()
+    breaks = np.flatnonzero(np.diff(r) != 1) + 1
+    first = r[np.concatenate(([0], breaks))]
+    last = r[np.concatenate((breaks - 1, [r.size - 1]))]
+    return offset + first * width, offset + (last + 1) * width
+
+
+def union(*parts: Spans) -> Spans:
+    """The keys of every part, as sorted disjoint spans (overlapping and touching spans merge)."""
+    starts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    stops = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+    keep = stops > starts
+    starts, stops = starts[keep], stops[keep]
+    if starts.size == 0:
+        return empty()
+    order = np.argsort(starts, kind="stable")
+    starts, stops = starts[order], stops[order]
+    reach = np.maximum.accumulate(stops)
+    new = np.concatenate(([True], starts[1:] > reach[:-1]))
+    heads = np.flatnonzero(new)
+    return starts[heads], np.maximum.reduceat(stops, heads)
+
+
+def clip(spans: Spans, lo: int, hi: int) -> Spans:
+    """The part of `spans` inside [lo, hi)."""
+    starts, stops = spans
+    a = int(np.searchsorted(stops, lo, side="right"))
+    b = int(np.searchsorted(starts, hi, side="left"))
+    starts, stops = starts[a:b].copy(), stops[a:b].copy()
+    if starts.size:
+        starts[0] = max(starts[0], lo)
+        stops[-1] = min(stops[-1], hi)
+    return starts, stops
+
+
+def size(spans: Spans) -> int:
+    """How many keys the spans hold."""
+    return int(np.sum(spans[1] - spans[0]))
+
+
+def covers(spans: Spans, lo: int, hi: int) -> bool:
+    """Whether the spans are exactly [lo, hi)."""
+    return spans[0].size == 1 and int(spans[0][0]) == lo and int(spans[1][0]) == hi
+
+
+def positions(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Every key of the spans, in order, as one index array."""
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    begin = np.cumsum(lengths) - lengths             # where each span starts among the keys
+    return np.repeat(starts - begin, lengths) + np.arange(total, dtype=np.int64)
+
+
+def _parts(spans: Spans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Long spans' indices, and the keys and value positions of the short ones."""
+    starts, stops = spans
+    lengths = stops - starts
+    at = np.cumsum(lengths) - lengths                # each span's first value in the packed array
+    long = lengths >= LONG
+    short = ~long
+    return np.flatnonzero(long), positions(starts[short], stops[short]), positions(at[short], at[short] + lengths[short])
+
+
+def gather(source: np.ndarray, base: int, spans: Spans) -> np.ndarray:
+    """A new array of the keys in `spans` from `source`, which holds keys [base, base + len)."""
+    starts, stops = spans
+    out = np.empty(size(spans), source.dtype)
+    longs, keys, at = _parts(spans)
+    offsets = np.cumsum(stops - starts) - (stops - starts)
+    for i in longs:
+        a, b, o = int(starts[i]) - base, int(stops[i]) - base, int(offsets[i])
+        out[o:o + b - a] = source[a:b]
+    if keys.size:
+        out[at] = source[keys - base]
+    return out
+
+
+def scatter(dest: np.ndarray, base: int, spans: Spans, values: np.ndarray) -> None:
+    """Write `values` (the keys of `spans`, packed) into `dest`, which holds keys [base, ...)."""
+    starts, stops = spans
+    longs, keys, at = _parts(spans)
+    offsets = np.cumsum(stops - starts) - (stops - starts)
+    for i in longs:
+        a, b, o = int(starts[i]) - base, int(stops[i]) - base, int(offsets[i])
+        dest[a:b] = values[o:o + b - a]
+    if keys.size:
+        dest[keys - base] = values[at]
+
+
+def pack(spans: Spans) -> bytes:
+    """The header form: little-endian int64 (start, stop) pairs."""
+    return np.stack(spans, axis=1).astype(_PAIR, copy=False).tobytes()
+
+
+def unpack(raw: object, lo: int, hi: int) -> Spans:
+    """Spans from a header, checked against the range [lo, hi) they must lie in."""
+    if not isinstance(raw, bytes):
+        raise SpanError(f"spans: expected bytes of int64 (start, stop) pairs, got {type(raw).__name__}")
+    if len(raw) % 16 or len(raw) // 16 > MAX_SPANS:
+        raise SpanError(f"spans of {len(raw)} bytes: expected a multiple of 16 bytes, "
+                        f"at most {MAX_SPANS} (start, stop) pairs")
+    pairs = np.frombuffer(raw, _PAIR).reshape(-1, 2).astype(np.int64)
+    starts, stops = pairs[:, 0].copy(), pairs[:, 1].copy()
+    if starts.size:
+        if not np.all(stops > starts):
+            raise SpanError("spans: expected every stop greater than its start")
+        if np.any(starts[1:] < stops[:-1]):
+            raise SpanError("spans: expected sorted spans that do not overlap")
+        if starts[0] < lo or stops[-1] > hi:
+            raise SpanError(f"spans [{int(starts[0])}, {int(stops[-1])}) reach outside the range [{lo}, {hi})")
+    return starts, stops

@@ -1,0 +1,86 @@
+"""Key spans (ps/spans.py): rows of a table as key intervals, merged, cut at shard boundaries,
+gathered and scattered exactly, and checked strictly when they arrive in a header."""
+import numpy as np
+import pytest
+
+from ps import spans as S
+
+
+def as_list(sp):
+    return [(int(a), int(b)) for a, b in zip(*sp)]
+
+
+def spans(*pairs):
+    return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
+
+
+def test_rows_become_the_keys_of_those_rows_with_consecutive_rows_merged():
+    # a table of rows 4 keys wide starting at key 100; rows 7, 2, 3, 3 (repeats allowed)
+    assert as_list(S.of_rows(100, 4, np.array([[7, 2], [3, 3]]))) == [(108, 116), (128, 132)]
+    assert as_list(S.of_rows(0, 4, np.array([], np.int64))) == []
+
+
+def test_union_merges_overlapping_and_touching_spans_and_drops_empty_ones():
+    a = spans((0, 10), (20, 30))
+    b = spans((5, 12), (30, 31), (40, 40), (50, 60))
+    assert as_list(S.union(a, b)) == [(0, 12), (20, 31), (50, 60)]
+    assert as_list(S.union()) == []
+
+
+def test_clip_keeps_the_part_inside_a_shards_range_even_of_a_row_the_boundary_cuts():
+    sp = spans((0, 10), (20, 30), (40, 50))
+    assert as_list(S.clip(sp, 25, 45)) == [(25, 30), (40, 45)]
+    assert as_list(S.clip(sp, 10, 20)) == []
+    assert as_list(S.clip(sp, 0, 100)) == as_list(sp)
+    assert S.size(S.clip(sp, 5, 45)) == 5 + 10 + 5
+
+
+def test_covers_only_the_exact_range():
+    assert S.covers(S.whole(3, 9), 3, 9)
+    assert not S.covers(spans((3, 8)), 3, 9) and not S.covers(spans((3, 5), (5, 9)), 3, 9)
+    assert as_list(S.whole(4, 4)) == []
+
+
+@pytest.mark.parametrize("long_first", [True, False])
+def test_gather_then_scatter_moves_exactly_the_keys_of_long_and_short_spans(long_first):
+    rng = np.random.default_rng(0)
+    base = 1000
+    source = rng.standard_normal(5000).astype(np.float32)
+    dense = (base, base + 2 * S.LONG)                      # copied as a slice
+    rows = S.of_rows(base + 3000, 8, rng.integers(0, 200, 50))   # copied through one index
+    sp = S.union(S.whole(*dense), rows) if long_first else S.union(rows, S.whole(*dense))
+    values = S.gather(source, base, sp)
+    expected = np.concatenate([source[a - base:b - base] for a, b in as_list(sp)])
+    np.testing.assert_array_equal(values, expected)
+    dest = np.zeros_like(source)
+    S.scatter(dest, base, sp, values)
+    index = S.positions(*sp) - base
+    np.testing.assert_array_equal(dest[index], source[index])
+    untouched = np.ones(source.size, bool)
+    untouched[index] = False
+    assert not dest[untouched].any()
+
+
+def test_gather_of_no_spans_is_an_empty_array():
+    assert S.gather(np.ones(10, np.float32), 0, S.empty()).shape == (0,)
+
+
+def test_pack_and_unpack_round_trip():
+    sp = spans((3, 7), (9, 12))
+    assert as_list(S.unpack(S.pack(sp), 0, 12)) == [(3, 7), (9, 12)]
+    assert as_list(S.unpack(b"", 0, 12)) == []
+
+
+@pytest.mark.parametrize("raw, reason", [
+    ("3,7", "expected bytes"),
+    (b"\x00" * 15, "multiple of 16"),
+    (S.pack(spans((3, 3))), "stop greater than its start"),
+    (S.pack(spans((5, 9), (6, 10))), "do not overlap"),
+    (S.pack(spans((5, 9), (1, 3))), "do not overlap"),
+    (S.pack(spans((0, 4))), "outside the range [2, 12)"),
+    (S.pack(spans((4, 13))), "outside the range [2, 12)"),
+    (np.zeros(2 * (S.MAX_SPANS + 1), "<i8").tobytes(), "at most"),
+])
+def test_unpack_refuses_every_malformed_span_list_by_name(raw, reason):
+    with pytest.raises(S.SpanError, match=reason.replace("[", r"\[").replace(")", r"\)")):
+        S.unpack(raw, 2, 12)

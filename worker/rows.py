@@ -1,0 +1,44 @@
+"""Which keys a worker reads and pushes when its embedding tables travel by rows.
+
+With `compression.rows` a worker reads, of each table its model names (`row_tables()`), only
+the rows the coming batches use (`rows_used(ids)`), and every other parameter whole; it pushes
+the same for the batches it has computed, whose gradient is zero on every other row. What the
+worker sees and what the shards apply are the same as without it, key for key: the rows it
+does not read, it does not use, and the rows it does not push carry a zero gradient, which a
+dense push would have carried as zeros (so momentum, Adam and weight decay still act on them
+on the shard, exactly as before).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+
+from model.flat import FlatParameters
+from ps.client import spans
+
+from .models import row_tables
+
+
+class RowPlan:
+    """The key spans for a set of batches: the dense parameters, plus the tables' rows they use."""
+
+    def __init__(self, net, flat: FlatParameters):
+        names = row_tables(net)
+        self.net = net
+        where = {name: (start, end) for (name, _), start, end in zip(flat.specs, flat.offsets, flat.offsets[1:])}
+        shapes = dict(flat.specs)
+        self.tables = {name: (where[name][0], int(np.prod(shapes[name][1:], dtype=np.int64))) for name in names}
+        self.dense = spans.union(*(spans.whole(*where[name]) for name, _ in flat.specs if name not in self.tables))
+
+    def keys(self, batches: Iterable[np.ndarray]) -> spans.Spans:
+        """Every key that a step on any of `batches` (model inputs) reads or changes."""
+        rows: dict[str, list[np.ndarray]] = {name: [] for name in self.tables}
+        for x in batches:
+            for name, used in self.net.rows_used(x).items():
+                rows[name].append(np.asarray(used).reshape(-1))
+        parts = [self.dense]
+        for name, (offset, width) in self.tables.items():
+            if rows[name]:
+                parts.append(spans.of_rows(offset, width, np.concatenate(rows[name])))
+        return spans.union(*parts)
