@@ -31,21 +31,22 @@ class Incoming:
         self.scratch = np.empty(0, np.float32)  # grown as needed
         self.attached = shm.Attached()          # local workers' gradient buffers
 
-    def gradient(self, msg: Message, lo: int, hi: int) -> np.ndarray:
-        """The dense gradient of [lo, hi) that `msg` carries; a WireError names what is wrong."""
+    def gradient(self, msg: Message, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans | None]:
+        """The dense gradient of [lo, hi) that `msg` carries, and the keys outside which it is
+        zero if the push said so (`grad_spans`), else None; a WireError names what is wrong."""
         ways = [f for f in WAYS if f in msg.header]
         if len(ways) > 1:
             raise WireError(f"push with both {ways[0]!r} and {ways[1]!r}: expected at most one way to carry it")
         if "codec" in msg.header:
-            return self._decoded(msg, lo, hi)
+            return self._decoded(msg, lo, hi), None
         if "grad_at" in msg.header:
-            return self._shared(msg.header["grad_at"], lo, hi)
+            return self._shared(msg.header["grad_at"], lo, hi), None
         if "grad_spans" in msg.header:
             return self._spread(msg, lo, hi)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
             got = [(a.dtype.name, a.shape) for a in msg.arrays]
             raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
-        return msg.arrays[0]
+        return msg.arrays[0], None
 
     def borrowed(self, grad: np.ndarray) -> bool:
         """Whether `grad` lives in the scratch buffer, which the next push overwrites."""
@@ -65,7 +66,7 @@ class Incoming:
         except CodecError as err:
             raise WireError(f"push to [{lo}, {hi}): {err}") from None
 
-    def _spread(self, msg: Message, lo: int, hi: int) -> np.ndarray:
+    def _spread(self, msg: Message, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans]:
         """A push of some keys only: their values, and zeros elsewhere."""
         pushed = header_spans(msg.header["grad_spans"], lo, hi, "grad_spans")
         n = spans.size(pushed)
@@ -75,7 +76,7 @@ class Incoming:
         grad = self._scratch(hi - lo)
         grad.fill(0.0)
         spans.scatter(grad, lo, pushed, msg.arrays[0])
-        return grad
+        return grad, pushed
 
     def _shared(self, ref: Any, lo: int, hi: int) -> np.ndarray:
         """A local worker's gradient, read where the worker wrote it: no copy. The worker

@@ -17,6 +17,7 @@ import numpy as np
 import zmq
 
 from . import protocol as P
+from . import spans
 from .wire import Channel, WireError, recv
 
 log = logging.getLogger(__name__)
@@ -55,12 +56,17 @@ class Replicator:
             self.channel = Channel(self.ctx, address, "backup", self.max_bytes, self.configure)
             log.info("replicating to %s", address)
 
-    def forward(self, rng: int, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version) -> int | None:
-        """Send one applied push to the backup holder; the seq to hold replies on (None: no backup)."""
+    def forward(self, rng: int, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version,
+                keys: spans.Spans | None = None) -> int | None:
+        """Send one applied push to the backup holder; the seq to hold replies on (None: no
+        backup). A push by rows (`keys`) goes on by rows, gathered into a new array."""
         if self.channel is None:
             return None
         header = {"op": P.REPLICATE, "job": self.job, "from": self.sender, "range": rng, "worker": worker,
                   "clock": clock, "lo": lo, "hi": hi, "read_version": read_version}
+        if keys is not None:
+            header["grad_spans"] = spans.pack(keys)
+            grad = spans.gather(grad, lo, keys)
         seq = self.channel.send(header, (grad,))
         self.waiting[seq] = []
         self.forwarded += 1

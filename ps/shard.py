@@ -249,15 +249,16 @@ class Shard:
         if msg.op in (P.PUSH, P.PUSH_PULL):
             if store is self.store and not self.backup_known:
                 raise WireError("this shard's backup is not attached yet; ask again", retry=True)
-            grad = self._gradient(msg, role, lo, hi)
+            grad, keys = self._gradient(msg, role, lo, hi)
             try:
-                new = store.push(rank, clock, lo, hi, grad, h.get("read_version"))
+                new = store.push(rank, clock, lo, hi, grad, h.get("read_version"), keys)
             except StalePush as exc:
                 raise WireError(str(exc)) from None
             if new and store is self.store:
-                if (self.incoming.borrowed(grad) or "grad_at" in h) and self.replicator.channel is not None:
+                borrowed = self.incoming.borrowed(grad) or "grad_at" in h
+                if borrowed and keys is None and self.replicator.channel is not None:
                     grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
-                held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"))
+                held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"), keys)
         if msg.op == P.PUSH:
             self._respond(held, lambda: reply(self.sock, msg, version=store.updates_applied))
         else:
@@ -278,7 +279,7 @@ class Shard:
         served = ", ".join(f"[{s.lo}, {s.hi})" for s in self.stores.values())
         raise WireError(f"range [{lo}, {hi}) is outside this shard's range {served}")
 
-    def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> np.ndarray:
+    def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans | None]:
         if role != P.WORKER:
             raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
         return self.incoming.gradient(msg, lo, hi)
@@ -298,11 +299,11 @@ class Shard:
         store = self.backups.get(h["range"])
         if store is None:
             raise WireError(f"this shard holds no backup of range {h['range']}")
-        grad = self._gradient(msg, P.WORKER, h["lo"], h["hi"]) if h["lo"] >= store.lo and h["hi"] <= store.hi else None
-        if grad is None:
+        if not store.lo <= h["lo"] <= h["hi"] <= store.hi:
             raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
+        grad, keys = self._gradient(msg, P.WORKER, h["lo"], h["hi"])
         try:
-            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"))
+            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
         except StalePush as exc:
             raise WireError(str(exc)) from None
         reply(self.sock, msg)

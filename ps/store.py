@@ -14,6 +14,7 @@ import numpy as np
 from model import optim
 from model.optim import schedule
 
+from . import spans
 from .consistency import MAX_GAP, Consistency
 from .dedupe import PushLog
 
@@ -48,8 +49,11 @@ class ParameterStore:
         self._snapshot: tuple[int, np.ndarray] | None = None
 
     # ---- writes --------------------------------------------------------------------------
-    def push(self, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version: Any = None) -> bool:
-        """Apply (or, in bsp, hold) one push; False if this push id was applied before."""
+    def push(self, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version: Any = None,
+             keys: spans.Spans | None = None) -> bool:
+        """Apply (or, in bsp, hold) one push; False if this push id was applied before. `keys`,
+        if given, are the only keys where `grad` is not zero (a push by rows): where the update
+        rule lets a zero gradient change nothing, only those are stepped."""
         if self.pushes.seen(worker, clock, lo, hi):
             self.duplicates += 1
             return False
@@ -60,7 +64,7 @@ class ParameterStore:
         if apply_now:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
-            self._step(lo, hi, grad)
+            self._step(lo, hi, grad, keys)
         else:
             total = self.bsp_sums.get(clock)
             if total is None:
@@ -84,10 +88,13 @@ class ParameterStore:
     def set_live(self, workers: list[int]) -> None:
         self.apply_completed(self.consistency.set_live(workers))
 
-    def _step(self, lo: int, hi: int, grad: np.ndarray) -> None:
+    def _step(self, lo: int, hi: int, grad: np.ndarray, keys: spans.Spans | None = None) -> None:
         if self.schedule.kind != "constant":
             self.rule.lr = self.schedule.lr_at(self.updates_applied)
-        if lo == self.lo and hi == self.hi:
+        if keys is not None and self.rule.zero_is_noop:
+            at = spans.positions(*keys) - self.lo
+            self.rule.step_at(self.weights, grad[at - (lo - self.lo)], at)
+        elif lo == self.lo and hi == self.hi:
             self.rule.step(self.weights, grad)
         else:
             a, b = lo - self.lo, hi - self.lo

@@ -106,6 +106,28 @@ class Rule(abc.ABC):
         else:
             self._numpy_step(param, grad, state, self._scratch_like(param))
 
+    @property
+    def zero_is_noop(self) -> bool:
+        """Whether a zero gradient leaves an element and its state as they are (no momentum,
+        no weight decay, no moving averages): then `step_at` may skip the elements a push
+        does not touch."""
+        return False
+
+    def step_at(self, param: np.ndarray, grad: np.ndarray, positions: np.ndarray) -> None:
+        """One update of `param` (the whole bound buffer) whose gradient is `grad` at
+        `positions` (sorted, distinct) and zero elsewhere: only those elements and their state
+        are read and written. Exactly the dense step, for a rule where `zero_is_noop`."""
+        if not self.zero_is_noop:
+            raise ValueError(f"{self!r}: a zero gradient still changes the weights, so every element needs the step")
+        self._bind(param)
+        p = param[positions]
+        state = {k: v[positions] for k, v in self._state.items()}
+        self.step_count += 1
+        self._numpy_step(p, grad, state, [np.empty_like(p) for _ in range(self._scratch_count)])
+        param[positions] = p
+        for k, v in state.items():
+            self._state[k][positions] = v
+
     def bind(self, param: np.ndarray) -> None:
         """Allocate the state for the whole buffer `param` now (before any sub-range step)."""
         self._bind(param)
@@ -208,6 +230,10 @@ class SGD(Rule):
     def _state_names(self) -> tuple[str, ...]:
         return ("momentum_buffer",) if self._hparams["momentum"] != 0 else ()
 
+    @property
+    def zero_is_noop(self) -> bool:
+        return self._hparams["momentum"] == 0 and self._hparams["weight_decay"] == 0
+
     def _fused_step(self, p, g, state, cast):
         h = self._hparams
         buf = state.get("momentum_buffer", p)  # an unused placeholder when there is no momentum
@@ -252,6 +278,10 @@ class Adagrad(Rule):
 
     def _state_names(self) -> tuple[str, ...]:
         return ("sum",)
+
+    @property
+    def zero_is_noop(self) -> bool:  # the sum grows by g^2 = 0 and the step is 0 / (sqrt(sum) + eps)
+        return self._hparams["weight_decay"] == 0
 
     def _initial_state(self, key: str, param: np.ndarray) -> np.ndarray:
         return np.full(param.shape, self._hparams["initial_accumulator_value"], param.dtype)

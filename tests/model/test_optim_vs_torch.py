@@ -343,3 +343,35 @@ def test_a_sub_range_step_updates_only_that_slice_of_the_state(name, hp):
     np.testing.assert_allclose(part[10:25], whole[10:25], rtol=1e-6)
     with pytest.raises(ValueError, match="bound first"):
         optim.make("adam", lr=0.1).step(part[:3], g[:3], index=slice(0, 3))
+
+
+@pytest.mark.parametrize("name,hp", CASES, ids=CASE_IDS)
+def test_a_step_at_some_positions_is_the_dense_step_wherever_a_zero_gradient_changes_nothing(name, hp):
+    """A shard applies a push by rows (`compression.rows`) to those rows only, when the rule
+    lets it: the result must be the dense step's, bit for bit on the NumPy path, state included."""
+    rng = np.random.default_rng(5)
+    original = rng.standard_normal(300)
+    rule = optim.make(name, **hp)
+    noop = rule.zero_is_noop
+    assert noop == ((name == "sgd" and hp.get("momentum", 0) == 0 and hp.get("weight_decay", 0) == 0)
+                    or (name == "adagrad" and hp.get("weight_decay", 0) == 0))
+    if not noop:
+        with pytest.raises(ValueError, match="a zero gradient still changes the weights"):
+            rule.step_at(original.copy(), np.ones(2), np.array([0, 1]))
+        return
+    previous = optim.set_fused(False)
+    try:
+        dense, sparse = original.copy(), original.copy()
+        whole, rows = optim.make(name, **hp), rule
+        for _ in range(6):
+            at = np.sort(rng.choice(300, 40, replace=False))
+            g = rng.standard_normal(40)
+            masked = np.zeros(300)
+            masked[at] = g
+            whole.step(dense, masked)
+            rows.step_at(sparse, g, at)
+        np.testing.assert_array_equal(sparse, dense)
+        for key, value in whole.state_dict().items():
+            np.testing.assert_array_equal(rows.state_dict()[key], value)
+    finally:
+        optim.set_fused(previous)

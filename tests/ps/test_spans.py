@@ -84,3 +84,28 @@ def test_pack_and_unpack_round_trip():
 def test_unpack_refuses_every_malformed_span_list_by_name(raw, reason):
     with pytest.raises(S.SpanError, match=reason.replace("[", r"\[").replace(")", r"\)")):
         S.unpack(raw, 2, 12)
+
+
+# ---- a shard's store applies a push by rows ------------------------------------------------------
+
+@pytest.mark.parametrize("optimizer, rows_only", [({"type": "adagrad", "lr": 0.1}, True),
+                                                  ({"type": "sgd", "lr": 0.1}, True),
+                                                  ({"type": "sgd", "lr": 0.1, "momentum": 0.9}, False),
+                                                  ({"type": "adam", "lr": 0.01}, False)])
+def test_a_push_by_rows_changes_the_store_exactly_as_the_dense_push(optimizer, rows_only, monkeypatch):
+    from ps.store import ParameterStore
+    rng = np.random.default_rng(2)
+    lo, hi = 1000, 1000 + 4096
+    initial = rng.standard_normal(hi - lo).astype(np.float32)
+    by_rows, dense = (ParameterStore(lo, hi, initial, dict(optimizer), "async", 0, [0]) for _ in range(2))
+    stepped_at = []
+    monkeypatch.setattr(by_rows.rule, "step_at", lambda *a, _f=by_rows.rule.step_at: (stepped_at.append(1), _f(*a)))
+    for clock in range(4):
+        keys = S.union(S.whole(lo, lo + 700), S.of_rows(lo + 1000, 16, rng.integers(0, 180, 30)))
+        grad = np.zeros(hi - lo, np.float32)
+        at = S.positions(*keys) - lo
+        grad[at] = rng.standard_normal(at.size)
+        by_rows.push(0, clock, lo, hi, grad, keys=keys)
+        dense.push(0, clock, lo, hi, grad)
+    np.testing.assert_array_equal(by_rows.weights, dense.weights)
+    assert bool(stepped_at) == rows_only      # only where a zero gradient changes nothing
