@@ -16,8 +16,11 @@ import os
 import pathlib
 import platform
 import random
+import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Mapping
@@ -187,3 +190,43 @@ def write_result(name: str, figures: dict[str, Any], directory: pathlib.Path = R
 def read_result(path: pathlib.Path) -> dict[str, Any]:
     """A results file written by `write_result`."""
     return json.loads(pathlib.Path(path).read_text())
+
+
+@dataclass
+class JobRun:
+    """What one `downpour launch` left behind: its summary, its metrics records, the command."""
+
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    command: str
+    launcher_seconds: float
+
+    def last_train(self) -> dict[int, dict[str, Any]]:
+        """Each worker's last training report (its byte counts are cumulative)."""
+        last: dict[int, dict[str, Any]] = {}
+        for r in self.records:
+            if r.get("kind") == "train":
+                last[r.get("rank", -1)] = r
+        return last
+
+
+def launch_job(config: pathlib.Path, overrides: list[str], timeout: float) -> JobRun:
+    """Run one job to its end on a local cluster in a scratch run directory, as a user would."""
+    root = RESULTS.parent.parent
+    with tempfile.TemporaryDirectory(prefix="downpour-bench-") as tmp:
+        run_dir = pathlib.Path(tmp) / "run"
+        argv = [sys.executable, "-m", "ps.cli", "launch", str(config), "--run-dir", str(run_dir), "--quiet"]
+        for o in overrides:
+            argv += ["--set", o]
+        started = time.time()
+        done = subprocess.run(argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(root)), timeout=timeout, check=False)
+        wall = time.time() - started
+        summary_path = run_dir / "summary.json"
+        if not summary_path.exists():
+            raise RuntimeError(f"no summary.json (launcher exit {done.returncode}): {done.stderr[-2000:]}")
+        summary = json.loads(summary_path.read_text())
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    command = "downpour launch " + str(config.relative_to(root)) + "".join(f" --set {shlex.quote(o)}" for o in overrides)
+    return JobRun(summary, records, command, wall)
+

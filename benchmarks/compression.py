@@ -24,14 +24,9 @@ for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUM
     os.environ.setdefault(_name, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import pathlib  # noqa: E402
-import shlex  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -57,39 +52,22 @@ REFERENCE = ("MXNet 2-bit gradient compression (threshold 0.5, error feedback); 
 
 def run_codec(name: str, steps: int | None, timeout: float) -> dict[str, Any]:
     """One full job with codec `name`; its bytes, accuracy and wall time."""
-    with tempfile.TemporaryDirectory(prefix="downpour-compression-") as tmp:
-        run_dir = pathlib.Path(tmp) / "run"
-        # Compression is about the network: every array goes over it here, as between machines
-        # (on one host shared memory would carry the uncompressed pushes and send nothing).
-        overrides = [*CODECS[name], "workers=2", "shards=2", "consistency.mode=async", "cluster.shared_memory=false"]
-        if steps is not None:
-            overrides.append(f"train.steps={steps}")
-        argv = [sys.executable, "-m", "ps.cli", "launch", str(CONFIG), "--run-dir", str(run_dir), "--quiet"]
-        for o in overrides:
-            argv += ["--set", o]
-        started = time.time()
-        done = subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=timeout, check=False)
-        wall = time.time() - started
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
-            raise RuntimeError(f"{name}: no summary.json (launcher exit {done.returncode}): {done.stderr[-2000:]}")
-        summary = json.loads(summary_path.read_text())
-        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    last: dict[int, dict] = {}
-    for r in records:
-        if r.get("kind") == "train" and "bytes_sent" in r:
-            last[r.get("rank", -1)] = r   # each worker's count is cumulative: its last report is its total
+    # Compression is about the network: every array goes over it here, as between machines
+    # (on one host shared memory would carry the uncompressed pushes and send nothing).
+    overrides = [*CODECS[name], "workers=2", "shards=2", "consistency.mode=async", "cluster.shared_memory=false"]
+    if steps is not None:
+        overrides.append(f"train.steps={steps}")
+    job = common.launch_job(CONFIG, overrides, timeout)
+    summary, last = job.summary, job.last_train()
     result = {
-        "overrides": overrides, "status": summary.get("status"),
-        "command": "downpour launch " + str(CONFIG.relative_to(ROOT)) + "".join(f" --set {shlex.quote(o)}" for o in overrides),
+        "overrides": overrides, "status": summary.get("status"), "command": job.command,
         "bytes_sent": sum(r["bytes_sent"] for r in last.values()),
         "bytes_received": sum(r.get("bytes_received", 0) for r in last.values()),
         "workers_reporting": len(last),
         "test_accuracy": summary.get("metrics", {}).get("test_accuracy"),
         "updates_applied": summary.get("updates_applied"),
-        "wall_seconds": summary.get("wall_seconds", wall),
-        "launcher_seconds": wall,
+        "wall_seconds": summary.get("wall_seconds", job.launcher_seconds),
+        "launcher_seconds": job.launcher_seconds,
         "load_average": list(os.getloadavg()),
     }
     log.info("%s: %s, %d bytes sent, test accuracy %s, %.0f s", name, result["status"], result["bytes_sent"],

@@ -229,6 +229,33 @@ def render_compression(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_rows(record: dict[str, Any]) -> str:
+    """Updates/s and bytes per step by rows against dense, over the sockets and in shared memory."""
+    figures = record["figures"]
+    settings = ", ".join(o for o in figures["model"] if not o.startswith(("train.log_every", "target")))
+    lines = [
+        f"**Embedding tables by rows** (`compression.rows`; `{figures['config']}` with {settings}, "
+        f"{figures['steps']} steps per worker: {figures['description']}). "
+        "Updates/s: the workers' median training throughput, summed; bytes: what crossed the sockets "
+        "per step and worker, the first whole read included",
+        "",
+        "| transport | keys moved | updates/s | by rows / dense | received per step | sent per step | test bpc |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for transport, t in figures["transports"].items():
+        for way in ("dense", "rows"):
+            r = t[way]
+            speed = f"**{t['speedup']:.2f}×**" if way == "rows" else "1"
+            share = f" ({t['received_ratio']:.1%})" if way == "rows" and t.get("received_ratio") else ""
+            lines.append(f"| {transport} | {'every key' if way == 'dense' else 'rows the batches use'} "
+                         f"| {r['updates_per_s']:.1f} | {speed} | {r['received_per_step'] / 1e3:,.0f} KB{share} "
+                         f"| {r['sent_per_step'] / 1e3:,.0f} KB | {r['test_bpc']:.3f} |")
+    lines += ["", "Reference: the same job moving every key, in the same run. A job by rows applies "
+                  "exactly the dense job's updates (tests/e2e/test_rows.py checks the weights bit for bit).",
+              "", _conditions(record)]
+    return "\n".join(lines)
+
+
 # Which results file each renderer reads: add a line here for a new benchmark.
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine": render_engine,
@@ -237,6 +264,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "consistency": render_consistency,
     "simulate": render_simulate,
     "compression": render_compression,
+    "rows": render_rows,
 }
 
 
