@@ -5,7 +5,8 @@ A worker sends it in one of four ways, and each has its own checks:
     plain       one float32 frame of the range
     codec       compressed (ps/compression.py), decoded here
     grad_spans  the values of some keys only (`compression.rows`, ps/spans.py), zeros elsewhere
-    grad_at     left in the worker's shared memory (ps/shm.py), read where it lies
+    grad_at     left in the worker's shared memory (ps/shm.py), read where it lies; with
+                `grad_spans` (no frame), the keys outside which it is zero
 
 Decoded and spread gradients land in one scratch buffer, which the update rule consumes
 before the next push is read; `borrowed` tells the shard when it must copy a gradient that it
@@ -35,12 +36,15 @@ class Incoming:
         """The dense gradient of [lo, hi) that `msg` carries, and the keys outside which it is
         zero if the push said so (`grad_spans`), else None; a WireError names what is wrong."""
         ways = [f for f in WAYS if f in msg.header]
-        if len(ways) > 1:
+        if len(ways) > 1 and ways != ["grad_at", "grad_spans"]:
             raise WireError(f"push with both {ways[0]!r} and {ways[1]!r}: expected at most one way to carry it")
         if "codec" in msg.header:
             return self._decoded(msg, lo, hi), None
         if "grad_at" in msg.header:
-            return self._shared(msg.header["grad_at"], lo, hi), None
+            if msg.arrays:
+                raise WireError(f"push through shared memory with {len(msg.arrays)} array frames: expected none")
+            keys = header_spans(msg.header["grad_spans"], lo, hi, "grad_spans") if "grad_spans" in msg.header else None
+            return self._shared(msg.header["grad_at"], lo, hi), keys
         if "grad_spans" in msg.header:
             return self._spread(msg, lo, hi)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):

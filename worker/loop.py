@@ -74,8 +74,8 @@ class _Partition:
         return self.ahead.popleft() if self.ahead else self._draw(step)
 
     def peek(self, step: int, first: int, count: int) -> list:
-        """The batches of steps step + first .. step + first + count - 1, drawn now (rows are
-        read before the step that uses them) and handed out by `next` in turn."""
+        """The `count` batches from step step + 1 + first on, drawn now (their rows are read
+        before the steps that use them) and handed out by `next` in turn."""
         while len(self.ahead) < first + count:
             self.ahead.append(self._draw(step + 1 + len(self.ahead)))
         return [self.ahead[i] for i in range(first, first + count)]

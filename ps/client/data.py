@@ -177,6 +177,8 @@ class ShardClient:
                 p.grad_spans = _part(grad_spans, lo, hi) if grad_spans is not None else None
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
+                    if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
+                        header["grad_spans"] = spans.pack(p.grad_spans)
                 else:
                     self._encode(p)
             self._send(p, now)

@@ -32,14 +32,14 @@ def _last_train_records(run_dir) -> dict:
 
 
 @pytest.mark.parametrize("settings", [
-    # async, overlapped (a read serves the step after next), shards in shared memory
-    ["consistency.mode=async"],
-    # ssp over the wire, pushing every 2 steps and reading every 3 (a read serves 3 batches)
-    ["consistency.mode=ssp", "cluster.shared_memory=false", "train.push_every=2", "train.fetch_every=3"],
-    # Adagrad, where a zero gradient changes nothing: the shards step only the rows pushed,
-    # and the replica of each range applies the pushes by rows as well
-    ["consistency.mode=async", "optimizer={type: adagrad, lr: 0.05}", "shards.replication=2"],
-], ids=["async-overlap-shm", "ssp-wire-push2-fetch3", "adagrad-rows-only-replicated"])
+    # async, overlapped (a read serves the step after next), pushes through shared memory; Adagrad,
+    # where a zero gradient changes nothing, so the shards step only the rows pushed
+    ["consistency.mode=async", "optimizer={type: adagrad, lr: 0.05}"],
+    # ssp over the wire, pushing every 2 steps and reading every 3 (a read serves 3 batches);
+    # Adam (the config's), which steps every key; each range's replica gets the pushes by rows
+    ["consistency.mode=ssp", "cluster.shared_memory=false", "train.push_every=2", "train.fetch_every=3",
+     "shards.replication=2"],
+], ids=["async-overlap-shm-adagrad", "ssp-wire-push2-fetch3-adam-replicated"])
 def test_a_job_by_rows_ends_with_the_very_weights_of_the_job_that_moves_every_key(jobs, settings):
     by_rows = jobs.run(LSTM, *SMALL, *settings, "compression.rows=true")
     dense = jobs.run(LSTM, *SMALL, *settings)
