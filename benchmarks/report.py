@@ -236,8 +236,9 @@ def render_rows(record: dict[str, Any]) -> str:
     lines = [
         f"**Embedding tables by rows** (`compression.rows`; `{figures['config']}` with {settings}, "
         f"{figures['steps']} steps per worker: {figures['description']}). "
-        "Updates/s: the workers' median training throughput, summed; bytes: what crossed the sockets "
-        "per step and worker, the first whole read included",
+        f"Updates/s: the workers' median training throughput, summed, of the median of {figures.get('rounds', 1)} "
+        "runs taken in turn (all runs in brackets); bytes: what crossed the sockets per step and worker, "
+        "the first whole read included",
         "",
         "| transport | keys moved | updates/s | by rows / dense | received per step | sent per step | test bpc |",
         "|---|---|---:|---:|---:|---:|---:|",
@@ -247,8 +248,9 @@ def render_rows(record: dict[str, Any]) -> str:
             r = t[way]
             speed = f"**{t['speedup']:.2f}×**" if way == "rows" else "1"
             share = f" ({t['received_ratio']:.1%})" if way == "rows" and t.get("received_ratio") else ""
+            runs = ", ".join(f"{u:.1f}" for u in r.get("updates_per_s_samples", []))
             lines.append(f"| {transport} | {'every key' if way == 'dense' else 'rows the batches use'} "
-                         f"| {r['updates_per_s']:.1f} | {speed} | {r['received_per_step'] / 1e3:,.0f} KB{share} "
+                         f"| {r['updates_per_s']:.1f} ({runs}) | {speed} | {r['received_per_step'] / 1e3:,.0f} KB{share} "
                          f"| {r['sent_per_step'] / 1e3:,.0f} KB | {r['test_bpc']:.3f} |")
     lines += ["", "Reference: the same job moving every key, in the same run. A job by rows applies "
                   "exactly the dense job's updates (tests/e2e/test_rows.py checks the weights bit for bit).",

@@ -9,11 +9,12 @@ by rows, over the sockets (`cluster.shared_memory: false`, as between machines) 
 shared memory (the local default).
 
 Updates/s is the sum over workers of their median training throughput (the `samples_per_s`
-of each `train.log_every` window after the first, over the batch size); bytes per step are the
+of each `train.log_every` window after the first, over the batch size), and of `--rounds` runs
+of each job, taken in turn, the median run is reported; bytes per step are the
 workers' own counts of what crossed the sockets (the first, whole read included), per step.
 Same seed, same data order; async runs still differ a little, so the bpc agrees to noise.
 
-    python benchmarks/rows.py [--steps N]
+    python benchmarks/rows.py [--steps N] [--rounds R]
 
 Writes benchmarks/results/rows.json.
 """
@@ -73,15 +74,26 @@ def run(transport: str, way: str, steps: int, timeout: float) -> dict[str, Any]:
     return result
 
 
+def _median_run(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median updates/s, with every run's updates/s beside it."""
+    ordered = sorted(samples, key=lambda r: r["updates_per_s"])
+    return dict(ordered[len(ordered) // 2], updates_per_s_samples=[r["updates_per_s"] for r in samples])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=300, help="train.steps per worker")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each job, taken in turn")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per job")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     runs: dict[str, dict[str, Any]] = {}
     for transport in TRANSPORTS:
-        dense, rows = (run(transport, way, args.steps, args.timeout) for way in WAYS)
+        samples: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
+        for _ in range(args.rounds):           # dense and rows in turn, so that load hits both alike
+            for way in WAYS:
+                samples[way].append(run(transport, way, args.steps, args.timeout))
+        dense, rows = (_median_run(samples[way]) for way in WAYS)
         runs[transport] = {
             "dense": dense, "rows": rows,
             "speedup": rows["updates_per_s"] / dense["updates_per_s"],
@@ -89,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "sent_ratio": rows["sent_per_step"] / dense["sent_per_step"] if dense["sent_per_step"] else None,
         }
     figures = {"config": str(CONFIG.relative_to(ROOT)), "model": MODEL, "description": DESCRIPTION,
-               "steps": args.steps, "transports": runs}
+               "steps": args.steps, "rounds": args.rounds, "transports": runs}
     common.write_result("rows", figures)
     return 0
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import protocol as P
+
 Spans = tuple[np.ndarray, np.ndarray]
 LONG = 512                         # spans of at least this many keys are copied as slices
-MAX_SPANS = 1 << 16                # per request (16 bytes each: a 1 MiB header holds them)
+MAX_SPANS = P.MAX_SPANS
 _PAIR = np.dtype("<i8")
 
 

@@ -380,9 +380,10 @@ class ShardClient:
 
 
 def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
-    """A shard's part of model-wide spans; None when that is its whole range (a plain read)."""
+    """A shard's part of model-wide spans; None for its whole range: when that is what they
+    cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
     part = spans.clip(model_spans, lo, hi)
-    return None if spans.covers(part, lo, hi) else part
+    return None if spans.covers(part, lo, hi) or part[0].size > spans.MAX_SPANS else part
 
 
 def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:

@@ -109,3 +109,13 @@ def test_a_push_by_rows_changes_the_store_exactly_as_the_dense_push(optimizer, r
         dense.push(0, clock, lo, hi, grad)
     np.testing.assert_array_equal(by_rows.weights, dense.weights)
     assert bool(stepped_at) == rows_only      # only where a zero gradient changes nothing
+
+
+def test_a_client_asks_a_shard_for_its_whole_range_when_the_spans_cover_it_or_would_overflow_a_header():
+    from ps import protocol as P
+    from ps.client.data import _part
+    assert as_list(_part(spans((0, 10), (20, 30)), 5, 25)) == [(5, 10), (20, 25)]
+    assert _part(spans((0, 40)), 5, 25) is None
+    many = S.of_rows(0, 1, np.arange(0, 4 * (S.MAX_SPANS + 1), 2))     # every other key: no merging
+    assert _part(many, 0, 4 * (S.MAX_SPANS + 1)) is None
+    assert 2 * 16 * S.MAX_SPANS <= P.MAX_HEADER_BYTES // 2              # a read's and a push's spans fit
