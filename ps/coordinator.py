@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import zmq
 
-from . import export
+from . import export, reports
 from . import protocol as P
 from .layout import make_layout
 from .replication import backup_of, holder_of_backup
@@ -115,7 +115,7 @@ class Coordinator:
         limit = {P.SHARD: self.num_shards, EVALUATOR: 1}.get(role)
         taken = {n.rank for n in self.nodes.values() if n.role == role and n.state in (ALIVE, FINISHED, LEFT)}
         if wanted is not None:
-            if not _is_int(wanted) or wanted < 0 or (limit is not None and wanted >= limit):
+            if not reports.is_int(wanted) or wanted < 0 or (limit is not None and wanted >= limit):
                 raise WireError(f"{role} rank {wanted!r} is out of range (this job has {limit} {role}s)")
             node = self.nodes.get(f"{role}-{wanted}")
             if node is not None and node.state == ALIVE:
@@ -162,7 +162,7 @@ class Coordinator:
             self._update_stats(node, msg.body())
             reply(self.sock, msg, body=self._heartbeat_reply(node))
         elif op == P.REPORT:
-            self._record(node, _json_safe(msg.body()))
+            self._record(node, reports.json_safe(msg.body()))
             reply(self.sock, msg)
         elif op in (P.DONE, P.RESULT) and node.role != {P.DONE: P.WORKER, P.RESULT: EVALUATOR}[op]:
             raise WireError(f"{node.name} may not send {op!r}")
@@ -174,7 +174,7 @@ class Coordinator:
             self._check_progress()
         elif op == P.RESULT:
             self._export(msg)
-            self.results = {k: v for k, v in _json_safe(msg.body()).items() if isinstance(v, (int, float))}
+            self.results = {k: v for k, v in reports.json_safe(msg.body()).items() if isinstance(v, (int, float))}
             self._record(node, dict(self.results, kind="test"))
             reply(self.sock, msg)
             self._finish(P.DONE_STATE, self.reason or "finished")
@@ -214,7 +214,7 @@ class Coordinator:
 
     def _update_stats(self, node: Node, stats: dict) -> None:
         before = node.stats.get("before_restart")
-        node.stats.update(_clean_stats(stats))
+        node.stats.update(reports.clean_stats(stats))
         if before is not None:
             restored = stats.get("restored_updates")
             lost = before - (restored if isinstance(restored, int) else 0)
@@ -357,31 +357,9 @@ class Coordinator:
         return counts
 
     def write_summary(self) -> None:
-        if self.run_dir is None:
-            return
-        status = self.status()
-        shards = [n for n in status["nodes"] if n["role"] == P.SHARD]
-        target = self.config.get("target") or None
-        metrics = {k: v for k, v in self.results.items() if isinstance(v, (int, float))}
-        summary = {"status": self.state, "reason": self.reason, "job_id": self.job_id,
-                   "name": self.config["name"],
-                   "consistency": dict(self.config["consistency"]),
-                   "workers": self.num_workers, "shards": self.num_shards,
-                   "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
-                   "pushes_sent": status["pushes_sent"],
-                   "updates_per_shard": self._updates_per_range(),
-                   "duplicates_ignored": [s["stats"].get("duplicates", 0) for s in shards],
-                   "wall_seconds": status["elapsed"], "metrics": metrics,
-                   "target": _judge(target, metrics),
-                   "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),
-                   "push_staleness": _merge([s["stats"].get("push_staleness", {}) for s in shards]),
-                   "updates_rolled_back": sum(self.rolled_back.values()),
-                   "time_to_notice": [e["silent_seconds"] for e in self.events if e["event"] == "dead"],
-                   "events": self.events}
-        path = self.run_dir / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
-        tmp.replace(path)
+        if self.run_dir is not None:
+            reports.write_summary(self.run_dir / "summary.json", self.status(), self.config, self.results,
+                                  self._updates_per_range(), sum(self.rolled_back.values()), self.events)
 
     # ---- the loop ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -417,60 +395,3 @@ class Coordinator:
         if self._metrics:
             self._metrics.close()
         self.sock.close(0)
-
-
-def _merge(histograms: list[dict]) -> dict:
-    out: dict[str, int] = {}
-    for h in histograms:
-        for k, v in h.items():
-            out[k] = out.get(k, 0) + v
-    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
-
-
-def _judge(target: dict | None, metrics: dict) -> dict | None:
-    if not target:
-        return None
-    value = metrics.get(target["metric"])
-    met = None
-    if value is not None:
-        met = value >= target["min"] if target.get("min") is not None else value <= target["max"]
-    return dict(target, value=value, met=met)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-# What a node may report about itself, and the type each figure must have.
-_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates")
-_HISTOGRAMS = ("read_staleness", "push_staleness")
-
-
-def _clean_stats(stats: dict) -> dict:
-    """Keep the figures a node may report, of the right types; drop everything else."""
-    out: dict[str, Any] = {k: v for k, v in stats.items() if k in _COUNTS and _is_int(v) and 0 <= v < 1 << 62}
-    if isinstance(stats.get("address"), str):
-        out["address"] = stats["address"][:P.MAX_NAME_CHARS]
-    ranges = stats.get("ranges")
-    if isinstance(ranges, dict) and len(ranges) <= 1024:
-        out["ranges"] = {k: v for k, v in ranges.items() if isinstance(k, str) and k.isdigit() and _is_int(v) and v >= 0}
-    for key in _HISTOGRAMS:
-        h = stats.get(key)
-        if isinstance(h, dict) and len(h) <= 256:
-            out[key] = {k: v for k, v in h.items() if isinstance(k, str) and k.isdigit() and _is_int(v) and v >= 0}
-    return out
-
-
-def _json_safe(value: Any, depth: int = 0) -> Any:
-    """A copy that json.dumps accepts (string keys, plain scalars), bounded in depth."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else str(value)
-    if depth > 8:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v, depth + 1) for k, v in value.items() if isinstance(k, str)}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v, depth + 1) for v in value]
-    return repr(value)[:100]
