@@ -10,6 +10,7 @@ on the shard, exactly as before).
 """
 from __future__ import annotations
 
+import collections
 from typing import Iterable
 
 import numpy as np
@@ -30,15 +31,19 @@ class RowPlan:
         shapes = dict(flat.specs)
         self.tables = {name: (where[name][0], int(np.prod(shapes[name][1:], dtype=np.int64))) for name in names}
         self.dense = spans.union(*(spans.whole(*where[name]) for name, _ in flat.specs if name not in self.tables))
+        self._recent: collections.deque = collections.deque(maxlen=8)
 
     def keys(self, batches: Iterable[np.ndarray]) -> spans.Spans:
         """Every key that a step on any of `batches` (model inputs) reads or changes."""
-        rows: dict[str, list[np.ndarray]] = {name: [] for name in self.tables}
-        for x in batches:
-            for name, used in self.net.rows_used(x).items():
-                rows[name].append(np.asarray(used).reshape(-1))
-        parts = [self.dense]
-        for name, (offset, width) in self.tables.items():
-            if rows[name]:
-                parts.append(spans.of_rows(offset, width, np.concatenate(rows[name])))
-        return spans.union(*parts)
+        return spans.union(self.dense, *(part for x in batches for part in self._rows_of(x)))
+
+    def _rows_of(self, x: np.ndarray) -> list[spans.Spans]:
+        """The spans of the rows batch `x` uses, kept for the few batches between the read
+        that fetches a batch's rows and the push that sends its gradient."""
+        for seen, parts in self._recent:
+            if seen is x:
+                return parts
+        used = self.net.rows_used(x)
+        parts = [spans.of_rows(offset, width, used[name]) for name, (offset, width) in self.tables.items()]
+        self._recent.append((x, parts))
+        return parts
