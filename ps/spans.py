@@ -100,40 +100,36 @@ def positions(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     return np.repeat(starts - begin, lengths) + np.arange(total, dtype=np.int64)
 
 
-def _parts(spans: Spans) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Long spans' indices, and the keys and value positions of the short ones."""
+def pieces(spans: Spans, base: int) -> tuple[list[tuple[int, int, int]], np.ndarray, np.ndarray]:
+    """The long spans as (first key - base, last key - base + 1, first value), and the keys
+    (less base) and value positions of the short ones, through which they are copied at once."""
     starts, stops = spans
     lengths = stops - starts
     at = np.cumsum(lengths) - lengths                # each span's first value in the packed array
     long = lengths >= LONG
     short = ~long
-    return np.flatnonzero(long), positions(starts[short], stops[short]), positions(at[short], at[short] + lengths[short])
+    slices = list(zip((starts[long] - base).tolist(), (stops[long] - base).tolist(), at[long].tolist()))
+    return slices, positions(starts[short], stops[short]) - base, positions(at[short], at[short] + lengths[short])
 
 
 def gather(source: np.ndarray, base: int, spans: Spans) -> np.ndarray:
     """A new array of the keys in `spans` from `source`, which holds keys [base, base + len)."""
-    starts, stops = spans
     out = np.empty(size(spans), source.dtype)
-    longs, keys, at = _parts(spans)
-    offsets = np.cumsum(stops - starts) - (stops - starts)
-    for i in longs:
-        a, b, o = int(starts[i]) - base, int(stops[i]) - base, int(offsets[i])
+    slices, keys, at = pieces(spans, base)
+    for a, b, o in slices:
         out[o:o + b - a] = source[a:b]
     if keys.size:
-        out[at] = source[keys - base]
+        out[at] = source[keys]
     return out
 
 
 def scatter(dest: np.ndarray, base: int, spans: Spans, values: np.ndarray) -> None:
     """Write `values` (the keys of `spans`, packed) into `dest`, which holds keys [base, ...)."""
-    starts, stops = spans
-    longs, keys, at = _parts(spans)
-    offsets = np.cumsum(stops - starts) - (stops - starts)
-    for i in longs:
-        a, b, o = int(starts[i]) - base, int(stops[i]) - base, int(offsets[i])
+    slices, keys, at = pieces(spans, base)
+    for a, b, o in slices:
         dest[a:b] = values[o:o + b - a]
     if keys.size:
-        dest[keys - base] = values[at]
+        dest[keys] = values[at]
 
 
 def pack(spans: Spans) -> bytes:

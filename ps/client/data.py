@@ -399,13 +399,8 @@ def _deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np
     if isinstance(out, np.ndarray):
         spans.scatter(out, 0, wanted, values)
         return
-    starts, stops = wanted
-    lengths = stops - starts
-    at = np.cumsum(lengths) - lengths
-    long = lengths >= spans.LONG
-    for a, b, o in zip(starts[long].tolist(), stops[long].tolist(), at[long].tolist()):
+    slices, keys, at = spans.pieces(wanted, 0)
+    for a, b, o in slices:
         out.receive(a, b, values[o:o + b - a], keep=keep)
-    short = ~long
-    if short.any():
-        out.receive_at(spans.positions(starts[short], stops[short]),
-                       values[spans.positions(at[short], at[short] + lengths[short])])
+    if keys.size:
+        out.receive_at(keys, values[at])
