@@ -6,7 +6,8 @@ the same for the batches it has computed, whose gradient is zero on every other 
 worker sees and what the shards apply are the same as without it, key for key: the rows it
 does not read, it does not use, and the rows it does not push carry a zero gradient, which a
 dense push would have carried as zeros (so momentum, Adam and weight decay still act on them
-on the shard, exactly as before).
+on the shard, exactly as before; where a zero changes nothing, the shard skips them:
+`Rule.zero_is_noop`).
 """
 from __future__ import annotations
 
