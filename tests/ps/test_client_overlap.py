@@ -113,3 +113,32 @@ def test_a_round_trip_that_waits_in_vain_asks_give_up_and_ends_when_it_raises(tw
         client.pull(0, np.zeros(SIZE, np.float32))    # the shards never answer
     client.close()
     assert len(asked) == 2 and time.monotonic() - began < 10.0    # not the 60 s timeout
+
+
+def test_a_round_trip_by_spans_sends_each_shard_its_part_and_writes_only_those_keys(two_shards):
+    """Model-wide spans are cut at the shard boundary (500): a push carries the values of its
+    part only, a read gets them back packed, and every other key of `out` keeps its value."""
+    from ps import spans
+    _, socks, layout, client = two_shards
+    grad = np.arange(SIZE, dtype=np.float32)
+    pushed = (np.array([10, 490, 900]), np.array([20, 510, 905]))     # [490, 510) straddles shards
+    read = (np.array([0, 495]), np.array([5, 600]))
+    out = np.full(SIZE, -1.0, np.float32)
+    trip = client.start(P.PUSH_PULL, 0, grad, out, grad_spans=pushed, read_spans=read)
+    weights = np.full(SIZE, 7.0, np.float32)
+    for shard, sock in enumerate(socks):
+        assert sock.poll(5000)
+        msg = recv(sock, router=True)
+        lo, hi = layout.ranges[shard]
+        mine, wanted = spans.clip(pushed, lo, hi), spans.clip(read, lo, hi)
+        np.testing.assert_array_equal(np.frombuffer(msg.header["grad_spans"], "<i8"), np.stack(mine, 1).ravel())
+        np.testing.assert_array_equal(msg.arrays[0], grad[spans.positions(*mine)])
+        assert spans.unpack(msg.header["read_spans"], lo, hi)[0].tolist() == wanted[0].tolist()
+        reply(sock, msg, arrays=(spans.gather(weights, 0, wanted),), version=1, clock=1)
+    client.finish(trip)
+    at = spans.positions(*read)
+    np.testing.assert_array_equal(out[at], 7.0)
+    untouched = np.ones(SIZE, bool)
+    untouched[at] = False
+    assert np.all(out[untouched] == -1.0)
+    assert client.bytes_sent == 4 * spans.size(pushed) and client.bytes_received == 4 * spans.size(read)
