@@ -4,13 +4,14 @@ A worker sends it in one of four ways, and each has its own checks:
 
     plain       one float32 frame of the range
     codec       compressed (ps/compression.py), decoded here
-    grad_spans  the values of some keys only (`compression.rows`, ps/spans.py), zeros elsewhere
+    grad_spans  the values of some keys only (`compression.rows`, ps/spans.py), zeros elsewhere:
+                handed on packed, with the keys, for the store to step those keys alone
     grad_at     left in the worker's shared memory (ps/shm.py), read where it lies; with
-                `grad_spans` (no frame), the keys outside which it is zero
+                `grad_spans` (no frame), the keys outside which it is zero, gathered packed
 
-Decoded and spread gradients land in one scratch buffer, which the update rule consumes
-before the next push is read; `borrowed` tells the shard when it must copy a gradient that it
-keeps longer (to forward to its backup).
+Decoded gradients land in one scratch buffer, which the update rule consumes before the next
+push is read; `borrowed` tells the shard when it must copy a gradient that it keeps longer (to
+forward to its backup).
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ class Incoming:
         self.attached = shm.Attached()          # local workers' gradient buffers
 
     def gradient(self, msg: Message, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans | None]:
-        """The dense gradient of [lo, hi) that `msg` carries, and the keys outside which it is
-        zero if the push said so (`grad_spans`), else None; a WireError names what is wrong."""
+        """(the dense gradient of [lo, hi), None), or for a push by rows (the values of its
+        keys, packed, the keys); a WireError names what is wrong."""
         ways = [f for f in WAYS if f in msg.header]
         if len(ways) > 1 and ways != ["grad_at", "grad_spans"]:
             raise WireError(f"push with both {ways[0]!r} and {ways[1]!r}: expected at most one way to carry it")
@@ -43,10 +44,13 @@ class Incoming:
         if "grad_at" in msg.header:
             if msg.arrays:
                 raise WireError(f"push through shared memory with {len(msg.arrays)} array frames: expected none")
-            keys = header_spans(msg.header["grad_spans"], lo, hi, "grad_spans") if "grad_spans" in msg.header else None
-            return self._shared(msg.header["grad_at"], lo, hi), keys
+            grad = self._shared(msg.header["grad_at"], lo, hi)
+            if "grad_spans" not in msg.header:
+                return grad, None
+            keys = header_spans(msg.header["grad_spans"], lo, hi, "grad_spans")
+            return spans.gather(grad, lo, keys), keys
         if "grad_spans" in msg.header:
-            return self._spread(msg, lo, hi)
+            return self._packed(msg, lo, hi)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (hi - lo,):
             got = [(a.dtype.name, a.shape) for a in msg.arrays]
             raise WireError(f"push to [{lo}, {hi}) needs one float32 array of shape ({hi - lo},), got {got}")
@@ -70,17 +74,14 @@ class Incoming:
         except CodecError as err:
             raise WireError(f"push to [{lo}, {hi}): {err}") from None
 
-    def _spread(self, msg: Message, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans]:
-        """A push of some keys only: their values, and zeros elsewhere."""
+    def _packed(self, msg: Message, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans]:
+        """A push of some keys only: their values, as they came, and the keys."""
         pushed = header_spans(msg.header["grad_spans"], lo, hi, "grad_spans")
         n = spans.size(pushed)
         if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.float32 or msg.arrays[0].shape != (n,):
             got = [(a.dtype.name, a.shape) for a in msg.arrays]
             raise WireError(f"push of {n} keys by spans needs one float32 array of shape ({n},), got {got}")
-        grad = self._scratch(hi - lo)
-        grad.fill(0.0)
-        spans.scatter(grad, lo, pushed, msg.arrays[0])
-        return grad, pushed
+        return msg.arrays[0], pushed
 
     def _shared(self, ref: Any, lo: int, hi: int) -> np.ndarray:
         """A local worker's gradient, read where the worker wrote it: no copy. The worker

@@ -59,14 +59,13 @@ class Replicator:
     def forward(self, rng: int, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version,
                 keys: spans.Spans | None = None) -> int | None:
         """Send one applied push to the backup holder; the seq to hold replies on (None: no
-        backup). A push by rows (`keys`) goes on by rows, gathered into a new array."""
+        backup). A push by rows (`keys`, `grad` their packed values) goes on by rows."""
         if self.channel is None:
             return None
         header = {"op": P.REPLICATE, "job": self.job, "from": self.sender, "range": rng, "worker": worker,
                   "clock": clock, "lo": lo, "hi": hi, "read_version": read_version}
         if keys is not None:
             header["grad_spans"] = spans.pack(keys)
-            grad = spans.gather(grad, lo, keys)
         seq = self.channel.send(header, (grad,))
         self.waiting[seq] = []
         self.forwarded += 1

@@ -255,8 +255,8 @@ class Shard:
             except StalePush as exc:
                 raise WireError(str(exc)) from None
             if new and store is self.store:
-                borrowed = self.incoming.borrowed(grad) or "grad_at" in h
-                if borrowed and keys is None and self.replicator.channel is not None:
+                borrowed = self.incoming.borrowed(grad) or ("grad_at" in h and keys is None)
+                if borrowed and self.replicator.channel is not None:
                     grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
                 held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"), keys)
         if msg.op == P.PUSH:
@@ -318,18 +318,18 @@ class Shard:
             on_record = store.admit_read(worker, clock)
             reply(self.sock, msg, version=store.updates_applied, clock=on_record, segment=seg.ref,
                   offset=h["lo"] - store.lo)
-        elif wanted is not None:  # some keys only: gathered afresh, so no snapshot is needed
-            on_record = store.admit_read(worker, clock)
-            weights = spans.gather(store.weights, store.lo, wanted)
+        else:
+            if wanted is not None:  # some keys only: gathered afresh, so no snapshot is needed
+                on_record = store.admit_read(worker, clock)
+                weights = spans.gather(store.weights, store.lo, wanted)
+            else:
+                snapshot, on_record = store.read(worker, clock, h["lo"], h["hi"])
+                frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
+                if frame is None or frame[0] is not store.snapshot or frame[1:3] != (h["lo"], h["hi"]):
+                    frame = self.frames[store.lo] = (store.snapshot, h["lo"], h["hi"], SharedFrame(snapshot))
+                weights = frame[3]
             where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
             reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
-        else:
-            weights, on_record = store.read(worker, clock, h["lo"], h["hi"])
-            frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
-            if frame is None or frame[0] is not store.snapshot or frame[1:3] != (h["lo"], h["hi"]):
-                frame = self.frames[store.lo] = (store.snapshot, h["lo"], h["hi"], SharedFrame(weights))
-            where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
-            reply(self.sock, msg, arrays=(frame[3],), version=store.updates_applied, clock=on_record, **where)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:

@@ -47,13 +47,16 @@ class ParameterStore:
         self.updates_applied = 0
         self.push_staleness: collections.Counter = collections.Counter()
         self._snapshot: tuple[int, np.ndarray] | None = None
+        self._scratch = np.empty(0, np.float32)  # pushes by rows spread here when the rule needs every key
 
     # ---- writes --------------------------------------------------------------------------
     def push(self, worker: int, clock: int, lo: int, hi: int, grad: np.ndarray, read_version: Any = None,
              keys: spans.Spans | None = None) -> bool:
-        """Apply (or, in bsp, hold) one push; False if this push id was applied before. `keys`,
-        if given, are the only keys where `grad` is not zero (a push by rows): where the update
-        rule lets a zero gradient change nothing, only those are stepped."""
+        """Apply (or, in bsp, hold) one push; False if this push id was applied before.
+
+        With `keys` (a push by rows), `grad` holds the values of those keys only, packed, and
+        the gradient is zero everywhere else: where the update rule lets a zero change nothing,
+        only those keys are stepped; otherwise the push is spread to [lo, hi) first."""
         if self.pushes.seen(worker, clock, lo, hi):
             self.duplicates += 1
             return False
@@ -64,12 +67,18 @@ class ParameterStore:
         if apply_now:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
-            self._step(lo, hi, grad, keys)
+            if keys is not None and self.rule.zero_is_noop:
+                self._step_at(keys, grad)
+            else:
+                self._step(lo, hi, grad if keys is None else self._spread(lo, hi, keys, grad))
         else:
             total = self.bsp_sums.get(clock)
             if total is None:
                 total = self.bsp_sums[clock] = np.zeros_like(self.weights)
-            total[lo - self.lo:hi - self.lo] += grad
+            if keys is None:
+                total[lo - self.lo:hi - self.lo] += grad
+            else:
+                total[spans.positions(*keys) - self.lo] += grad
             self.bsp_counts[clock] += 1
         self.pushes.add(worker, clock, lo, hi)
         self.pushes_applied += 1
@@ -88,13 +97,29 @@ class ParameterStore:
     def set_live(self, workers: list[int]) -> None:
         self.apply_completed(self.consistency.set_live(workers))
 
-    def _step(self, lo: int, hi: int, grad: np.ndarray, keys: spans.Spans | None = None) -> None:
+    def _spread(self, lo: int, hi: int, keys: spans.Spans, values: np.ndarray) -> np.ndarray:
+        """The dense gradient of [lo, hi) that a push by rows stands for, in a scratch buffer
+        that the step consumes at once."""
+        if self._scratch.size < hi - lo:
+            self._scratch = np.empty(hi - lo, np.float32)
+        dense = self._scratch[:hi - lo]
+        dense.fill(0.0)
+        spans.scatter(dense, lo, keys, values)
+        return dense
+
+    def _step_at(self, keys: spans.Spans, values: np.ndarray) -> None:
+        """Step only the pushed keys: the rule leaves the others as a zero gradient would."""
+        self._set_lr()
+        self.rule.step_at(self.weights, values, spans.positions(*keys) - self.lo)
+        self.updates_applied += 1
+
+    def _set_lr(self) -> None:
         if self.schedule.kind != "constant":
             self.rule.lr = self.schedule.lr_at(self.updates_applied)
-        if keys is not None and self.rule.zero_is_noop:
-            at = spans.positions(*keys) - self.lo
-            self.rule.step_at(self.weights, grad[at - (lo - self.lo)], at)
-        elif lo == self.lo and hi == self.hi:
+
+    def _step(self, lo: int, hi: int, grad: np.ndarray) -> None:
+        self._set_lr()
+        if lo == self.lo and hi == self.hi:
             self.rule.step(self.weights, grad)
         else:
             a, b = lo - self.lo, hi - self.lo

@@ -175,3 +175,32 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
                 os.killpg(p.pid, signal.SIGKILL)
             p.wait()
         ctx.term()
+
+
+def last_train_reports(run_dir: pathlib.Path) -> dict[int, dict]:
+    """Each worker's last training report in a run's metrics.jsonl (its byte counts are cumulative)."""
+    last = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "train":
+            last[record["rank"]] = record
+    return last
+
+
+def ask_shard(rig: dict, header: dict, arrays=()):
+    """One request to the shard of a `coordinator_and_shard` rig, its reply decoded. The
+    header gets seq 5, the rig's job and the whole key range unless it says otherwise."""
+    import zmq
+
+    from ps.wire import decode, encode
+
+    sock = rig["ctx"].socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(rig["shard"])
+    try:
+        sock.send_multipart(encode({"seq": 5, "job": rig["job"], "lo": 0, "hi": rig["initial"].size, **header}, arrays))
+        assert sock.poll(5000), "no reply"
+        return decode(sock.recv_multipart())
+    finally:
+        sock.close()
+

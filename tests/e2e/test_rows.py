@@ -1,17 +1,14 @@
 """Embedding tables by rows (`compression.rows`): a worker reads only the rows its coming
 batches use and pushes only the rows its batches touched, and trains exactly as if it moved
 every key; a live shard serves reads and pushes by key spans and refuses bad ones by name."""
-import json
 
 import numpy as np
 import pytest
-import zmq
 
 from ps import protocol as P
 from ps import spans
 from ps.checkpoint import assemble
-from ps.wire import decode, encode
-from tests.conftest import CONFIGS, coordinator_and_shard
+from tests.conftest import CONFIGS, ask_shard, coordinator_and_shard, last_train_reports
 
 pytestmark = pytest.mark.e2e
 LSTM = CONFIGS / "jargon_lstm.yaml"
@@ -20,15 +17,6 @@ LSTM = CONFIGS / "jargon_lstm.yaml"
 SMALL = ["workers=1", "shards=2", "train.steps=30", "model.hidden=32", "model.dropout=0",
          "model.ngram_buckets=20000", "data.max_chars=200000", "data.seq_len=32", "train.batch_size=8",
          "train.log_every=10", "target=null"]
-
-
-def _last_train_records(run_dir) -> dict:
-    last = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            last[record["rank"]] = record
-    return last
 
 
 @pytest.mark.parametrize("settings", [
@@ -47,7 +35,7 @@ def test_a_job_by_rows_ends_with_the_very_weights_of_the_job_that_moves_every_ke
     np.testing.assert_array_equal(assemble(by_rows["_run_dir"]), assemble(dense["_run_dir"]))
     assert by_rows["metrics"] == dense["metrics"]
     if "cluster.shared_memory=false" in settings:   # what crossed the sockets
-        rows, every = _last_train_records(by_rows["_run_dir"])[0], _last_train_records(dense["_run_dir"])[0]
+        rows, every = last_train_reports(by_rows["_run_dir"])[0], last_train_reports(dense["_run_dir"])[0]
         first = assemble(dense["_run_dir"]).nbytes              # the first read is always whole
         assert rows["bytes_received"] - first < 0.1 * (every["bytes_received"] - first)
         assert rows["bytes_sent"] < 0.1 * every["bytes_sent"]
@@ -68,14 +56,9 @@ def test_a_live_shard_reads_and_pushes_by_key_spans_and_refuses_bad_spans_by_nam
     exactly those keys, packed; every malformed request gets an ERROR reply and changes nothing."""
     with coordinator_and_shard(tmp_path, ["optimizer.momentum=0"]) as rig:
         n, initial = rig["initial"].size, rig["initial"]
-        sock = rig["ctx"].socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(rig["shard"])
 
         def ask(header, arrays=()):
-            sock.send_multipart(encode({"seq": 5, "job": rig["job"], "lo": 0, "hi": n, **header}, arrays))
-            assert sock.poll(5000), "no reply"
-            return decode(sock.recv_multipart())
+            return ask_shard(rig, header, arrays)
 
         def read(wanted=None):
             extra = {} if wanted is None else {"read_spans": spans.pack(wanted)}
@@ -84,31 +67,28 @@ def test_a_live_shard_reads_and_pushes_by_key_spans_and_refuses_bad_spans_by_nam
             return reply.arrays[0]
 
         wanted = (np.array([3, 100, n - 2]), np.array([7, 110, n]))
-        try:
-            np.testing.assert_array_equal(read(wanted), np.concatenate([initial[3:7], initial[100:110], initial[-2:]]))
+        np.testing.assert_array_equal(read(wanted), np.concatenate([initial[3:7], initial[100:110], initial[-2:]]))
 
-            pushed = (np.array([10, 40]), np.array([12, 43]))
-            values = np.array([1, 2, 3, 4, 5], np.float32)
-            ok = ask({"op": P.PUSH, "from": "worker-0", "clock": 1, "grad_spans": spans.pack(pushed)}, [values])
-            assert ok.op == P.OK, ok.header
-            after = read()
-            keys = spans.positions(*pushed)
-            np.testing.assert_array_equal(np.flatnonzero(after != initial), keys)
-            np.testing.assert_allclose(after[keys], initial[keys] - np.float32(0.1) * values, rtol=1e-6)
+        pushed = (np.array([10, 40]), np.array([12, 43]))
+        values = np.array([1, 2, 3, 4, 5], np.float32)
+        ok = ask({"op": P.PUSH, "from": "worker-0", "clock": 1, "grad_spans": spans.pack(pushed)}, [values])
+        assert ok.op == P.OK, ok.header
+        after = read()
+        keys = spans.positions(*pushed)
+        np.testing.assert_array_equal(np.flatnonzero(after != initial), keys)
+        np.testing.assert_allclose(after[keys], initial[keys] - np.float32(0.1) * values, rtol=1e-6)
 
-            outside = spans.pack((np.array([n - 1]), np.array([n + 1])))
-            for header, arrays, reason in [
-                ({"op": P.PULL, "clock": 0, "read_spans": outside}, [],
-                 f"header field 'read_spans': spans [{n - 1}, {n + 1}) reach outside the range [0, {n})"),
-                ({"op": P.PUSH_PULL, "clock": 2, "grad_spans": spans.pack(pushed), "read_spans": b"\x01"}, [values],
-                 "header field 'read_spans': spans of 1 bytes: expected a multiple of 16 bytes"),
-                ({"op": P.PUSH, "clock": 2, "grad_spans": spans.pack(pushed)}, [values[:4]],
-                 "push of 5 keys by spans needs one float32 array of shape (5,)"),
-                ({"op": P.PUSH, "clock": 2, "grad_spans": spans.pack(pushed), "codec": "fp16", "exponent": 0},
-                 [values.astype(np.float16)], "push with both 'codec' and 'grad_spans'"),
-            ]:
-                bad = ask({"from": "worker-0", **header}, arrays)
-                assert bad.op == P.ERROR and reason in bad.header["reason"], bad.header
-            np.testing.assert_array_equal(read(), after)        # nothing applied, still serving
-        finally:
-            sock.close()
+        outside = spans.pack((np.array([n - 1]), np.array([n + 1])))
+        for header, arrays, reason in [
+            ({"op": P.PULL, "clock": 0, "read_spans": outside}, [],
+             f"header field 'read_spans': spans [{n - 1}, {n + 1}) reach outside the range [0, {n})"),
+            ({"op": P.PUSH_PULL, "clock": 2, "grad_spans": spans.pack(pushed), "read_spans": b"\x01"}, [values],
+             "header field 'read_spans': spans of 1 bytes: expected a multiple of 16 bytes"),
+            ({"op": P.PUSH, "clock": 2, "grad_spans": spans.pack(pushed)}, [values[:4]],
+             "push of 5 keys by spans needs one float32 array of shape (5,)"),
+            ({"op": P.PUSH, "clock": 2, "grad_spans": spans.pack(pushed), "codec": "fp16", "exponent": 0},
+             [values.astype(np.float16)], "push with both 'codec' and 'grad_spans'"),
+        ]:
+            bad = ask({"from": "worker-0", **header}, arrays)
+            assert bad.op == P.ERROR and reason in bad.header["reason"], bad.header
+        np.testing.assert_array_equal(read(), after)        # nothing applied, still serving

@@ -1,13 +1,12 @@
 """End to end: real coordinator, shard, evaluator and worker processes talking ZeroMQ over
 loopback TCP, started by `downpour launch` exactly as a user starts them."""
-import json
 
 import numpy as np
 import pytest
 
 from ps import config as job_config
 from ps.checkpoint import assemble
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, last_train_reports
 from worker.local import train_local
 
 pytestmark = pytest.mark.e2e
@@ -74,12 +73,7 @@ def test_a_learning_rate_schedule_runs_the_same_on_the_shards_as_in_one_process(
 
 
 def _bytes_pushed(run_dir) -> int:
-    last = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record.get("kind") == "train":
-            last[record["rank"]] = record["bytes_sent"]
-    return sum(last.values())
+    return sum(r["bytes_sent"] for r in last_train_reports(run_dir).values())
 
 
 @pytest.mark.parametrize("codec, share", [("fp16", 0.5), ("topk", 0.02), ("onebit", 1 / 32)])

@@ -4,14 +4,13 @@ import math
 
 import numpy as np
 import pytest
-import zmq
 
 from ps import config
 from ps import protocol as P
 from ps.compression import CODECS, CodecError, Compressor, decode, wire_bytes
-from ps.wire import WireError, encode
+from ps.wire import WireError
 from ps.wire import decode as wire_decode
-from tests.conftest import CONFIGS, coordinator_and_shard
+from tests.conftest import CONFIGS, ask_shard, coordinator_and_shard
 from tests.e2e.wire_mutator import Mutator, template_frames
 
 N = 1000
@@ -308,33 +307,25 @@ def test_a_live_shard_decodes_compressed_pushes_and_refuses_malformed_ones(tmp_p
     reply naming the problem, changes nothing, and the shard keeps serving."""
     with coordinator_and_shard(tmp_path, ["optimizer.momentum=0"]) as rig:
         n, initial = rig["initial"].size, rig["initial"]
-        sock = rig["ctx"].socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(rig["shard"])
 
         def ask(header, arrays=()):
-            sock.send_multipart(encode({"seq": 5, "job": rig["job"], "lo": 0, "hi": n, **header}, arrays))
-            assert sock.poll(5000), "no reply"
-            return wire_decode(sock.recv_multipart())
+            return ask_shard(rig, header, arrays)
 
         def pull():
             reply = ask({"op": P.PULL, "from": "client-0", "clock": 0})
             assert reply.op == P.OK
             return reply.arrays[0]
 
-        try:
-            bad = ask({"op": P.PUSH, "from": "worker-0", "clock": 1, "codec": "topk", "count": 2},
-                      [u32(9, 3), f32(1, 1)])
-            assert bad.op == P.ERROR and bad.header["reason"] == (
-                f"push to [0, {n}): topk indices not strictly increasing: expected sorted indices without repeats")
-            np.testing.assert_array_equal(pull(), initial)
+        bad = ask({"op": P.PUSH, "from": "worker-0", "clock": 1, "codec": "topk", "count": 2},
+                  [u32(9, 3), f32(1, 1)])
+        assert bad.op == P.ERROR and bad.header["reason"] == (
+            f"push to [0, {n}): topk indices not strictly increasing: expected sorted indices without repeats")
+        np.testing.assert_array_equal(pull(), initial)
 
-            idx, values = u32(3, 10, n - 1), f32(1.0, -2.0, 0.5)
-            ok = ask({"op": P.PUSH, "from": "worker-0", "clock": 2, "codec": "topk", "count": 3}, [idx, values])
-            assert ok.op == P.OK, ok.header
-            after = pull()
-            moved = np.flatnonzero(after != initial)
-            np.testing.assert_array_equal(moved, idx)
-            np.testing.assert_allclose(after[idx], initial[idx] - np.float32(0.1) * values, rtol=1e-6)
-        finally:
-            sock.close()
+        idx, values = u32(3, 10, n - 1), f32(1.0, -2.0, 0.5)
+        ok = ask({"op": P.PUSH, "from": "worker-0", "clock": 2, "codec": "topk", "count": 3}, [idx, values])
+        assert ok.op == P.OK, ok.header
+        after = pull()
+        moved = np.flatnonzero(after != initial)
+        np.testing.assert_array_equal(moved, idx)
+        np.testing.assert_allclose(after[idx], initial[idx] - np.float32(0.1) * values, rtol=1e-6)
