@@ -4,7 +4,7 @@ For the MLP (784-512-512-10, batch 128, SGD) and LeNet-5 (batch 64, Adam) on Fas
 with 1, 2 and 4 workers and 1 and 2 shards (async), three contenders run the same model, batch,
 data and update rule, in alternation, in one run:
 
-- downpour: a real local cluster (`python -m ps.cli launch`), its rate read from the workers'
+- downpour: a real local cluster (`python -P -m downpour launch`), its rate read from the workers'
   metrics (steps between their first and last report over the time between them, so start-up,
   data loading and the final evaluation are not counted);
 - the no-communication ceiling: N processes, each computing gradients and applying the update
@@ -13,7 +13,7 @@ data and update rule, in alternation, in one run:
   actors looping pull-compute-push (one `push_pull` call per step, as the naive loop of issue
   #6). Ray is not a dependency of downpour: it runs under the interpreter given by `--ray-python`
   (a virtualenv of its own, e.g. `python -m venv /tmp/raybench && /tmp/raybench/bin/pip install
-  ray numpy numba`), with the project on PYTHONPATH; without one, that column is skipped and the
+  ray numpy numba`), with the project installed in it (`pip install -e . --no-deps`); without one, that column is skipped and the
   reason recorded.
 
     python benchmarks/cluster.py [--seconds 10] [--workers 1,2,4] [--shards 1,2] [--models mlp,lenet5]
@@ -76,8 +76,8 @@ class LocalStep:
     """One worker's gradient computation, exactly as `worker.loop` does it, without the network."""
 
     def __init__(self, config: dict, rank: int, world: int):
-        from worker.job import build_job  # noqa: PLC0415 - also runs under the Ray interpreter
-        from model import optim  # noqa: PLC0415
+        from downpour.worker.job import build_job  # noqa: PLC0415 - also runs under the Ray interpreter
+        from downpour.model import optim  # noqa: PLC0415
 
         self.config = config
         self.job = build_job(config, rank=rank)
@@ -89,7 +89,7 @@ class LocalStep:
         self.job.net.train()
 
     def gradient(self) -> np.ndarray:
-        from worker.objective import batch_loss  # noqa: PLC0415
+        from downpour.worker.objective import batch_loss  # noqa: PLC0415
 
         x, y = next(self.batches)
         loss = batch_loss(self.job.net, self.job.data.kind, x, y)
@@ -185,7 +185,6 @@ def run_ray(python: str | None, config: dict, workers: int, seconds: float) -> d
     if not python:
         return {"skipped": "no --ray-python interpreter given"}
     env = _env()
-    env["PYTHONPATH"] = str(ROOT)
     try:
         done = subprocess.run([python, __file__, "--ray-part", json.dumps(config), str(workers), str(seconds)],
                               capture_output=True, env=env, timeout=300 + 3 * seconds, check=False)
@@ -204,7 +203,7 @@ def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int,
     path, overrides = job_config(model, workers, shards, (f"train.steps={steps}", "train.log_every=25", *extra))
     with tempfile.TemporaryDirectory(prefix="downpour-cluster-") as tmp:
         run_dir = pathlib.Path(tmp) / "run"
-        argv = [sys.executable, "-m", "ps.cli", "launch", path, "--run-dir", str(run_dir), "--quiet"]
+        argv = [sys.executable, "-P", "-m", "downpour", "launch", path, "--run-dir", str(run_dir), "--quiet"]
         for o in overrides:
             argv += ["--set", o]
         done = subprocess.run(argv, cwd=ROOT, capture_output=True, env=_env(), timeout=600,
@@ -229,9 +228,7 @@ def run_downpour(model: str, workers: int, shards: int, steps: int, batch: int,
 
 # ---- plumbing ------------------------------------------------------------------------------------
 def _env() -> dict[str, str]:
-    env = dict(os.environ, **ENV_ONE_THREAD)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return env
+    return dict(os.environ, **ENV_ONE_THREAD)
 
 
 def _totals(counts: list[dict[str, float]], config: dict) -> dict[str, Any]:
@@ -251,7 +248,7 @@ def measure_row(args: argparse.Namespace, model: str, workers: int, rounds: int,
                 variants: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """One (model, workers) row: ceiling, downpour with each shard count (and each variant, on 1
     shard) and Ray, in alternation."""
-    from ps import config as job_config_module  # noqa: PLC0415
+    from downpour.ps import config as job_config_module  # noqa: PLC0415
 
     path, overrides = job_config(model, workers, 1)
     config = job_config_module.load(path, overrides)

@@ -215,12 +215,12 @@ def launch_job(config: pathlib.Path, overrides: list[str], timeout: float) -> Jo
     root = RESULTS.parent.parent
     with tempfile.TemporaryDirectory(prefix="downpour-bench-") as tmp:
         run_dir = pathlib.Path(tmp) / "run"
-        argv = [sys.executable, "-m", "ps.cli", "launch", str(config), "--run-dir", str(run_dir), "--quiet"]
+        argv = [sys.executable, "-P", "-m", "downpour", "launch", str(config), "--run-dir", str(run_dir), "--quiet"]
         for o in overrides:
             argv += ["--set", o]
         started = time.time()
         done = subprocess.run(argv, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=str(root)), timeout=timeout, check=False)
+                              timeout=timeout, check=False)
         wall = time.time() - started
         summary_path = run_dir / "summary.json"
         if not summary_path.exists():

@@ -85,13 +85,12 @@ def run_mode(name: str, target: float, eval_every: int, max_steps: int) -> dict[
     """One job under consistency mode `name`, stopped at the target; times and waiting."""
     with tempfile.TemporaryDirectory(prefix="downpour-consistency-") as tmp:
         run_dir = pathlib.Path(tmp) / "run"
-        argv = [sys.executable, "-m", "ps.cli", "launch", str(CONFIG), "--run-dir", str(run_dir), "--quiet"]
+        argv = [sys.executable, "-P", "-m", "downpour", "launch", str(CONFIG), "--run-dir", str(run_dir), "--quiet"]
         for o in [*MODES[name], "workers=2", "shards=2", f"train.steps={max_steps}", "train.log_every=25",
                   f"eval.every={eval_every}"]:
             argv += ["--set", o]
         started = time.time()
-        launcher = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        launcher = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         metrics = run_dir / "metrics.jsonl"
         pids: dict[int, int] = {}
         window: dict[int, list] = {}  # rank -> [(wall, cpu, runnable) at start, at end]

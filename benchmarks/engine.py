@@ -68,7 +68,7 @@ LEARNING_RATE = 0.01
 # ---- our engine -----------------------------------------------------------------------------
 def build_ours(name: str, rng: np.random.Generator):
     """Our model for a workload, built from `model.nn` as the worker's model zoo does."""
-    from model import nn  # noqa: PLC0415 - imported after the backend is chosen
+    from downpour.model import nn  # noqa: PLC0415 - imported after the backend is chosen
 
     if name == "logreg":
         return nn.Sequential(nn.Linear(784, 10, rng=rng))
@@ -97,10 +97,10 @@ def build_ours(name: str, rng: np.random.Generator):
 
 def our_step(net, x: np.ndarray, y: np.ndarray, device: str) -> Callable[[], float]:
     """One worker-style training step: loss, backward, gather into the flat buffer, SGD."""
-    import model.functional as F  # noqa: PLC0415
-    from model import optim  # noqa: PLC0415
-    from model.flat import FlatParameters  # noqa: PLC0415
-    from model.tensor import Tensor  # noqa: PLC0415
+    import downpour.model.functional as F  # noqa: PLC0415
+    from downpour.model import optim  # noqa: PLC0415
+    from downpour.model.flat import FlatParameters  # noqa: PLC0415
+    from downpour.model.tensor import Tensor  # noqa: PLC0415
 
     if device == "cuda":
         return _our_cuda_step(net, x, y)
@@ -124,8 +124,8 @@ def _our_cuda_step(net, x: np.ndarray, y: np.ndarray) -> Callable[[], float]:
     """On CuPy the flat buffer (host memory by design) is skipped: SGD runs per parameter."""
     import cupy  # noqa: PLC0415 - present, or backend.use('cuda') would have failed
 
-    import model.functional as F  # noqa: PLC0415
-    from model.tensor import Tensor  # noqa: PLC0415
+    import downpour.model.functional as F  # noqa: PLC0415
+    from downpour.model.tensor import Tensor  # noqa: PLC0415
 
     inputs, labels = Tensor(cupy.asarray(x)), cupy.asarray(y)
     params = list(net.parameters())
@@ -197,7 +197,7 @@ def prepare(workload: Workload, device: str, seed: int = 0) -> dict[str, Callabl
     """Both steps for one workload, with the same data and the same initial weights."""
     import torch  # noqa: PLC0415
 
-    from model import backend  # noqa: PLC0415
+    from downpour.model import backend  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(workload.input_shape).astype(np.float32)
@@ -221,7 +221,7 @@ def check_device(device: str) -> None:
         return
     import torch  # noqa: PLC0415
 
-    from model import backend  # noqa: PLC0415
+    from downpour.model import backend  # noqa: PLC0415
 
     backend.use("cuda")  # raises a RuntimeError that names what is missing (CuPy or a GPU)
     if not torch.cuda.is_available():
@@ -291,7 +291,7 @@ def blas_gemm_pass(names: list[str], repeats: int) -> dict[str, Any]:
 
 def engine_facts() -> dict[str, Any]:
     """Which of our own kernels ran: Numba's, and the small-GEMM loop (`model.gemm.fast()`)."""
-    from model import gemm, kernels  # noqa: PLC0415
+    from downpour.model import gemm, kernels  # noqa: PLC0415
 
     return {"numba": kernels.HAVE_NUMBA, "small_gemm": gemm.fast(),
             "DOWNPOUR_SMALL_GEMM": os.environ.get("DOWNPOUR_SMALL_GEMM")}

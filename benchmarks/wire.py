@@ -1,7 +1,7 @@
 """How close to raw ZeroMQ does downpour move a model? PULL and PUSH+PULL, three model sizes.
 
 downpour's side is the real thing: a coordinator and a shard started as separate processes by
-the same command lines the launcher uses (`python -m ps.cli coordinator|shard`), and this
+the same command lines the launcher uses (`python -P -m downpour coordinator|shard`), and this
 process talking to the shard through `ps.client.ShardClient` as a worker does, so every
 figure includes header packing and validation, the shard's bookkeeping, its update rule (for
 PUSH+PULL) and the handing of the reply to the model's parameters as a worker does it
@@ -46,11 +46,11 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import common  # noqa: E402
-from model.flat import FlatParameters  # noqa: E402
-from model.tensor import Tensor  # noqa: E402
-from ps import protocol as P  # noqa: E402
-from ps.client import ControlClient, ShardClient  # noqa: E402
-from ps.layout import layout_from_dict  # noqa: E402
+from downpour.model.flat import FlatParameters  # noqa: E402
+from downpour.model.tensor import Tensor  # noqa: E402
+from downpour.ps import protocol as P  # noqa: E402
+from downpour.ps.client import ControlClient, ShardClient  # noqa: E402
+from downpour.ps.layout import layout_from_dict  # noqa: E402
 
 log = logging.getLogger("benchmarks.wire")
 
@@ -136,7 +136,7 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[tuple[ShardClient,
 
     The job stays in its start-up state (no evaluator registers), which keeps the shard
     serving for as long as the benchmark needs it."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ)
     procs: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory(prefix="downpour-wire-") as tmp:
         directory = pathlib.Path(tmp)
@@ -144,7 +144,7 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[tuple[ShardClient,
         address_file = directory / "coordinator.addr"
         with open(directory / "roles.log", "wb") as logs, _stopped_at_exit(procs):
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ps.cli", "coordinator", "--config", str(config), "--bind",
+                [sys.executable, "-P", "-m", "downpour", "coordinator", "--config", str(config), "--bind",
                  "tcp://127.0.0.1:*", "--run-dir", str(directory), "--address-file", str(address_file)],
                 env=env, stdout=logs, stderr=subprocess.STDOUT))
             deadline = time.monotonic() + 120
@@ -154,7 +154,7 @@ def downpour_shard(ctx: zmq.Context, nbytes: int) -> Iterator[tuple[ShardClient,
                 time.sleep(0.05)
             coordinator = address_file.read_text().strip()
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ps.cli", "shard", "--coordinator", coordinator, "--bind",
+                [sys.executable, "-P", "-m", "downpour", "shard", "--coordinator", coordinator, "--bind",
                  "tcp://127.0.0.1:*", "--rank", "0"], env=env, stdout=logs, stderr=subprocess.STDOUT))
             control = ControlClient(ctx, coordinator, P.WORKER, timeout=10.0)
             info = control.register({"rank": 0}, startup_timeout=60).body()

@@ -227,7 +227,7 @@ run_disconnect() {
 run_curve() {
     say "run 3: CURVE, the job's keys handed to every container as a compose secret"
     compose down -v -t 2 >/dev/null
-    python3 -m ps.cli keys "$W/keys" >/dev/null || fail "downpour keys"
+    python3 -P -m downpour keys "$W/keys" >/dev/null || fail "downpour keys"
     chown -R 10001 "$W/keys"  # the image runs as uid 10001; the secrets stay 0600
     export DOWNPOUR_KEYS_DIR=$W/keys DOWNPOUR_JOB=$HERE/job.yaml
     export COMPOSE_FILE=$HERE/docker-compose.yml:$HERE/docker-compose.curve.yml

@@ -1,4 +1,4 @@
-"""The functional API, with PyTorch's names and signatures: `import model.functional as F`.
+"""The functional API, with PyTorch's names and signatures: `import downpour.model.functional as F`.
 
 Every function is a thin wrapper that turns torch-style arguments (ints or pairs, optional
 bias, `dim`) into one registered op, so layers in `model.nn` and user code share one path.

@@ -40,8 +40,8 @@ def _check_model(cfg: dict) -> list:
                                    "(set data.validation, e.g. 0.1)")
     if cfg["eval"]["early_stopping"] and not cfg["eval"]["every"]:
         raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
-    from worker import datasets, models
-    from worker.job import load_data
+    from downpour.worker import datasets, models
+    from downpour.worker.job import load_data
     try:
         data = load_data(cfg)
         return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
@@ -52,7 +52,7 @@ def _check_model(cfg: dict) -> list:
 
 def _check_device(device: str) -> None:
     """A local cluster's workers run here: check now that `device` can be honoured."""
-    from worker.job import select_device
+    from downpour.worker.job import select_device
     try:
         select_device(device)
     except RuntimeError as err:
@@ -198,7 +198,7 @@ def shard(coordinator_address: str, bind: str, advertise: str | None, rank: int 
 @KEYS
 def worker(coordinator_address: str, rank: int | None, startup_timeout: float, keys_dir: str | None) -> None:
     """Run a training worker."""
-    from worker import loop
+    from downpour.worker import loop
     _setup_logging()
     sys.exit(_role(loop.run, coordinator_address, rank, startup_timeout, _client_configure(keys_dir)))
 
@@ -209,7 +209,7 @@ def worker(coordinator_address: str, rank: int | None, startup_timeout: float, k
 @KEYS
 def evaluator(coordinator_address: str, startup_timeout: float, keys_dir: str | None) -> None:
     """Run the evaluator (scores the shards' weights on the test split at the end)."""
-    from worker import evaluator as evaluator_role
+    from downpour.worker import evaluator as evaluator_role
     _setup_logging()
     sys.exit(_role(evaluator_role.run, coordinator_address, startup_timeout, _client_configure(keys_dir)))
 
@@ -310,8 +310,8 @@ def export_cmd(run_dir: str, fmt: str, out: str | None) -> None:
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 def eval_cmd(run_dir: str, data: str | None, split: str) -> None:
     """Score a run's exported weights on a data set's test (or validation) split."""
-    from worker.job import build_job
-    from worker.objective import evaluate
+    from downpour.worker.job import build_job
+    from downpour.worker.objective import evaluate
     path = _run_dir(run_dir)
     overrides = (f"data.dataset={data}",) if data else ()
     cfg = _load(str(path / "config.yaml"), overrides)
@@ -379,7 +379,7 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 @SET
 def train(config: str, overrides: tuple[str, ...]) -> None:
     """Train in this one process (no cluster): the reference a distributed run is compared with."""
-    from worker.local import train_local
+    from downpour.worker.local import train_local
     _setup_logging()
     cfg = _load(config, overrides)
     started = time.perf_counter()

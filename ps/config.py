@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from ps.config_schema import JOB, ConfigError, Nullable, Section, join
+from downpour.ps.config_schema import JOB, ConfigError, Nullable, Section, join
 
 __all__ = ["ConfigError", "load", "resolve", "apply_overrides", "dump", "get"]
 

@@ -1,6 +1,6 @@
 """The local cluster: coordinator, shards, evaluator and workers as separate OS processes.
 
-Every role is started by the same command line a container would run (`python -m ps.cli shard
+Every role is started by the same command line a container would run (`python -P -m downpour shard
 --coordinator ...`), never by importing its code, so a local run exercises the multi-node path.
 Each process gets one BLAS thread, its own log file, its own process group (so Ctrl-C reaches
 only the launcher, which then stops the job in order) and a parent-death signal (so even a
@@ -66,8 +66,6 @@ class LocalCluster:
         self.roles: list[Role] = []
         self.coordinator_address = ""
         self.env = dict(os.environ, **ONE_THREAD)
-        root = str(pathlib.Path(__file__).resolve().parent.parent)
-        self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         self.env["DOWNPOUR_RUN_DIR"] = str(run_dir.resolve())  # lets tests find every process of a run
 
     def __enter__(self) -> "LocalCluster":
@@ -80,7 +78,7 @@ class LocalCluster:
         role.log_path = self.run_dir / "logs" / f"{role.name}.log"
         with open(role.log_path, "ab") as out:
             role.proc = subprocess.Popen(
-                [sys.executable, "-m", "ps.cli", *role.argv], stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-P", "-m", "downpour", *role.argv], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=self.env, process_group=0,
                 preexec_fn=_die_with_parent(os.getpid()))
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from model import optim
-from model.optim import schedule
+from downpour.model import optim
+from downpour.model.optim import schedule
 
 from . import spans
 from .consistency import MAX_GAP, Consistency

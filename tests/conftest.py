@@ -47,7 +47,7 @@ class Jobs:
         """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background."""
         run_dir = resume or self.tmp_path / (name or f"run{len(self.run_dirs)}")
         target = ["--resume", str(run_dir)] if resume else [str(config), "--run-dir", str(run_dir)]
-        cmd = [sys.executable, "-m", "ps.cli", "launch", *target, "--quiet"]
+        cmd = [sys.executable, "-P", "-m", "downpour", "launch", *target, "--quiet"]
         for o in overrides:
             cmd += ["--set", o]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -118,10 +118,10 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
     import numpy as np
     import zmq
 
-    from ps import config as job_config
-    from ps.client import ControlClient
-    from worker import models
-    from worker.job import load_data
+    from downpour.ps import config as job_config
+    from downpour.ps.client import ControlClient
+    from downpour.worker import models
+    from downpour.worker.job import load_data
 
     cfg = job_config.load(CONFIGS / "digits_logreg.yaml", ["shards=1", *overrides])
     cfg_path = tmp_path / "job.yaml"
@@ -135,7 +135,7 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
 
     def start(role: str, *argv: str) -> None:
         with open(logs[role], "wb") as out:
-            procs[role] = subprocess.Popen([sys.executable, "-m", "ps.cli", role, *argv], cwd=ROOT, env=env,
+            procs[role] = subprocess.Popen([sys.executable, "-P", "-m", "downpour", role, *argv], cwd=ROOT, env=env,
                                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def tail(role: str) -> str:
@@ -192,7 +192,7 @@ def ask_shard(rig: dict, header: dict, arrays=()):
     header gets seq 5, the rig's job and the whole key range unless it says otherwise."""
     import zmq
 
-    from ps.wire import decode, encode
+    from downpour.ps.wire import decode, encode
 
     sock = rig["ctx"].socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)

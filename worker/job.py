@@ -5,9 +5,9 @@ import dataclasses
 
 import numpy as np
 
-from model import backend
-from model.flat import FlatParameters
-from ps.layout import Layout
+from downpour.model import backend
+from downpour.model.flat import FlatParameters
+from downpour.ps.layout import Layout
 
 from . import datasets, models
 

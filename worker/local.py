@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from model import optim
-from model.optim import schedule
+from downpour.model import optim
+from downpour.model.optim import schedule
 
 from .job import Job, build_job
 from .objective import batch_loss, evaluate

@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from model import optim
-from ps.client import protocol as P
-from ps.client.faults import FaultPlan
+from downpour.model import optim
+from downpour.ps.client import protocol as P
+from downpour.ps.client.faults import FaultPlan
 
 from .job import build_job
 from .objective import batch_loss

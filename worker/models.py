@@ -11,9 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from model import nn
-from model.backend import array_module
-from model.tensor import Tensor
+from downpour.model import nn
+from downpour.model.backend import array_module
+from downpour.model.tensor import Tensor
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
 

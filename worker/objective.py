@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-import model.functional as F
-from model import no_grad
-from model.tensor import Tensor
+import downpour.model.functional as F
+from downpour.model import no_grad
+from downpour.model.tensor import Tensor
 
 
 def batch_loss(net, kind: str, x: np.ndarray, y: np.ndarray) -> Tensor:

@@ -16,8 +16,8 @@ from typing import Iterable
 
 import numpy as np
 
-from model.flat import FlatParameters
-from ps.client import spans
+from downpour.model.flat import FlatParameters
+from downpour.ps.client import spans
 
 from .models import row_tables
 

@@ -13,10 +13,10 @@ from typing import Callable
 
 import zmq
 
-from ps.client import protocol as P
-from ps.client import ControlClient, Heartbeat, ShardClient
-from ps.client.faults import FaultPlan
-from ps.layout import Layout, layout_from_dict
+from downpour.ps.client import protocol as P
+from downpour.ps.client import ControlClient, Heartbeat, ShardClient
+from downpour.ps.client.faults import FaultPlan
+from downpour.ps.layout import Layout, layout_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT)]  # a script beside its helper, run from anywhere
 from netns import Network, ip  # noqa: E402
-from ps import config as job_config  # noqa: E402
+from downpour.ps import config as job_config  # noqa: E402
 
 log = logging.getLogger("multihost")
 
@@ -65,8 +65,7 @@ def on_this_machine(argv: list[str], coordinator: str, job_file: pathlib.Path, r
 
 
 def env() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, **ONE_THREAD, PYTHONPATH=path)
+    return dict(os.environ, **ONE_THREAD)
 
 
 def start(argv: list[str], log_path: pathlib.Path) -> subprocess.Popen:
@@ -112,7 +111,7 @@ def run_on_hosts(job_file: pathlib.Path, overrides: list[str], rate: str, run_di
             argv = on_this_machine(commands[role], coordinator, job_file, run_dir)
             if role == "coordinator":
                 argv += [arg for o in overrides for arg in ("--set", o)]
-            procs.append(start(net.command(host, [sys.executable, "-m", "ps.cli", *argv]),
+            procs.append(start(net.command(host, [sys.executable, "-P", "-m", "downpour", *argv]),
                                run_dir / "logs" / f"{host}.log"))
             log.info("%s (%s): downpour %s", host, net.hosts[host].address, " ".join(argv))
         code = watch(dict(zip([h for h, _ in roles], procs)), timeout, run_dir / "logs")
@@ -134,7 +133,7 @@ def run_on_loopback(job_file: pathlib.Path, overrides: list[str], run_dir: pathl
     with Network(["loopback"], rate="1gbit", prefix=f"dp{os.getpid()}lo") as net:
         argv = ["launch", str(job_file), "--run-dir", str(run_dir), "--quiet", "--set", "cluster.host=127.0.0.1"]
         argv += [arg for o in overrides for arg in ("--set", o)]
-        proc = start(net.command("loopback", [sys.executable, "-m", "ps.cli", *argv]), run_dir / "launch.log")
+        proc = start(net.command("loopback", [sys.executable, "-P", "-m", "downpour", *argv]), run_dir / "launch.log")
         code = wait(proc, timeout, "downpour launch")
         (lo,) = json.loads(ip("-n", net.hosts["loopback"].namespace, "-s", "-j", "link", "show", "lo").stdout)
         report = {"coordinator_exit": code, "wire_bytes": lo["stats64"]["tx"]["bytes"]}

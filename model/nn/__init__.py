@@ -1,4 +1,4 @@
-"""Layers with PyTorch's names, shapes, defaults and state_dict layout: `from model import nn`.
+"""Layers with PyTorch's names, shapes, defaults and state_dict layout: `from downpour.model import nn`.
 
 Initialisation is reproducible: every layer takes an explicit `rng`, else it draws from the
 default generator that `manual_seed(seed)` resets.

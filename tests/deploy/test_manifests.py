@@ -15,8 +15,8 @@ import click
 import pytest
 import yaml
 
-from ps import config as job_config
-from ps.cli import main as cli
+from downpour.ps import config as job_config
+from downpour.ps.cli import main as cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -166,7 +166,7 @@ def test_dockerfile_runs_downpour_unprivileged_with_a_status_healthcheck():
     healthcheck = next(line for line in lines if line.startswith("CMD downpour status"))
     parse_cli(["status", "tcp://coordinator:5555"])  # what it runs, with the default address
     assert '"$DOWNPOUR_COORDINATOR"' in healthcheck
-    assert 'downpour = "ps.cli:main"' in (ROOT / "pyproject.toml").read_text()
+    assert 'downpour = "downpour.ps.cli:main"' in (ROOT / "pyproject.toml").read_text()
 
 
 # ---- Kubernetes ------------------------------------------------------------------------------

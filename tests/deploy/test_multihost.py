@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from ps.address import advertised
+from downpour.ps.address import advertised
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 MULTIHOST = ROOT / "deploy" / "multihost"

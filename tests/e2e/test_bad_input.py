@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps.wire import decode, encode
+from downpour.ps import protocol as P
+from downpour.ps.wire import decode, encode
 from tests.conftest import coordinator_and_shard
 
 pytestmark = pytest.mark.e2e
@@ -104,7 +104,7 @@ def test_a_push_through_shared_memory_that_cannot_be_mapped_is_refused_with_a_wa
 
 
 def test_a_shared_memory_push_that_overruns_its_segment_is_refused_and_nothing_is_applied(live_shard):
-    from ps import shm
+    from downpour.ps import shm
     seg = shm.Segment.create(live_shard["initial"].size, "overrun")
     try:
         seg.array[:] = 1.0
@@ -117,7 +117,7 @@ def test_a_shared_memory_push_that_overruns_its_segment_is_refused_and_nothing_i
 
 
 def test_a_pull_reply_names_the_shards_segment_and_a_shared_memory_pull_carries_no_array(live_shard):
-    from ps import shm
+    from downpour.ps import shm
     plain = ask(live_shard, encode(pull(live_shard)))
     assert plain.arrays and plain.header["offset"] == 0
     seg = shm.Segment.attach(plain.header["segment"])

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import CONFIGS
-from worker import datasets
+from downpour.worker import datasets
 
 pytestmark = pytest.mark.e2e
 

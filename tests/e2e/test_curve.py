@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps import security
-from ps.wire import decode, encode
+from downpour.ps import protocol as P
+from downpour.ps import security
+from downpour.ps.wire import decode, encode
 from tests.conftest import CONFIGS, coordinator_and_shard
 
 pytestmark = pytest.mark.e2e

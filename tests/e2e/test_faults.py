@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ps import checkpoint
+from downpour.ps import checkpoint
 from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.e2e
@@ -91,13 +91,13 @@ def test_a_stopped_job_resumes_from_its_checkpoints_without_losing_or_repeating_
     deadline = time.monotonic() + 120
     while True:
         assert time.monotonic() < deadline, "the job made no progress"
-        status = subprocess.run([sys.executable, "-m", "ps.cli", "status", str(run_dir), "--json"], cwd=ROOT,
+        status = subprocess.run([sys.executable, "-P", "-m", "downpour", "status", str(run_dir), "--json"], cwd=ROOT,
                                 capture_output=True, text=True)
         if status.returncode == 0 and min((n["stats"].get("step", 0) for n in json.loads(status.stdout)["nodes"]
                                            if n["role"] == "worker"), default=0) > 300:
             break
         time.sleep(0.5)
-    subprocess.run([sys.executable, "-m", "ps.cli", "stop", str(run_dir)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-P", "-m", "downpour", "stop", str(run_dir)], cwd=ROOT, check=True, capture_output=True)
     stopped = jobs.finish(proc, run_dir)
     assert stopped["status"] == "stopped"
     at_stop = checkpoint.assemble(run_dir)

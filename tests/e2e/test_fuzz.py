@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps.compression import Compressor
-from ps.wire import decode, encode
+from downpour.ps import protocol as P
+from downpour.ps.compression import Compressor
+from downpour.ps.wire import decode, encode
 from tests.conftest import coordinator_and_shard
 from tests.e2e.wire_mutator import Frames, Mutator, template_frames
 

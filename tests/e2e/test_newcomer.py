@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from ps import export
+from downpour.ps import export
 from tests.conftest import CONFIGS, ROOT
 
 pytestmark = pytest.mark.e2e
@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 
 
 def cli(*args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "ps.cli", *args], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-P", "-m", "downpour", *args], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -34,7 +34,7 @@ def test_export_plot_eval_and_pytorch_agree_with_the_run(jobs):
                               torch.nn.Linear(width, 10))
     net.load_state_dict({k: torch.from_numpy(v) for k, v in ours.items()})
     net.eval()
-    from worker.datasets import load
+    from downpour.worker.datasets import load
     data = load("digits")
     with torch.no_grad():
         predictions = net(torch.from_numpy(data.x_test)).argmax(1).numpy()

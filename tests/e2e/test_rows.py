@@ -5,9 +5,9 @@ every key; a live shard serves reads and pushes by key spans and refuses bad one
 import numpy as np
 import pytest
 
-from ps import protocol as P
-from ps import spans
-from ps.checkpoint import assemble
+from downpour.ps import protocol as P
+from downpour.ps import spans
+from downpour.ps.checkpoint import assemble
 from tests.conftest import CONFIGS, ask_shard, coordinator_and_shard, last_train_reports
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +44,7 @@ def test_a_job_by_rows_ends_with_the_very_weights_of_the_job_that_moves_every_ke
 def test_a_model_without_an_embedding_table_is_refused_by_rows_before_anything_starts(jobs, tmp_path):
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "ps.cli", "launch", str(CONFIGS / "digits_logreg.yaml"),
+    out = subprocess.run([sys.executable, "-P", "-m", "downpour", "launch", str(CONFIGS / "digits_logreg.yaml"),
                           "--run-dir", str(tmp_path / "run"), "--set", "compression.rows=true"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0

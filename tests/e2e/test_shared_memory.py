@@ -4,7 +4,7 @@ numbers are exactly those of the wire, and the wire is still there when memory c
 import numpy as np
 import pytest
 
-from ps.checkpoint import assemble
+from downpour.ps.checkpoint import assemble
 from tests.conftest import CONFIGS, last_train_reports
 
 pytestmark = pytest.mark.e2e

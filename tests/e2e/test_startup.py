@@ -6,14 +6,14 @@ import sys
 
 import pytest
 
-from ps import config as job_config
+from downpour.ps import config as job_config
 from tests.conftest import CONFIGS, ROOT
 
 pytestmark = pytest.mark.e2e
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ps.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-P", "-m", "downpour", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -4,10 +4,10 @@ loopback TCP, started by `downpour launch` exactly as a user starts them."""
 import numpy as np
 import pytest
 
-from ps import config as job_config
-from ps.checkpoint import assemble
+from downpour.ps import config as job_config
+from downpour.ps.checkpoint import assemble
 from tests.conftest import CONFIGS, last_train_reports
-from worker.local import train_local
+from downpour.worker.local import train_local
 
 pytestmark = pytest.mark.e2e
 MLP = CONFIGS / "digits_mlp.yaml"

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import msgpack
 import numpy as np
 
-from ps import protocol as P
+from downpour.ps import protocol as P
 
 Frames = list[bytes]
 Template = tuple[dict, list[np.ndarray]]

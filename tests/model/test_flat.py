@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model import optim
-from model.flat import FlatParameters, flatten, unflatten
-from model.tensor import Tensor
+from downpour.model import optim
+from downpour.model.flat import FlatParameters, flatten, unflatten
+from downpour.model.tensor import Tensor
 
 
 class TinyModule:
@@ -187,7 +187,7 @@ def test_an_update_rule_over_flat_data_trains_every_parameter_in_place():
 
 
 def test_a_model_nn_linear_layer_trains_through_its_flat_view():
-    nn = pytest.importorskip("model.nn")
+    nn = pytest.importorskip("downpour.model.nn")
     if not hasattr(nn, "Linear"):
         pytest.skip("model.nn.Linear is not there yet")
     layer = nn.Linear(4, 3)

@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
-import model.functional as F
-from model import Tensor
-from model.registry import OPS
+import downpour.model.functional as F
+from downpour.model import Tensor
+from downpour.model.registry import OPS
 
 torch.set_num_threads(1)
 

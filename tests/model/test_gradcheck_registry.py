@@ -3,9 +3,9 @@ and the checker itself catches wrong gradients and leaves its inputs as it found
 import numpy as np
 import pytest
 
-import model
-from model import GradcheckError, Tensor, gradcheck
-from model.registry import OPS, Context, Op
+from downpour import model
+from downpour.model import GradcheckError, Tensor, gradcheck
+from downpour.model.registry import OPS, Context, Op
 
 
 def _tensors(op: type[Op], arrays) -> list[Tensor]:

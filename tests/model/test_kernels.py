@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from model import Tensor, kernels, nn, rnn_cells, workspace
+from downpour.model import Tensor, kernels, nn, rnn_cells, workspace
 
 needs_numba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba missing or DOWNPOUR_NO_NUMBA set")
 
@@ -139,7 +139,7 @@ def test_a_kernel_that_does_not_fit_the_input_is_rejected():
 
 def test_numba_can_be_switched_off_by_environment_variable():
     env = dict(os.environ, DOWNPOUR_NO_NUMBA="1")
-    probe = "import model.kernels as k, model.rnn_cells as c, numpy as np; print(k.HAVE_NUMBA, k._use_numba(np.zeros(1), None))"
+    probe = "import downpour.model.kernels as k, model.rnn_cells as c, numpy as np; print(k.HAVE_NUMBA, k._use_numba(np.zeros(1), None))"
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert result.stdout.split() == ["False", "False"]

@@ -5,7 +5,7 @@ import inspect
 import numpy as np
 import pytest
 
-from model import Tensor, gradcheck, nn
+from downpour.model import Tensor, gradcheck, nn
 
 
 def _x(*shape):

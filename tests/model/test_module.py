@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from model import Tensor, nn
+from downpour.model import Tensor, nn
 
 
 class Block(nn.Module):

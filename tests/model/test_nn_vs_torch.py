@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import model.functional as F
-from model import Tensor, nn
+import downpour.model.functional as F
+from downpour.model import Tensor, nn
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from model import optim
+from downpour.model import optim
 
 torch = pytest.importorskip("torch")
 

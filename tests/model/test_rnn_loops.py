@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from model import gemm, jit, kernels, rnn_cells, rnn_loops
+from downpour.model import gemm, jit, kernels, rnn_cells, rnn_loops
 
 needs_numba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba missing or DOWNPOUR_NO_NUMBA set")
 DTYPES = [np.float32, np.float64]
@@ -108,7 +108,7 @@ def test_lstm_loops_agree_between_compiled_and_step_by_step(sizes, dtype, rng):
 
 
 def test_small_gemm_can_be_switched_off_and_on_by_environment_variable():
-    probe = "import model.gemm as g; print(g.fast())"
+    probe = "import downpour.model.gemm as g; print(g.fast())"
     for value, expected in (("0", "False"), ("1", str(kernels.HAVE_NUMBA))):
         env = dict(os.environ, DOWNPOUR_SMALL_GEMM=value)
         done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from model import optim
-from model.optim.schedule import Schedule, split
-from ps.store import ParameterStore
+from downpour.model import optim
+from downpour.model.optim.schedule import Schedule, split
+from downpour.ps.store import ParameterStore
 
 
 def test_constant_keeps_the_rate():

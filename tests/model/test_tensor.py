@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import model
-from model import Tensor, no_grad, tensor
+from downpour import model
+from downpour.model import Tensor, no_grad, tensor
 
 torch.set_num_threads(1)
 

@@ -10,12 +10,12 @@ import time
 import numpy as np
 import pytest
 
-from ps import checkpoint
-from ps.store import ParameterStore
+from downpour.ps import checkpoint
+from downpour.ps.store import ParameterStore
 
 WRITER = textwrap.dedent("""
     import sys, numpy as np
-    from ps import checkpoint
+    from downpour.ps import checkpoint
     path, n = sys.argv[1], 0
     while True:
         n += 1

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps.client.data import ShardClient
-from ps.layout import make_layout
-from ps.wire import recv, reply
+from downpour.ps import protocol as P
+from downpour.ps.client.data import ShardClient
+from downpour.ps.layout import make_layout
+from downpour.ps.wire import recv, reply
 
 SIZE = 1000
 
@@ -118,7 +118,7 @@ def test_a_round_trip_that_waits_in_vain_asks_give_up_and_ends_when_it_raises(tw
 def test_a_round_trip_by_spans_sends_each_shard_its_part_and_writes_only_those_keys(two_shards):
     """Model-wide spans are cut at the shard boundary (500): a push carries the values of its
     part only, a read gets them back packed, and every other key of `out` keeps its value."""
-    from ps import spans
+    from downpour.ps import spans
     _, socks, layout, client = two_shards
     grad = np.arange(SIZE, dtype=np.float32)
     pushed = (np.array([10, 490, 900]), np.array([20, 510, 905]))     # [490, 510) straddles shards

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps import shm
-from ps.client.data import ShardClient
-from ps.layout import make_layout
-from ps.wire import recv, reply, reply_error
+from downpour.ps import protocol as P
+from downpour.ps import shm
+from downpour.ps.client.data import ShardClient
+from downpour.ps.layout import make_layout
+from downpour.ps.wire import recv, reply, reply_error
 
 SIZE = 1000
 

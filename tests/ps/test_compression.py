@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from ps import config
-from ps import protocol as P
-from ps.compression import CODECS, CodecError, Compressor, decode, wire_bytes
-from ps.wire import WireError
-from ps.wire import decode as wire_decode
+from downpour.ps import config
+from downpour.ps import protocol as P
+from downpour.ps.compression import CODECS, CodecError, Compressor, decode, wire_bytes
+from downpour.ps.wire import WireError
+from downpour.ps.wire import decode as wire_decode
 from tests.conftest import CONFIGS, ask_shard, coordinator_and_shard
 from tests.e2e.wire_mutator import Mutator, template_frames
 

@@ -6,7 +6,7 @@ import textwrap
 import msgpack
 import pytest
 
-from ps.config import ConfigError, apply_overrides, dump, get, load, resolve
+from downpour.ps.config import ConfigError, apply_overrides, dump, get, load, resolve
 
 MINIMAL = {"name": "digits-mlp", "data": {"dataset": "digits"}, "model": {"type": "mlp"}}
 

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from ps.consistency import Consistency
+from downpour.ps.consistency import Consistency
 
 
 def test_async_applies_every_push_and_serves_every_read():

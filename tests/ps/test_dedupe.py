@@ -1,5 +1,5 @@
 """Exactly-once pushes: each (worker, clock, range) is applied once, across restarts too."""
-from ps.dedupe import PushLog
+from downpour.ps.dedupe import PushLog
 
 
 def test_a_push_is_new_once_and_seen_after():

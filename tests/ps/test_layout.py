@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from ps.layout import ALIGN, ParamSpec, layout_from_dict, make_layout
+from downpour.ps.layout import ALIGN, ParamSpec, layout_from_dict, make_layout
 
 MLP = [("0.weight", (512, 784)), ("0.bias", (512,)), ("2.weight", (512, 512)), ("2.bias", (512,)),
        ("4.weight", (10, 512)), ("4.bias", (10,))]
@@ -45,7 +45,7 @@ def test_a_big_tensor_spans_shards_and_pieces_reassemble_it():
 def test_layout_survives_the_wire_and_matches_in_another_process():
     layout = make_layout(MLP, 3)
     assert layout_from_dict(layout.to_dict()) == layout
-    code = ("from ps.layout import make_layout; import sys; "
+    code = ("from downpour.ps.layout import make_layout; import sys; "
             f"print(make_layout({MLP!r}, 3).fingerprint())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == layout.fingerprint()

@@ -1,5 +1,5 @@
 """What a person sees of a running job: the progress line and the status table."""
-from ps.progress import status_table, summary_line
+from downpour.ps.progress import status_table, summary_line
 
 
 def _worker(rank: int, latest: dict, step: int = 10) -> dict:

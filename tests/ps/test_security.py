@@ -10,9 +10,9 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ps import protocol as P
-from ps import security
-from ps.wire import decode, encode, recv, reply
+from downpour.ps import protocol as P
+from downpour.ps import security
+from downpour.ps.wire import decode, encode, recv, reply
 
 SECRET_JOB = "job-with-a-recognisable-id-7f3a"
 SECRET_GRADIENT = np.full(64, 1234.5678, np.float32)  # a byte pattern that stands out in a capture

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from ps import shm
+from downpour.ps import shm
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_a_segment_starts_zeroed_and_another_process_sees_what_we_write(segment)
     assert not segment.array.any()
     segment.array[:] = np.arange(1000, dtype=np.float32)
     total = in_another_process("""
-        from ps import shm
+        from downpour.ps import shm
         seg = shm.Segment.attach(ref)
         print(float(seg.array.sum()))
         seg.array[0] = -1.0   # and writes travel back
@@ -108,7 +108,7 @@ def test_a_killed_owner_leaves_nothing_behind_in_dev_shm_and_its_reference_goes_
     before = set(os.listdir("/dev/shm"))
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys, time
-        from ps import shm
+        from downpour.ps import shm
         seg = shm.Segment.create(1 << 20, "doomed")
         seg.array[:] = 2.0
         print(seg.ref["pid"], seg.ref["fd"], seg.ref["nonce"].hex(), flush=True)

@@ -3,7 +3,7 @@ gathered and scattered exactly, and checked strictly when they arrive in a heade
 import numpy as np
 import pytest
 
-from ps import spans as S
+from downpour.ps import spans as S
 
 
 def as_list(sp):
@@ -95,7 +95,7 @@ def test_unpack_refuses_every_malformed_span_list_by_name(raw, reason):
 @pytest.mark.parametrize("mode", ["async", "bsp"])
 def test_a_push_by_rows_changes_the_store_exactly_as_the_dense_push(optimizer, rows_only, mode, monkeypatch):
     """A push by rows hands the store the pushed keys' values, packed, and the keys."""
-    from ps.store import ParameterStore
+    from downpour.ps.store import ParameterStore
     rng = np.random.default_rng(2)
     lo, hi = 1000, 1000 + 4096
     initial = rng.standard_normal(hi - lo).astype(np.float32)
@@ -114,8 +114,8 @@ def test_a_push_by_rows_changes_the_store_exactly_as_the_dense_push(optimizer, r
 
 
 def test_a_client_asks_a_shard_for_its_whole_range_when_the_spans_cover_it_or_would_overflow_a_header():
-    from ps import protocol as P
-    from ps.client.data import _part
+    from downpour.ps import protocol as P
+    from downpour.ps.client.data import _part
     assert as_list(_part(spans((0, 10), (20, 30)), 5, 25)) == [(5, 10), (20, 25)]
     assert _part(spans((0, 40)), 5, 25) is None
     many = S.of_rows(0, 1, np.arange(0, 4 * (S.MAX_SPANS + 1), 2))     # every other key: no merging

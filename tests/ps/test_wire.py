@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import zmq
 
-from ps import protocol as P
-from ps.wire import SharedFrame, WireError, decode, encode
+from downpour.ps import protocol as P
+from downpour.ps.wire import SharedFrame, WireError, decode, encode
 
 
 def pull_header(**over):

@@ -4,10 +4,10 @@ import importlib.util
 
 import pytest
 
-from model import backend
-from ps import config as job_config
+from downpour.model import backend
+from downpour.ps import config as job_config
 from tests.conftest import CONFIGS
-from worker.job import build_job, select_device
+from downpour.worker.job import build_job, select_device
 
 no_cupy = importlib.util.find_spec("cupy") is None
 

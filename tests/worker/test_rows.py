@@ -3,12 +3,12 @@ batch's step reads or changes, and the hashed n-gram table they come from is wel
 import numpy as np
 import pytest
 
-from model.flat import FlatParameters
-from model.tensor import Tensor
-from ps import spans
-from worker import models
-from worker.objective import batch_loss
-from worker.rows import RowPlan
+from downpour.model.flat import FlatParameters
+from downpour.model.tensor import Tensor
+from downpour.ps import spans
+from downpour.worker import models
+from downpour.worker.objective import batch_loss
+from downpour.worker.rows import RowPlan
 
 VOCAB = 30
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.datasets.dataset import Dataset
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.dataset import Dataset
+from downpour.worker.datasets.errors import DatasetError
 
 REQUIRED_KEYS = ("x_train", "y_train", "x_test", "y_test")
 

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.errors import DatasetError
 
 
 def batch_indices(

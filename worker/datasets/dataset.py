@@ -12,9 +12,9 @@ from typing import Iterator, Literal
 
 import numpy as np
 
-from worker.datasets.batching import (batch_indices, gather_scored_windows, gather_windows, scored_window_starts,
+from downpour.worker.datasets.batching import (batch_indices, gather_scored_windows, gather_windows, scored_window_starts,
                                       shifted_window_count, steps_per_epoch, window_offset)
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.errors import DatasetError
 
 Kind = Literal["classification", "language_model"]
 Batch = tuple[np.ndarray, np.ndarray]

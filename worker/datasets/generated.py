@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.datasets.dataset import Dataset
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.dataset import Dataset
+from downpour.worker.datasets.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.errors import DatasetError
 
 _DTYPE_OF_CODE = {
     0x08: np.dtype(np.uint8),

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.datasets.dataset import Dataset
-from worker.datasets.errors import DatasetError
-from worker.datasets.idx import parse_idx
+from downpour.worker.datasets.dataset import Dataset
+from downpour.worker.datasets.errors import DatasetError
+from downpour.worker.datasets.idx import parse_idx
 
 logger = logging.getLogger(__name__)
 

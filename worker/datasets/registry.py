@@ -10,12 +10,12 @@ import logging
 import time
 from typing import Callable
 
-from worker.datasets.arrays import load_npz
-from worker.datasets.dataset import Dataset
-from worker.datasets.errors import DatasetError
-from worker.datasets.generated import load_mnist1d
-from worker.datasets.images import load_digits, load_fashion_mnist
-from worker.datasets.text import read_jargon, read_pydoc_topics, text_dataset
+from downpour.worker.datasets.arrays import load_npz
+from downpour.worker.datasets.dataset import Dataset
+from downpour.worker.datasets.errors import DatasetError
+from downpour.worker.datasets.generated import load_mnist1d
+from downpour.worker.datasets.images import load_digits, load_fashion_mnist
+from downpour.worker.datasets.text import read_jargon, read_pydoc_topics, text_dataset
 
 logger = logging.getLogger(__name__)
 

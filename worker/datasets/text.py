@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.datasets.dataset import Dataset
-from worker.datasets.errors import DatasetError
+from downpour.worker.datasets.dataset import Dataset
+from downpour.worker.datasets.errors import DatasetError
 
 JARGON_PATH = Path("/usr/share/doc/jargon-text/jargon.txt.gz")
 JARGON_INSTALL = "apt-get install -y jargon-text"
