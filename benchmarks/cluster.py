@@ -76,8 +76,8 @@ class LocalStep:
     """One worker's gradient computation, exactly as `worker.loop` does it, without the network."""
 
     def __init__(self, config: dict, rank: int, world: int):
-        from downpour.worker.job import build_job  # noqa: PLC0415 - also runs under the Ray interpreter
         from downpour.model import optim  # noqa: PLC0415
+        from downpour.worker.job import build_job  # noqa: PLC0415 - also runs under the Ray interpreter
 
         self.config = config
         self.job = build_job(config, rank=rank)

@@ -4,12 +4,18 @@ and update rules (`optim`).
 Importing the package registers every op (elementwise, matmul, reductions, fused NN ops,
 convolution, pooling, recurrent), so `model.registry.OPS` is complete.
 """
-from . import ops, ops_conv, ops_nn, ops_rnn, ops_shape  # noqa: F401 - imported to fill the op registry
-from . import functional, optim
+from . import (  # noqa: F401 - imported to fill the op registry
+    functional,
+    nn,  # last: the layers are built on everything above
+    ops,
+    ops_conv,
+    ops_nn,
+    ops_rnn,
+    ops_shape,
+    optim,
+)
 from .gradcheck import GradcheckError, gradcheck
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor
-
-from . import nn  # last: the layers are built on everything above
 
 __all__ = [
     "GradcheckError",

@@ -22,7 +22,8 @@ assigns new arrays to `.grad` (which is why gradients are gathered by copying), 
 from __future__ import annotations
 
 import bisect
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def flatten(named_arrays: Mapping[str, Any] | Iterable[tuple[str, Any]],
     pairs = _pairs(named_arrays)
     specs = [(name, np.shape(a)) for name, a in pairs]
     out = np.empty(_offsets(specs)[-1], dtype)
-    for (name, array), view in zip(pairs, unflatten(out, specs).values()):
+    for (_, array), view in zip(pairs, unflatten(out, specs).values()):
         np.copyto(view, array, casting="same_kind")
     return out
 

@@ -5,7 +5,8 @@ bias, `dim`) into one registered op, so layers in `model.nn` and user code share
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -14,7 +14,8 @@ A random projection of the output turns any output shape into one scalar to diff
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 

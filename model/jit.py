@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 AVAILABLE: bool = (os.environ.get("DOWNPOUR_NO_NUMBA", "") in ("", "0")
                    and importlib.util.find_spec("numba") is not None)

@@ -6,7 +6,8 @@ is one more GEMM and the input gradient one GEMM plus col2im. The loops themselv
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import backend, kernels, workspace
 from .registry import Context, Op, register, samples

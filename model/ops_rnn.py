@@ -14,7 +14,8 @@ that: one GEMM per step for dh, and the weight and input gradients of all steps 
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from . import backend, gemm, workspace
 from . import rnn_cells as cells

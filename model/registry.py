@@ -16,7 +16,8 @@ registered op must pass (tests iterate over `OPS`, so an op without samples fail
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 
 class Context:

@@ -6,7 +6,8 @@ each operand's shape (un-broadcast) and accumulated here, and only here, so ops 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class Tensor:
         return self.data.size
 
     @property
-    def T(self) -> "Tensor":
+    def T(self) -> Tensor:
         return self.transpose()
 
     def __len__(self) -> int:
@@ -104,7 +105,7 @@ class Tensor:
     def item(self) -> float:
         return self.data.item()
 
-    def detach(self) -> "Tensor":
+    def detach(self) -> Tensor:
         return Tensor(self.data)
 
     def zero_grad(self) -> None:
@@ -112,7 +113,7 @@ class Tensor:
 
     # ---- the tape ---------------------------------------------------------------------
     @staticmethod
-    def apply(op: type[Op] | str, *inputs: Any, **attrs: Any) -> "Tensor":
+    def apply(op: type[Op] | str, *inputs: Any, **attrs: Any) -> Tensor:
         """Run a registered op on tensors (or scalars and arrays, taken as constants)."""
         if isinstance(op, str):
             op = OPS[op]
@@ -175,103 +176,103 @@ class Tensor:
                 node._op, node._ctx, node._parents = _Released, None, ()
 
     # ---- arithmetic -------------------------------------------------------------------
-    def __add__(self, other: Any) -> "Tensor":
+    def __add__(self, other: Any) -> Tensor:
         return Tensor.apply("add", self, other)
 
-    def __radd__(self, other: Any) -> "Tensor":
+    def __radd__(self, other: Any) -> Tensor:
         return Tensor.apply("add", other, self)
 
-    def __sub__(self, other: Any) -> "Tensor":
+    def __sub__(self, other: Any) -> Tensor:
         return Tensor.apply("sub", self, other)
 
-    def __rsub__(self, other: Any) -> "Tensor":
+    def __rsub__(self, other: Any) -> Tensor:
         return Tensor.apply("sub", other, self)
 
-    def __mul__(self, other: Any) -> "Tensor":
+    def __mul__(self, other: Any) -> Tensor:
         return Tensor.apply("mul", self, other)
 
-    def __rmul__(self, other: Any) -> "Tensor":
+    def __rmul__(self, other: Any) -> Tensor:
         return Tensor.apply("mul", other, self)
 
-    def __truediv__(self, other: Any) -> "Tensor":
+    def __truediv__(self, other: Any) -> Tensor:
         return Tensor.apply("div", self, other)
 
-    def __rtruediv__(self, other: Any) -> "Tensor":
+    def __rtruediv__(self, other: Any) -> Tensor:
         return Tensor.apply("div", other, self)
 
-    def __pow__(self, exponent: Any) -> "Tensor":
+    def __pow__(self, exponent: Any) -> Tensor:
         return Tensor.apply("pow", self, exponent)
 
-    def __rpow__(self, base: Any) -> "Tensor":
+    def __rpow__(self, base: Any) -> Tensor:
         return Tensor.apply("pow", base, self)
 
-    def __matmul__(self, other: Any) -> "Tensor":
+    def __matmul__(self, other: Any) -> Tensor:
         return Tensor.apply("matmul", self, other)
 
-    def __rmatmul__(self, other: Any) -> "Tensor":
+    def __rmatmul__(self, other: Any) -> Tensor:
         return Tensor.apply("matmul", other, self)
 
-    def __neg__(self) -> "Tensor":
+    def __neg__(self) -> Tensor:
         return Tensor.apply("neg", self)
 
     # Comparisons give plain boolean tensors: there is no gradient to record.
-    def __lt__(self, other: Any) -> "Tensor":
+    def __lt__(self, other: Any) -> Tensor:
         return Tensor(self.data < _raw(other))
 
-    def __le__(self, other: Any) -> "Tensor":
+    def __le__(self, other: Any) -> Tensor:
         return Tensor(self.data <= _raw(other))
 
-    def __gt__(self, other: Any) -> "Tensor":
+    def __gt__(self, other: Any) -> Tensor:
         return Tensor(self.data > _raw(other))
 
-    def __ge__(self, other: Any) -> "Tensor":
+    def __ge__(self, other: Any) -> Tensor:
         return Tensor(self.data >= _raw(other))
 
-    def eq(self, other: Any) -> "Tensor":
+    def eq(self, other: Any) -> Tensor:
         return Tensor(self.data == _raw(other))
 
     # ---- reductions, shapes, elementwise functions -------------------------------------
-    def sum(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    def sum(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         return Tensor.apply("sum", self, axis=_axis(axis), keepdims=keepdims)
 
-    def mean(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    def mean(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         return Tensor.apply("mean", self, axis=_axis(axis), keepdims=keepdims)
 
-    def max(self, axis: Any = None, keepdims: bool = False) -> "Tensor":
+    def max(self, axis: Any = None, keepdims: bool = False) -> Tensor:
         return Tensor.apply("max", self, axis=_axis(axis), keepdims=keepdims)
 
-    def reshape(self, *shape: Any) -> "Tensor":
+    def reshape(self, *shape: Any) -> Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return Tensor.apply("reshape", self, shape=tuple(shape))
 
-    def flatten(self, start_dim: int = 0) -> "Tensor":
+    def flatten(self, start_dim: int = 0) -> Tensor:
         return self.reshape(*self.shape[:start_dim], -1)
 
-    def transpose(self, *axes: Any) -> "Tensor":
+    def transpose(self, *axes: Any) -> Tensor:
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
             axes = tuple(axes[0])
         return Tensor.apply("transpose", self, axes=tuple(axes) or None)
 
-    def __getitem__(self, index: Any) -> "Tensor":
+    def __getitem__(self, index: Any) -> Tensor:
         return Tensor.apply("getitem", self, index=_index(index))
 
-    def exp(self) -> "Tensor":
+    def exp(self) -> Tensor:
         return Tensor.apply("exp", self)
 
-    def log(self) -> "Tensor":
+    def log(self) -> Tensor:
         return Tensor.apply("log", self)
 
-    def sqrt(self) -> "Tensor":
+    def sqrt(self) -> Tensor:
         return Tensor.apply("sqrt", self)
 
-    def tanh(self) -> "Tensor":
+    def tanh(self) -> Tensor:
         return Tensor.apply("tanh", self)
 
-    def sigmoid(self) -> "Tensor":
+    def sigmoid(self) -> Tensor:
         return Tensor.apply("sigmoid", self)
 
-    def relu(self) -> "Tensor":
+    def relu(self) -> Tensor:
         return Tensor.apply("relu", self)
 
 

@@ -14,7 +14,8 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import Any, BinaryIO, Callable
+from collections.abc import Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 

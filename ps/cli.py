@@ -95,7 +95,8 @@ def main() -> None:
               help="Resume the job in this run directory from its shards' last checkpoints.")
 @SET
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def launch(config: str | None, run_dir: str | None, resume: str | None, overrides: tuple[str, ...], quiet: bool) -> None:
+def launch(config: str | None, run_dir: str | None, resume: str | None, overrides: tuple[str, ...],
+           quiet: bool) -> None:
     """Run a job on a local cluster: coordinator, shards, evaluator and workers as processes."""
     from . import launcher
     from .progress import Progress
@@ -134,6 +135,7 @@ def coordinator(config_path: str, bind: str, run_dir: str, address_file: str | N
                 keys_dir: str | None) -> None:
     """Run the coordinator role."""
     import zmq
+
     from . import security
     from .coordinator import Coordinator
     _setup_logging()
@@ -235,6 +237,7 @@ def _address(target: str) -> str:
 def _control(target: str, keys_dir: str | None):
     """A control line to a job's coordinator; a run directory's own keys are used if it has them."""
     import zmq
+
     from .client import ControlClient
     if keys_dir is None and not target.startswith("tcp://") and (pathlib.Path(target) / "keys").is_dir():
         keys_dir = str(pathlib.Path(target) / "keys")

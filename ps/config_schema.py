@@ -12,8 +12,9 @@ import copy
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any
 
 
 class _Required:
@@ -208,7 +209,7 @@ class ListOf:
         return []
 
 
-Node = Union[Field, Nullable, Section, Variants, ListOf]
+Node = Field | Nullable | Section | Variants | ListOf
 
 
 # -- leaf kinds ---------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ A worker that is declared dead or has finished leaves the live set, and nobody w
 from __future__ import annotations
 
 import collections
-from typing import Iterable
+from collections.abc import Iterable
 
 MODES = ("async", "ssp", "bsp")
 MAX_GAP = 64  # staleness histograms lump larger gaps together, so they stay small

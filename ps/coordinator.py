@@ -13,7 +13,8 @@ import logging
 import pathlib
 import secrets
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import zmq
@@ -305,7 +306,8 @@ class Coordinator:
             if self._server_of(node.rank, live) is not None:
                 continue  # its backup took over
             # A dead shard may come back (restarted from its checkpoint): wait a while for it.
-            if now - node.last_seen > self.heartbeat_timeout + self.startup_timeout and self.state not in P.FINAL_STATES:
+            waited = now - node.last_seen
+            if waited > self.heartbeat_timeout + self.startup_timeout and self.state not in P.FINAL_STATES:
                 self._finish(P.FAILED, f"{node.name} at {node.address} died and did not come back "
                                        f"within {self.startup_timeout:g} s")
         if self.state == P.STARTING and now - self.started_mono > self.startup_timeout:

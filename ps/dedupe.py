@@ -37,7 +37,7 @@ class PushLog:
         return {str(w): sorted(list(i) for i in ids) for w, ids in self.recent.items()}
 
     @classmethod
-    def from_state(cls, state: dict, window: int = WINDOW) -> "PushLog":
+    def from_state(cls, state: dict, window: int = WINDOW) -> PushLog:
         log = cls(window)
         for w, ids in state.items():
             for clock, lo, hi in ids:

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
@@ -68,7 +68,7 @@ class LocalCluster:
         self.env = dict(os.environ, **ONE_THREAD)
         self.env["DOWNPOUR_RUN_DIR"] = str(run_dir.resolve())  # lets tests find every process of a run
 
-    def __enter__(self) -> "LocalCluster":
+    def __enter__(self) -> LocalCluster:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -102,8 +102,8 @@ class LocalCluster:
         self.coordinator_address = addr_file.read_text().strip()
         common = ["--coordinator", self.coordinator_address, *self.key_args]
         for r in range(self.cfg["shards"]["count"]):
-            self.roles.append(Role(f"shard-{r}", ["shard", *common, "--bind", f"tcp://{host}:*", "--rank", str(r),
-                                                  "--run-dir", str(self.run_dir)] + (["--resume"] if self.resume else [])))
+            argv = ["shard", *common, "--bind", f"tcp://{host}:*", "--rank", str(r), "--run-dir", str(self.run_dir)]
+            self.roles.append(Role(f"shard-{r}", argv + (["--resume"] if self.resume else [])))
         self.roles.append(Role("evaluator-0", ["evaluator", *common]))
         for r in range(self.cfg["workers"]["count"]):
             self.roles.append(Role(f"worker-{r}", ["worker", *common, "--rank", str(r)]))
@@ -213,7 +213,8 @@ def tail(path: pathlib.Path | None, lines: int = 20) -> str:
 
 
 def make_run_dir(cfg: dict, run_dir: str | None) -> pathlib.Path:
-    path = pathlib.Path(run_dir) if run_dir else pathlib.Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    default = pathlib.Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path = pathlib.Path(run_dir) if run_dir else default
     (path / "logs").mkdir(parents=True, exist_ok=True)
     (path / "checkpoints").mkdir(exist_ok=True)
     return path

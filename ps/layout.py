@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 ALIGN = 16  # elements (64 bytes, a cache line): range boundaries fall on multiples of this
 

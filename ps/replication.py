@@ -11,7 +11,7 @@ acknowledged push is lost.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import zmq

@@ -91,7 +91,7 @@ class JobAuthenticator(ThreadAuthenticator):
     """The ZAP handler of one process: admits the job's client keys, and stops when its `with`
     block ends (it must stop before `ctx.term()`, which would otherwise wait for it forever)."""
 
-    def __enter__(self) -> "JobAuthenticator":
+    def __enter__(self) -> JobAuthenticator:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -17,12 +17,12 @@ import numpy as np
 import zmq
 
 from . import checkpoint, security, shm, spans
-from .address import advertised
 from . import protocol as P
+from .address import advertised
 from .client.control import ControlClient
 from .client.faults import FaultPlan
-from .incoming import Incoming, header_spans
 from .config import planned_updates
+from .incoming import Incoming, header_spans
 from .layout import layout_from_dict
 from .replication import Replicator, backup_of
 from .store import ParameterStore, StalePush

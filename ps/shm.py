@@ -47,7 +47,7 @@ class Segment:
         self.array = np.frombuffer(buf, np.float32, count, offset=HEADER_BYTES)
 
     @classmethod
-    def create(cls, count: int, name: str) -> "Segment":
+    def create(cls, count: int, name: str) -> Segment:
         """A new zeroed segment of `count` float32 values, owned by this process."""
         fd = os.memfd_create(NAME_PREFIX + name, os.MFD_CLOEXEC)
         try:
@@ -62,7 +62,7 @@ class Segment:
         return cls(fd, buf, count, nonce, os.getpid(), fd)
 
     @classmethod
-    def attach(cls, ref: Any) -> "Segment":
+    def attach(cls, ref: Any) -> Segment:
         """Map a peer's segment by reference; SegmentError if it is not reachable from here."""
         pid, fd, nonce, count = _checked(ref)
         path = f"/proc/{pid}/fd/{fd}"

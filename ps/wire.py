@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import msgpack
 import numpy as np
@@ -264,7 +265,8 @@ def bind_socket(sock: zmq.Socket, endpoint: str) -> None:
     except zmq.ZMQError as exc:
         sock.close(0)
         if exc.errno == zmq.EADDRINUSE:
-            raise RuntimeError(f"cannot bind {endpoint}: port {endpoint.rsplit(':', 1)[-1]} is already in use") from None
+            port = endpoint.rsplit(":", 1)[-1]
+            raise RuntimeError(f"cannot bind {endpoint}: port {port} is already in use") from None
         raise RuntimeError(f"cannot bind {endpoint}: {exc}") from None
 
 

@@ -99,7 +99,8 @@ def watch(session: Session, job: Job, client) -> Best | None:
             continue
         patience_left -= 1
         if patience_left <= 0:
-            reason = f"early stopping: {stopping['metric']} best {best_value:.4f}, no better in {stopping['patience']} evaluations"
+            reason = (f"early stopping: {stopping['metric']} best {best_value:.4f}, "
+                      f"no better in {stopping['patience']} evaluations")
             log.info("%s", reason)
             session.control.report({"kind": "early_stop", "clock": clock, "message": reason})
             session.wait_for({P.FINISHING})

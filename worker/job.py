@@ -43,7 +43,8 @@ def build_job(config: dict, layout: Layout | None = None, rank: int = 0) -> Job:
         mine = [(name, tuple(shape)) for name, shape in flat.specs]
         theirs = [(p.name, p.shape) for p in layout.params]
         if mine != theirs:
-            raise RuntimeError(f"this worker's model does not match the cluster's layout: {mine[:3]}... vs {theirs[:3]}...")
+            raise RuntimeError("this worker's model does not match the cluster's layout: "
+                               f"{mine[:3]}... vs {theirs[:3]}...")
     return Job(config, data, net, flat)
 
 

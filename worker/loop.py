@@ -195,7 +195,8 @@ def train(session: Session) -> None:
             session.control.report({
                 "kind": "train", "step": session.step, "clock": session.clock, "loss": float(np.mean(losses)),
                 "samples_per_s": window_samples / max(elapsed, 1e-9), "grad_norm": norms[-1] if norms else None,
-                "retries": client.retries, "comm_wait_s": client.waited, "bytes_sent": client.bytes_sent, "bytes_received": client.bytes_received})
+                "retries": client.retries, "comm_wait_s": client.waited, "bytes_sent": client.bytes_sent,
+                "bytes_received": client.bytes_received})
             window_start, window_samples, losses = time.perf_counter(), 0, []
     if in_flight is not None:
         client.finish(in_flight)

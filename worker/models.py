@@ -7,7 +7,8 @@ builds the same job gets the same initial weights.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 

@@ -12,7 +12,7 @@ on the shard, exactly as before; where a zero changes nothing, the shard skips t
 from __future__ import annotations
 
 import collections
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import zmq
 
-from downpour.ps.client import protocol as P
 from downpour.ps.client import ControlClient, Heartbeat, ShardClient
+from downpour.ps.client import protocol as P
 from downpour.ps.client.faults import FaultPlan
 from downpour.ps.layout import Layout, layout_from_dict
 

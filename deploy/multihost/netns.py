@@ -57,7 +57,7 @@ class Network:
                       for i, name in enumerate(hosts)}
         self.created: list[str] = []
 
-    def __enter__(self) -> "Network":
+    def __enter__(self) -> Network:
         try:
             self._build()
         except BaseException:

@@ -33,6 +33,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(HERE), str(ROOT)]  # a script beside its helper, run from anywhere
 from netns import Network, ip  # noqa: E402
+
 from downpour.ps import config as job_config  # noqa: E402
 
 log = logging.getLogger("multihost")

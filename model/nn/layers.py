@@ -6,7 +6,8 @@ default it uses the generator that `model.nn.manual_seed` resets.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -149,7 +150,7 @@ class Sequential(Module):
             for index, module in enumerate(modules):
                 setattr(self, str(index), module)
 
-    def append(self, module: Module) -> "Sequential":
+    def append(self, module: Module) -> Sequential:
         setattr(self, str(len(self._modules)), module)
         return self
 

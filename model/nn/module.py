@@ -7,7 +7,8 @@ converted to NumPy loads as is.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, NamedTuple
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -82,16 +83,16 @@ class Module:
         object.__delattr__(self, name)
 
     # ---- traversal ------------------------------------------------------------------------
-    def named_children(self) -> Iterator[tuple[str, "Module"]]:
+    def named_children(self) -> Iterator[tuple[str, Module]]:
         for name, module in self._modules.items():
             if module is not None:
                 yield name, module
 
-    def children(self) -> Iterator["Module"]:
+    def children(self) -> Iterator[Module]:
         for _, module in self.named_children():
             yield module
 
-    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, "Module"]]:
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """This module and all below it, depth first, each once."""
         seen: set[int] = set()
         stack = [(prefix, self)]
@@ -105,7 +106,7 @@ class Module:
                      for child_name, child in module.named_children()]
             stack.extend(reversed(below))
 
-    def modules(self) -> Iterator["Module"]:
+    def modules(self) -> Iterator[Module]:
         for _, module in self.named_modules():
             yield module
 
@@ -155,7 +156,7 @@ class Module:
             param.data[...] = xp.asarray(value, dtype=param.dtype)
         return LoadResult(missing, unexpected)
 
-    def to(self, dtype: Any) -> "Module":
+    def to(self, dtype: Any) -> Module:
         """Cast every parameter to `dtype` (for example float64 for gradient checks)."""
         for param in self.parameters():
             param.data = param.data.astype(dtype)
@@ -163,13 +164,13 @@ class Module:
         return self
 
     # ---- modes and gradients --------------------------------------------------------------
-    def train(self, mode: bool = True) -> "Module":
+    def train(self, mode: bool = True) -> Module:
         """Set training mode here and in every sub-module (dropout acts only in training)."""
         for module in self.modules():
             object.__setattr__(module, "training", bool(mode))
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     def zero_grad(self) -> None:

@@ -20,7 +20,7 @@ persistent scratch buffers. Neither allocates on the hot path; tests check they 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 

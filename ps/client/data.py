@@ -26,7 +26,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import zmq

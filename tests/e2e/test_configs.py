@@ -14,8 +14,8 @@ import pathlib
 import pytest
 import yaml
 
-from tests.conftest import CONFIGS
 from downpour.worker import datasets
+from tests.conftest import CONFIGS
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def train_losses(run_dir: pathlib.Path) -> dict[int, list[float]]:
     return by_rank
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def chance(dataset: str, seq_len: int, max_chars: int | None) -> float:
     """What guessing scores on a data set: 1/classes accuracy, or log2(vocab) bits per character."""
     data = datasets.load(dataset, seq_len=seq_len, max_chars=max_chars)

@@ -85,6 +85,7 @@ def test_a_stopped_job_resumes_from_its_checkpoints_without_losing_or_repeating_
     import subprocess
     import sys
     import time
+
     from tests.conftest import ROOT
     slow = "faults=[{kind: delay, seconds: 0.002, fraction: 1.0}]"   # so that we stop it midway
     proc, run_dir = jobs.start(MLP, "train.steps=1500", slow)

@@ -6,8 +6,8 @@ import pytest
 
 from downpour.ps import config as job_config
 from downpour.ps.checkpoint import assemble
-from tests.conftest import CONFIGS, last_train_reports
 from downpour.worker.local import train_local
+from tests.conftest import CONFIGS, last_train_reports
 
 pytestmark = pytest.mark.e2e
 MLP = CONFIGS / "digits_mlp.yaml"

@@ -18,7 +18,8 @@ Three kinds of message, each built from valid templates (the header as a dict wi
 from __future__ import annotations
 
 import random
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import numpy as np

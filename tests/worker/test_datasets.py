@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from downpour.worker.datasets import DatasetError, available, batch_indices, load
-from downpour.worker.datasets import generated
+from downpour.worker.datasets import DatasetError, available, batch_indices, generated, load
 from downpour.worker.datasets.arrays import load_npz
 from downpour.worker.datasets.batching import window_offset
 from downpour.worker.datasets.idx import encode_idx, parse_idx
 from downpour.worker.datasets.images import FASHION_MNIST_DIR, FASHION_MNIST_INSTALL
-from downpour.worker.datasets.text import JARGON_PATH, JARGON_INSTALL, decode_ids, read_jargon, read_pydoc_topics
-
+from downpour.worker.datasets.text import JARGON_INSTALL, JARGON_PATH, decode_ids, read_jargon, read_pydoc_topics
 
 # --- digits -----------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import pytest
 
 from downpour.model import backend
 from downpour.ps import config as job_config
-from tests.conftest import CONFIGS
 from downpour.worker.job import build_job, select_device
+from tests.conftest import CONFIGS
 
 no_cupy = importlib.util.find_spec("cupy") is None
 

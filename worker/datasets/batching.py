@@ -7,7 +7,7 @@ draws the same seeded permutation of an epoch, cuts it into global batches of
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

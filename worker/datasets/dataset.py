@@ -7,13 +7,21 @@ read as windows of `seq_len` inputs whose targets are the next characters).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
-from downpour.worker.datasets.batching import (batch_indices, gather_scored_windows, gather_windows, scored_window_starts,
-                                      shifted_window_count, steps_per_epoch, window_offset)
+from downpour.worker.datasets.batching import (
+    batch_indices,
+    gather_scored_windows,
+    gather_windows,
+    scored_window_starts,
+    shifted_window_count,
+    steps_per_epoch,
+    window_offset,
+)
 from downpour.worker.datasets.errors import DatasetError
 
 Kind = Literal["classification", "language_model"]

@@ -56,7 +56,8 @@ def _cache_key(num_samples: int, seed: int) -> str:
     try:
         version = importlib.metadata.version("mnist1d")
     except importlib.metadata.PackageNotFoundError as exc:
-        raise DatasetError(f"mnist1d: the mnist1d package is not installed; install it with: {MNIST1D_INSTALL}") from exc
+        raise DatasetError("mnist1d: the mnist1d package is not installed; "
+                           f"install it with: {MNIST1D_INSTALL}") from exc
     args = {"format": _CACHE_FORMAT, "mnist1d": version, "num_samples": num_samples, "seed": seed}
     return hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -65,7 +66,8 @@ def _generate(num_samples: int, seed: int) -> dict[str, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:
-        raise DatasetError(f"mnist1d: cannot import the mnist1d package ({exc}); install it with: {MNIST1D_INSTALL}") from exc
+        raise DatasetError(f"mnist1d: cannot import the mnist1d package ({exc}); "
+                           f"install it with: {MNIST1D_INSTALL}") from exc
     args = get_dataset_args()
     args.num_samples, args.seed = num_samples, seed
     logger.info("generating mnist1d (%d samples, seed %d)", num_samples, seed)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from downpour.worker.datasets.arrays import load_npz
 from downpour.worker.datasets.dataset import Dataset
