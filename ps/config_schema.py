@@ -296,7 +296,7 @@ def _adam(weight_decay: float) -> Section:
 
 OPTIMIZER = variants(
     "type", "sgd", {"lr": number(0.01, low_open=True),
-                    # the rate over the job's planned updates (model/schedule.py)
+                    # the rate over the job's planned updates (model/optim/schedule.py)
                     "schedule": choice("constant", "linear", "cosine", default="constant"),
                     "final_lr": number(0.0)},
     sgd=Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
