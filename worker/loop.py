@@ -139,7 +139,7 @@ def train(session: Session) -> None:
         x, y = partition.next(step)
         if plan is not None:
             computed.append(x)
-        loss = batch_loss(net, data.kind, x, y)
+        loss = batch_loss(net, data.kind, x, y, job.loss)
         value = float(loss.item())
         if not math.isfinite(value):
             raise Garbage(f"loss is {value} at step {step}: stopping before pushing it")
