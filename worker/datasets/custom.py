@@ -60,7 +60,7 @@ class Split:
     """One split, read through `read(sorted positions)`; `index` picks and orders its rows
     out of the source (None: all of them)."""
 
-    name: str
+    name: str  # what errors call it: the factory, its line and the split's name
     read: Callable[[np.ndarray], Any] = field(repr=False)
     length: int
     index: np.ndarray | None = None
@@ -72,7 +72,7 @@ class Split:
     def take(self, rows: np.ndarray) -> Batch:
         """The (inputs, targets) of `rows` (positions in this split), read in ascending order."""
         positions = np.sort(np.asarray(rows, dtype=np.int64) if self.index is None else self.index[rows])
-        return _as_batch(self.read(positions), len(positions), f"split {self.name!r}")
+        return _as_batch(self.read(positions), len(positions), self.name)
 
     def subset(self, rows: np.ndarray) -> Split:
         positions = rows if self.index is None else self.index[rows]
@@ -102,12 +102,12 @@ def _split(name: str, value: Any, ref: str, blame: str) -> Split:
                 else np.asarray(part) for part in value)
         if len(x) != len(y):
             raise DatasetError(f"{where}: {len(x)} inputs but {len(y)} targets")
-        return Split(name, _array_reader(x, y), len(x))
+        return Split(where, _array_reader(x, y), len(x))
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
         def read(positions: np.ndarray) -> Any:
             return plugins.call(value.__getitem__, ref, f"data.factory split {name!r}", positions)
         hint = getattr(value, "num_classes", None)
-        return Split(name, read, len(value), num_classes_hint=int(hint) if hint is not None else None)
+        return Split(where, read, len(value), num_classes_hint=int(hint) if hint is not None else None)
     raise DatasetError(f"{where}: a {type(value).__name__}; expected a pair (inputs, targets) of arrays, "
                        "or an object with __len__ and __getitem__(index_array) -> (inputs, targets)")
 
