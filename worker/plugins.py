@@ -120,7 +120,7 @@ def _module(target: str, is_file: bool, setting: str) -> tuple[types.ModuleType,
     if target not in _modules:
         module = _import_file(target, setting) if is_file else _import_module(target, setting)
         _modules[target] = module, _user_files(f"{target}:_")
-        log.info("loaded %s from %s", setting, _file_of(module))
+        log.info("loaded %s (named by %s)", _file_of(module), setting)
     return _modules[target]
 
 
