@@ -33,13 +33,6 @@ def _load(path: str, overrides: tuple[str, ...]) -> dict:
         raise click.ClickException(f"cannot read {path}: {err.strerror}") from None
 
 
-def _resolved(raw: dict, source: str) -> dict:
-    try:
-        return job_config.resolve(raw)
-    except job_config.ConfigError as err:
-        raise click.ClickException(f"{source}: {err}") from None
-
-
 def _check_model(cfg: dict) -> list:
     """Build the job's model once (seeded): catches model/data errors before anything starts."""
     if cfg["eval"]["early_stopping"] and not cfg["data"]["validation"]:
@@ -323,8 +316,8 @@ def eval_cmd(run_dir: str, data: str | None, split: str) -> None:
     path = _run_dir(run_dir)
     cfg = _load(str(path / "config.yaml"), ())
     if data:  # another named data set, in place of the job's named one or its factory
-        kept = {key: cfg["data"][key] for key in ("validation", "limit_train")}
-        cfg = _resolved(dict(cfg, data={**kept, "dataset": data}), str(path / "config.yaml"))
+        kept = {k: v for k, v in cfg["data"].items() if k in ("validation", "seq_len", "limit_train", "max_chars")}
+        cfg = _load(str(path / "config.yaml"), (f"data={json.dumps({**kept, 'dataset': data})}",))
     try:
         job = build_job(cfg)
     except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError) as err:

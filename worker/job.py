@@ -94,7 +94,13 @@ def _try_one_step(config: dict, net, data) -> None:
     if loss_ref is None and not isinstance(output, Tensor):
         raise plugins.PluginError(f"model: the forward pass returned a {type(output).__name__}; the default loss "
                                   "needs a tensor of class scores (or name your own loss with `loss:`)")
-    value = plugins.call(loss_fn, loss_ref or model_ref, setting, output, y)
+    if loss_ref is None:
+        try:
+            value = loss_fn(output, y)
+        except (TypeError, ValueError) as exc:  # say what the data or the model gives, not where our code is
+            raise plugins.PluginError(f"{setting}: {exc}") from exc
+    else:
+        value = plugins.call(loss_fn, loss_ref, setting, output, y)
     problem = None
     if not isinstance(value, Tensor):
         problem = f"returned a {type(value).__name__}; expected a scalar (0-d) tensor, the mean loss of the batch"

@@ -2,7 +2,8 @@
 
 Every builder takes the section's keys as keyword arguments (so a typo is a clear error naming
 the key) plus what the data set says about its inputs. Builders are seeded: every process that
-builds the same job gets the same initial weights.
+builds the same job gets the same initial weights. A user's own model (`model: {factory:
+FILE.py:build, ...}`) is built by `build_factory`, seeded the same way.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def job_loss(config: dict) -> Loss:
 
 
 def batch_loss(net, kind: str, x: np.ndarray, y: np.ndarray, loss: Loss | None = None) -> Tensor:
-    """The loss of a batch (cross-entropy over examples, or over characters for a language model, by default)."""
+    """The loss of a batch: the job's `loss`, or cross-entropy over examples (or over characters
+    for a language model: the default reads which from the shapes, so `kind` no longer decides)."""
     return (loss or cross_entropy)(net(Tensor(x)), y)
 
 

@@ -185,16 +185,9 @@ class CustomDataset:
         return f"{self.name}: {self.kind}, input {self.input_shape}; {sizes}"
 
 
-def load_factory(data_cfg: Mapping, seed: int) -> CustomDataset:
-    """Call the job's data factory (seeded, as every role calls it), check its splits by
-    reading their first rows, then carve validation and cut train as the config says."""
-    started = time.perf_counter()
-    ref = data_cfg["factory"]
-    factory = plugins.load(ref, "data.factory")
-    kwargs = {key: value for key, value in data_cfg.items() if key not in JOB.fields["data"].given.fields}
-    with plugins.seeded(seed):
-        result = plugins.call(factory, ref, "data.factory", **kwargs)
-    blame = f"data.factory: {factory.__name__} ({plugins.where(factory)})"
+def _checked_splits(result: Any, ref: str, blame: str) -> tuple[dict[str, Split], tuple[int, ...], str]:
+    """The factory's splits, each read for its first rows: their row shapes and target kind
+    must agree (returned with the splits)."""
     if not isinstance(result, Mapping):
         raise DatasetError(f"{blame} returned a {type(result).__name__}; expected a mapping of split name "
                            "to data, with at least 'train' and 'test'")
@@ -214,8 +207,22 @@ def load_factory(data_cfg: Mapping, seed: int) -> CustomDataset:
         shown = "; ".join(f"{name}: inputs {i}, targets {t} of kind {k!r}" for name, (i, t, k) in kinds.items())
         raise DatasetError(f"{blame}: the splits disagree on row shapes or target type ({shown})")
     input_shape, _, target_kind = kinds["train"]
+    return splits, tuple(input_shape), target_kind
+
+
+def load_factory(data_cfg: Mapping, seed: int) -> CustomDataset:
+    """Call the job's data factory (seeded, as every role calls it), check its splits by
+    reading their first rows, then carve validation and cut train as the config says."""
+    started = time.perf_counter()
+    ref = data_cfg["factory"]
+    factory = plugins.load(ref, "data.factory")
+    kwargs = {key: value for key, value in data_cfg.items() if key not in JOB.fields["data"].given.fields}
+    with plugins.seeded(seed):
+        result = plugins.call(factory, ref, "data.factory", **kwargs)
+    blame = f"data.factory: {factory.__name__} ({plugins.where(factory)})"
+    splits, input_shape, target_kind = _checked_splits(result, ref, blame)
     name = f"factory:{ref.rpartition('/')[2]}"
-    data = CustomDataset(name, "classification" if target_kind == "i" else "regression", tuple(input_shape), splits)
+    data = CustomDataset(name, "classification" if target_kind == "i" else "regression", input_shape, splits)
     data = data.with_validation(data_cfg["validation"], seed)
     if data_cfg["limit_train"] is not None:
         data = data.with_train_limit(data_cfg["limit_train"])
