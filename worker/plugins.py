@@ -13,7 +13,8 @@ container image), or be a module. Shards never load it: they need only names and
 Whatever goes wrong in a user's code (a syntax error, an exception at import or in the call,
 a missing name, a wrong argument or return value) becomes one `PluginError` whose message
 names the file and the line: the last line of the user's code in the traceback, else the
-line where the function is defined. Modules are loaded once per process.
+line where the function is defined. Modules are loaded once per process (a file again when it
+has changed on disk since).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ from downpour.ps.config import split_plugin
 log = logging.getLogger(__name__)
 
 PACKAGE = "downpour_user"
-_modules: dict[str, tuple[types.ModuleType, Callable[[str], bool]]] = {}
+_modules: dict[str, tuple[types.ModuleType, Callable[[str], bool], int]] = {}  # target: module, is_user, mtime
 
 
 class PluginError(Exception):
@@ -51,7 +52,7 @@ class PluginError(Exception):
 def load(ref: str, setting: str) -> Callable:
     """The function `ref` names (`setting`, such as `model.factory`, says where it was named)."""
     target, name, is_file = split_plugin(ref)
-    module, _ = _module(target, is_file, setting)
+    module = _module(target, is_file, setting)[0]
     if not hasattr(module, name):
         defined = sorted(k for k, v in vars(module).items() if callable(v) and not k.startswith("_")
                          and getattr(v, "__module__", None) == module.__name__)
@@ -116,12 +117,22 @@ def seeded(seed: int) -> Iterator[None]:
         random.setstate(python_state)
 
 
-def _module(target: str, is_file: bool, setting: str) -> tuple[types.ModuleType, Callable[[str], bool]]:
-    if target not in _modules:
+def _module(target: str, is_file: bool, setting: str) -> tuple[types.ModuleType, Callable[[str], bool], int]:
+    """The module, imported once per process (a file again when it has changed since: a
+    notebook that edits it and trains again gets the new code)."""
+    stamp = _mtime(target) if is_file else 0
+    if target not in _modules or _modules[target][2] != stamp:
         module = _import_file(target, setting) if is_file else _import_module(target, setting)
-        _modules[target] = module, _user_files(f"{target}:_")
+        _modules[target] = module, _user_files(f"{target}:_"), stamp
         log.info("loaded %s (named by %s)", _file_of(module), setting)
     return _modules[target]
+
+
+def _mtime(path: str) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return -1
 
 
 def _import_file(path: str, setting: str) -> types.ModuleType:

@@ -101,6 +101,8 @@ def test_memory_mapped_arrays_are_read_a_batch_at_a_time_in_ascending_order(tmp_
     assert len(recorded.reads) == 5 + 4 and all(len(read) <= 8 for read in recorded.reads)
     assert all(np.all(np.diff(read) > 0) for read in recorded.reads)
     assert (len(data.splits["val"]), data.train_examples) == (16, 40)
+    recorded.reads.clear()
+    assert data.num_classes == 4 and recorded.reads == []  # counted from the targets alone
 
 
 def test_an_indexable_object_is_asked_for_sorted_index_arrays_a_batch_at_a_time(tmp_path):

@@ -1,5 +1,6 @@
 """Loading a user's code by path: a private module name, nothing shadowed, loaded once, and
 every failure reported as one error that names the file and the line."""
+import os
 import random
 import sys
 import textwrap
@@ -47,6 +48,14 @@ def test_a_file_is_imported_by_path_under_a_private_name_without_joining_sys_pat
     assert sys.path == before and str(user_dir) not in sys.path
     assert plugins.load(f"{path}:build", "model.factory") is build  # loaded once per process
     assert build(width=4).weight.shape == (4, 2)
+
+
+def test_a_file_changed_on_disk_is_loaded_again(tmp_path):
+    path = write(tmp_path, "mynet.py", "def width():\n    return 1\n")
+    assert plugins.load(f"{path}:width", "model.factory")() == 1
+    path.write_text("def width():\n    return 2\n")
+    os.utime(path, ns=(1, 10**18))  # a later modification time, whatever the clock's resolution
+    assert plugins.load(f"{path}:width", "model.factory")() == 2
 
 
 def test_two_files_of_one_name_in_two_directories_are_two_modules(tmp_path):

@@ -65,6 +65,7 @@ class Split:
     length: int
     index: np.ndarray | None = None
     num_classes_hint: int | None = None  # a split object's own `num_classes`, if it has one
+    targets: Any = field(default=None, repr=False)  # an array pair's targets: read alone to count classes
 
     def __len__(self) -> int:
         return self.length if self.index is None else len(self.index)
@@ -77,6 +78,18 @@ class Split:
     def subset(self, rows: np.ndarray) -> Split:
         positions = rows if self.index is None else self.index[rows]
         return dataclasses.replace(self, index=np.asarray(positions, dtype=np.int64))
+
+    def largest_label(self) -> int:
+        """The largest target, a chunk at a time (of the targets alone, for an array pair)."""
+        top = -1
+        for start in range(0, len(self), _CHUNK):
+            rows = np.arange(start, min(start + _CHUNK, len(self)))
+            if self.targets is not None:
+                labels = np.asarray(self.targets[rows if self.index is None else np.sort(self.index[rows])])
+            else:
+                labels = self.take(rows)[1]
+            top = max(top, int(labels.max()))
+        return top
 
     def chunks(self, batch_size: int) -> Iterator[Batch]:
         """The whole split once, in order, in batches of `batch_size` (the last may be smaller)."""
@@ -102,7 +115,7 @@ def _split(name: str, value: Any, ref: str, blame: str) -> Split:
                 else np.asarray(part) for part in value)
         if len(x) != len(y):
             raise DatasetError(f"{where}: {len(x)} inputs but {len(y)} targets")
-        return Split(where, _array_reader(x, y), len(x))
+        return Split(where, _array_reader(x, y), len(x), targets=y)
     if hasattr(value, "__len__") and hasattr(value, "__getitem__"):
         def read(positions: np.ndarray) -> Any:
             return plugins.call(value.__getitem__, ref, f"data.factory split {name!r}", positions)
@@ -128,14 +141,15 @@ class CustomDataset:
 
     @functools.cached_property
     def num_classes(self) -> int:
-        """One more than the largest label (counted once, a chunk at a time): what a built-in
-        model needs to size its output. 0 for targets that are not class labels."""
+        """One more than the largest label (counted once; a split object may say it with a
+        `num_classes` attribute): what a built-in model needs to size its output. 0 for targets
+        that are not class labels."""
         if self.kind != "classification":
             return 0
         hints = [split.num_classes_hint for split in self.splits.values()]
         if all(hint is not None for hint in hints):
             return max(hints)
-        return 1 + max(int(y.max()) for split in self.splits.values() for _, y in split.chunks(_CHUNK) if y.size)
+        return 1 + max(split.largest_label() for split in self.splits.values())
 
     def steps_per_epoch(self, batch_size: int, world: int = 1) -> int:
         return steps_per_epoch(self.train_examples, batch_size, world)
