@@ -24,7 +24,7 @@ import yaml
 
 from downpour.ps.config_schema import JOB, ConfigError, Nullable, Section, join
 
-__all__ = ["ConfigError", "load", "resolve", "apply_overrides", "dump", "get"]
+__all__ = ["ConfigError", "load", "read", "resolve", "apply_overrides", "dump", "get"]
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,13 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(source, text, "valid YAML", f"invalid YAML{where}: {reason}") from err
 
 
-def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+def load(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
     """Read a job config file, apply `--set` overrides, validate it and fill in every default."""
+    return resolve(read(path), overrides)
+
+
+def read(path: str | os.PathLike) -> dict:
+    """The mapping a YAML job config file holds, as written (not yet validated)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -100,10 +105,10 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, raw, JOB.expected)
-    return resolve(raw, overrides)
+    return raw
 
 
-def resolve(raw: Mapping, overrides: Sequence[str] = ()) -> dict:
+def resolve(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
     """Apply overrides to a raw config mapping, validate it and fill in every default."""
     if not isinstance(raw, Mapping):
         raise ConfigError("config", raw, JOB.expected)
@@ -112,13 +117,21 @@ def resolve(raw: Mapping, overrides: Sequence[str] = ()) -> dict:
     return resolved
 
 
-def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> dict:
+def apply_overrides(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any]) -> dict:
     """A copy of `raw` with each `dotted.key=value` set; values are parsed as YAML.
 
     `model.hidden=[256,128]` sets a list; a key inside a section given in shorthand
-    (`workers: 2`, then `workers.restart=on-failure`) expands the shorthand first.
+    (`workers: 2`, then `workers.restart=on-failure`) expands the shorthand first. A mapping
+    of dotted keys to values (the Python API's form) sets the values as they are, unparsed.
     """
     config = copy.deepcopy(dict(raw))
+    if isinstance(overrides, Mapping):
+        for dotted, value in overrides.items():
+            keys = [key.strip() for key in dotted.split(".")] if isinstance(dotted, str) else []
+            if not all(keys) or not keys:
+                raise ConfigError("overrides", dotted, "a dotted key such as 'consistency.mode'")
+            _set(config, keys, copy.deepcopy(value))
+        return config
     for override in [overrides] if isinstance(overrides, str) else overrides:
         keys, value = _parse_override(override)
         _set(config, keys, value)
