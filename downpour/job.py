@@ -61,7 +61,7 @@ def launch(config: spec.Config, overrides: spec.Overrides = None, run_dir: str |
                 [sys.executable, "-P", "-m", "downpour", "launch", str(config_path), "--run-dir", str(path),
                  "--quiet", "--parent-fd", str(read_end)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(read_end,),
-                env=dict(os.environ, **ONE_THREAD), process_group=0)
+                env=dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(path.resolve())), process_group=0)
     except BaseException:
         os.close(write_end)
         raise
