@@ -20,6 +20,7 @@ or over, for its status, metrics and weights.
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import pathlib
@@ -47,10 +48,16 @@ def launch(config: spec.Config, overrides: spec.Overrides = None, run_dir: str |
     what only the roles can find out (a model that cannot be built) ends the job, and
     `Job.wait()` raises JobError with the launcher's words."""
     cfg = spec.resolve(config, overrides)
-    if run_dir is not None and (pathlib.Path(run_dir) / "config.yaml").exists():
+    if run_dir is None:  # runs/NAME-TIME, as `downpour launch` names it, and never one in use
+        run_dir = default = pathlib.Path("runs") / f"{cfg['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        for n in itertools.count(2):
+            if not run_dir.exists():
+                break
+            run_dir = default.with_name(f"{default.name}-{n}")
+    if (pathlib.Path(run_dir) / "config.yaml").exists():
         raise JobError(f"{run_dir}: already holds a run (config.yaml); choose another run_dir, "
                        f"or resume it with `downpour launch --resume {run_dir}`")
-    path = make_run_dir(cfg, None if run_dir is None else str(run_dir))
+    path = make_run_dir(cfg, str(run_dir))
     config_path = path / "config.yaml"
     config_path.write_text(job_config.dump(cfg))
     read_end, write_end = os.pipe()

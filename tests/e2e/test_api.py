@@ -1,6 +1,7 @@
 """The Python API on real processes: `downpour.launch` and its `Job`, `downpour.connect` (read
 only, and as an external worker), `downpour.train`; and weights that are never lost: a run's
 weights come out of its checkpoints however it ended, even killed with its launcher."""
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +84,41 @@ def test_a_stopped_long_job_still_gives_its_weights_from_the_checkpoints(runs):
     assert not np.array_equal(weights["1.weight"], initial_weights(cfg)["1.weight"])
     assembled = checkpoint.assemble(job.run_dir)
     np.testing.assert_array_equal(np.concatenate([a.ravel() for a in weights.values()]), assembled)
+
+
+PARENT = """
+import sys, downpour
+job = downpour.launch(sys.argv[1], {"train.steps": 100_000, "train.log_every": 10}, run_dir=sys.argv[2])
+next(r for r in job.metrics() if r.get("kind") == "train")
+print("running", flush=True)
+sys.stdin.read()   # until its stdin closes (then atexit stops the job) or it is killed
+"""
+
+
+def test_a_job_ends_in_order_when_the_interpreter_that_launched_it_exits_or_is_killed(runs):
+    """atexit stops a job whose interpreter ends; one whose interpreter is killed stops itself
+    (its launcher holds a pipe from it). Either way the shards checkpoint and nothing is left."""
+    parents = {how: subprocess.Popen([sys.executable, "-c", PARENT, str(MLP), str(runs / how)], cwd=ROOT,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for how in ("exits", "killed")}
+    try:
+        for parent in parents.values():
+            assert parent.stdout.readline() == "running\n", parent.stdout.read()
+        parents["killed"].kill()
+        parents["exits"].stdin.close()
+        assert parents["exits"].wait(90) == 0
+        assert not processes_of(runs / "exits")                   # atexit waited for the job to end
+    finally:
+        for parent in parents.values():
+            parent.kill()
+            parent.wait()
+    deadline = time.monotonic() + 60
+    while processes_of(runs / "killed") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for how in parents:
+        summary = json.loads((runs / how / "summary.json").read_text())
+        assert summary["status"] == "stopped", how
+        assert checkpoint.load(runs / how / "checkpoints" / "shard-0.npz")[1]["updates"] > 0
 
 
 def test_train_is_the_one_process_reference_and_takes_overrides_as_a_list_or_a_dict():
