@@ -39,7 +39,9 @@ def address(target: Target, wait: float = 0.0) -> str:
     path = run_dir / "coordinator.addr"
     deadline = time.monotonic() + wait
     while not path.exists():
-        if time.monotonic() >= deadline or ended(run_dir) or not (run_dir / "config.yaml").exists():
+        if ended(run_dir):
+            raise JobError(f"{target}: the job is over (its summary.json says how it ended)")
+        if time.monotonic() >= deadline or not (run_dir / "config.yaml").exists():
             raise JobError(f"{target}: not a run directory with a running coordinator (no {path.name})")
         time.sleep(0.05)
     return path.read_text().strip()

@@ -113,8 +113,15 @@ class Job:
 
     def status(self) -> dict:
         """What `downpour status --json` shows: the coordinator's view while the job runs,
-        how it ended afterwards."""
-        return control.status(self.run_dir, ask=self._process is None or self._process.poll() is None)
+        how it ended afterwards (`state` "starting" and no nodes before the coordinator is up)."""
+        launched_and_running = self._process is not None and self._process.poll() is None
+        try:
+            return control.status(self.run_dir, ask=self._process is None or launched_and_running)
+        except JobError:
+            if not launched_and_running:
+                raise
+            return {"job_id": None, "name": job_config.load(self.run_dir / "config.yaml")["name"],
+                    "state": "starting", "reason": "the launcher is starting the coordinator", "nodes": []}
 
     def metrics(self, poll: float = 0.2) -> Iterator[dict]:
         """The records of the run's metrics.jsonl, each as it arrives; ends when the job does."""
