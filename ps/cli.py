@@ -368,7 +368,9 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     params = _check_model(cfg)
     size = sum(a.size for _, a in params)
     click.echo(f"{config}: ok ({cfg['model']['type']} with {size:,} parameters on {cfg['data']['dataset']}, "
-               f"{cfg['workers']['count']} workers, {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
+               f"{cfg['workers']['count']} workers"
+               + (f" + {cfg['workers']['external']} external" if cfg["workers"]["external"] else "")
+               + f", {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
 
 
 @main.command()
