@@ -50,7 +50,8 @@ class Client:
                  keys: str | os.PathLike | None = None, give_up: Callable[[], None] | None = None):
         """`give_up` (read-only clients) is called while waiting for shards; it may raise to stop waiting."""
         self.worker = worker
-        self._configure = control.client_keys(target, keys)
+        coordinator = control.address(target, timeout)  # a job just launched: its coordinator is on its way
+        self._configure = control.client_keys(target, keys)  # the launcher made them before the coordinator
         self._session = None
         self._shards: ShardClient | None = None
         self._grad: np.ndarray | None = None
@@ -58,8 +59,7 @@ class Client:
         self.config: dict | None = None
         if worker:
             from downpour.worker.session import Session
-            self._session = Session(control.address(target, timeout), P.WORKER, None, timeout, self._configure,
-                                    external=True)
+            self._session = Session(coordinator, P.WORKER, None, timeout, self._configure, external=True)
             self.layout: Layout = self._session.layout
             self.job_id: str = self._session.job_id
             self.config = self._session.config
@@ -182,7 +182,6 @@ class Client:
 def _wait_for_shards(target, keys, timeout: float, give_up: Callable[[], None] | None) -> dict:
     """The coordinator's status once every shard range has a server."""
     deadline = time.monotonic() + timeout
-    control.address(target, timeout)  # a job just launched: its coordinator is on its way
     while True:
         status = control.live_status(target, keys)
         if control.is_over(status):

@@ -153,8 +153,10 @@ def test_resume_without_a_checkpoint_is_an_error_not_a_fresh_start(runs):
 
 def test_an_external_worker_is_held_to_bsp_and_each_push_is_one_clock(runs):
     """One built-in worker and this test's process as the external one, under BSP: the
-    built-in worker can get no further than the clocks we push."""
-    overrides = {"workers": {"count": 1, "external": 1}, "consistency.mode": "bsp", "train.steps": 20, **SMALL}
+    built-in worker can get no further than the clocks we push. With CURVE: the clients find
+    the job's keys in its run directory."""
+    overrides = {"workers": {"count": 1, "external": 1}, "consistency.mode": "bsp", "train.steps": 20,
+                 "cluster.curve": True, **SMALL}
     with downpour.launch(MLP, overrides, run_dir=runs / "bsp") as job:
         with downpour.connect(job.run_dir, worker=True) as me:
             assert me.rank == 1                                   # never the built-in worker's rank
@@ -167,6 +169,7 @@ def test_an_external_worker_is_held_to_bsp_and_each_push_is_one_clock(runs):
                 me.push({"3.bias": np.full(10, 0.01, np.float32)})   # the other names: zero gradient
             workers = {n["rank"]: n for n in job.status()["nodes"] if n["role"] == "worker"}
             assert me.clock == 10 and workers[0]["stats"].get("clock", 0) <= 11   # held back by BSP
+            assert job.state_dict()["3.bias"].shape == (10,)                   # a read-only client too
             for _ in range(10):
                 me.pull()
                 me.push({"3.bias": np.full(10, 0.01, np.float32)})
