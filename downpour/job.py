@@ -237,16 +237,20 @@ class Job:
 _LAUNCHED: set[Job] = set()  # held, not weakly: a job nobody refers to still runs, and atexit stops it
 
 
-def watch_parent(fd: int) -> None:
+def watch_parent(fd: int, run_dir: str | os.PathLike) -> None:
     """In the launcher: once the pipe from the process that launched us closes (it ended,
-    however), stop the job as Ctrl-C would (SIGTERM is the launcher's orderly stop)."""
+    however), stop the job in order, through its coordinator, or, before there is one, as
+    Ctrl-C would (SIGTERM is the launcher's orderly stop)."""
     def read() -> None:
         try:
             while os.read(fd, 1):
                 pass
         except OSError:
             pass
-        os.kill(os.getpid(), signal.SIGTERM)
+        try:
+            control.stop(run_dir, "the process that launched the job ended")
+        except JobError:
+            os.kill(os.getpid(), signal.SIGTERM)
     threading.Thread(target=read, name="parent-watch", daemon=True).start()
 
 

@@ -121,7 +121,9 @@ def launch(config: str | None, run_dir: str | None, resume: str | None, override
     _check_device(cfg["device"])
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     if parent_fd is not None:
-        api_job.watch_parent(parent_fd)
+        if run_dir is None:
+            raise click.UsageError("--parent-fd needs --run-dir")
+        api_job.watch_parent(parent_fd, run_dir)
     progress = None if quiet else Progress(cfg)
     code, path = launcher.launch(cfg, run_dir, progress, resume=resume is not None)
     if progress:

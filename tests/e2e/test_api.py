@@ -118,6 +118,8 @@ def test_a_job_ends_in_order_when_the_interpreter_that_launched_it_exits_or_is_k
     for how in parents:
         summary = json.loads((runs / how / "summary.json").read_text())
         assert summary["status"] == "stopped", how
+        assert summary["reason"] == {"exits": "the Python interpreter that launched the job is exiting",
+                                     "killed": "the process that launched the job ended"}[how]
         assert checkpoint.load(runs / how / "checkpoints" / "shard-0.npz")[1]["updates"] > 0
 
 
