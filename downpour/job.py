@@ -34,7 +34,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from downpour.ps import config as job_config
-from downpour.ps.launcher import ONE_THREAD, make_run_dir, tail
+from downpour.ps.launcher import make_run_dir, tail
+from downpour.ps.role_env import role_env
 
 from . import control, spec, weights
 from .control import JobError
@@ -68,7 +69,7 @@ def launch(config: spec.Config, overrides: spec.Overrides = None, run_dir: str |
                 [sys.executable, "-P", "-m", "downpour", "launch", str(config_path), "--run-dir", str(path),
                  "--quiet", "--parent-fd", str(read_end)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, pass_fds=(read_end,),
-                env=dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(path.resolve())), process_group=0)
+                env=role_env(DOWNPOUR_RUN_DIR=str(path.resolve())), process_group=0)
     except BaseException:
         os.close(write_end)
         raise

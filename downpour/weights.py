@@ -64,11 +64,10 @@ def run_config(run_dir: str | os.PathLike) -> dict:
 
 
 def layout_of(cfg: dict) -> Layout:
-    """The job's layout, from its config: the seeded model built once, cut into its shards."""
-    from downpour.worker import models
-    from downpour.worker.job import load_data
-    params = models.initial_parameters(cfg["model"], models.data_info(load_data(cfg)), cfg["seed"])
-    return make_layout([(name, a.shape) for name, a in params], cfg["shards"]["count"])
+    """The job's layout, from its config: the model built once (a plug-in's too), cut into its shards."""
+    from downpour.worker.job import build_model, load_data
+    net = build_model(cfg, None if "factory" in cfg["model"] else load_data(cfg))
+    return make_layout([(name, p.data.shape) for name, p in net.named_parameters()], cfg["shards"]["count"])
 
 
 def shard_checkpoints(run_dir: str | os.PathLike, cfg: dict) -> list[ShardCheckpoint]:

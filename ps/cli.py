@@ -39,13 +39,11 @@ def _check_model(cfg: dict) -> list:
                                    "(set data.validation, e.g. 0.1)")
     if cfg["eval"]["early_stopping"] and not cfg["eval"]["every"]:
         raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
-    from downpour.worker import datasets, models
-    from downpour.worker.job import load_data
+    from downpour.worker import datasets, models, plugins
+    from downpour.worker.job import initial_parameters
     try:
-        data = load_data(cfg)
-        return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
-                                         by_rows=cfg["compression"]["rows"])
-    except (models.ModelConfigError, datasets.DatasetError) as err:
+        return initial_parameters(cfg)
+    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -315,14 +313,19 @@ def export_cmd(run_dir: str, fmt: str, out: str | None, source: str) -> None:
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 def eval_cmd(run_dir: str, data: str | None, split: str) -> None:
     """Score a run's exported weights on a data set's test (or validation) split."""
+    from downpour.worker import datasets, models, plugins
     from downpour.worker.job import build_job
-    from downpour.worker.objective import evaluate
     path = _run_dir(run_dir)
-    overrides = (f"data.dataset={data}",) if data else ()
-    cfg = _load(str(path / "config.yaml"), overrides)
-    job = build_job(cfg)
+    cfg = _load(str(path / "config.yaml"), ())
+    if data:  # another named data set, in place of the job's named one or its factory
+        kept = {k: v for k, v in cfg["data"].items() if k in ("validation", "seq_len", "limit_train", "max_chars")}
+        cfg = _load(str(path / "config.yaml"), (f"data={json.dumps({**kept, 'dataset': data})}",))
+    try:
+        job = build_job(cfg)
+    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError) as err:
+        raise click.ClickException(str(err)) from None
     job.net.load_state_dict(_weights(path))
-    metrics = evaluate(job.net, job.data, split)
+    metrics = job.evaluate(split)
     click.echo(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
@@ -369,10 +372,11 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     cfg = _load(config, overrides)
     params = _check_model(cfg)
     size = sum(a.size for _, a in params)
-    click.echo(f"{config}: ok ({cfg['model']['type']} with {size:,} parameters on {cfg['data']['dataset']}, "
-               f"{cfg['workers']['count']} workers"
-               + (f" + {cfg['workers']['external']} external" if cfg["workers"]["external"] else "")
-               + f", {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
+    model = cfg["model"].get("type") or cfg["model"]["factory"]
+    data = cfg["data"].get("dataset") or cfg["data"]["factory"]
+    external = f" + {cfg['workers']['external']} external" if cfg["workers"]["external"] else ""
+    click.echo(f"{config}: ok ({model} with {size:,} parameters on {data}, {cfg['workers']['count']} workers"
+               f"{external}, {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
 
 
 @main.command()

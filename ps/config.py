@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from downpour.ps.config_schema import JOB, ConfigError, Nullable, Section, join
+from downpour.ps.config_schema import JOB, PLUGIN_SETTINGS, ConfigError, Nullable, Section, join
 
-__all__ = ["ConfigError", "load", "read", "resolve", "apply_overrides", "dump", "get"]
+__all__ = ["ConfigError", "load", "resolve", "apply_overrides", "dump", "get"]
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,6 @@ def _parse_yaml(text: str, source: str) -> Any:
 
 def load(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
     """Read a job config file, apply `--set` overrides, validate it and fill in every default."""
-    return resolve(read(path), overrides)
-
-
-def read(path: str | os.PathLike) -> dict:
-    """The mapping a YAML job config file holds, as written (not yet validated)."""
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -105,16 +100,43 @@ def read(path: str | os.PathLike) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, raw, JOB.expected)
-    return raw
+    return resolve(raw, overrides, base=Path(os.path.abspath(path)).parent)
 
 
-def resolve(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
-    """Apply overrides to a raw config mapping, validate it and fill in every default."""
+def resolve(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any] = (),
+            base: str | os.PathLike | None = None) -> dict:
+    """Apply overrides to a raw config mapping, validate it and fill in every default.
+
+    The files of a user's code (`model: {factory: mynet.py:build}`) are made absolute against
+    `base` (the config file's directory; the working directory when None): the resolved config
+    travels to every role, which finds them at that path, whatever its own directory.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError("config", raw, JOB.expected)
     resolved = JOB.resolve(apply_overrides(raw, overrides), "")
+    for dotted in PLUGIN_SETTINGS:
+        section, _, key = dotted.rpartition(".")
+        holder = get(resolved, section) if section else resolved
+        if holder.get(key) is not None:
+            holder[key] = anchor_plugin(holder[key], Path.cwd() if base is None else Path(base))
     log.debug("resolved job config %r", resolved["name"])
     return resolved
+
+
+def split_plugin(ref: str) -> tuple[str, str, bool]:
+    """`FILE.py:NAME` or `package.module:NAME` as (file or module, NAME, whether a file)."""
+    target, _, name = ref.rpartition(":")
+    return target, name, target.endswith(".py")
+
+
+def anchor_plugin(ref: str, base: Path) -> str:
+    """A `FILE.py:NAME` with FILE made absolute against `base` (`~` expanded); a module's
+    `package.module:NAME` as it is."""
+    target, name, is_file = split_plugin(ref)
+    if not is_file:
+        return ref
+    path = Path(target).expanduser()
+    return f"{os.path.normpath(path if path.is_absolute() else base / path)}:{name}"
 
 
 def apply_overrides(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any]) -> dict:
@@ -128,7 +150,7 @@ def apply_overrides(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any]) 
     if isinstance(overrides, Mapping):
         for dotted, value in overrides.items():
             keys = [key.strip() for key in dotted.split(".")] if isinstance(dotted, str) else []
-            if not all(keys) or not keys:
+            if not keys or not all(keys):
                 raise ConfigError("overrides", dotted, "a dotted key such as 'consistency.mode'")
             _set(config, keys, copy.deepcopy(value))
         return config

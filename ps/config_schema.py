@@ -192,6 +192,24 @@ class Variants:
 
 
 @dataclass(frozen=True)
+class Either:
+    """One of two sections, picked by whether `key` is given: a user's `factory` (whose other
+    keys are its keyword arguments) or a built-in (`model.type`, `data.dataset`)."""
+
+    key: str
+    given: Section
+    otherwise: Section
+    expected: str = "a mapping"
+
+    def resolve(self, value: Any, path: str) -> dict:
+        chosen = self.given if isinstance(value, dict) and self.key in value else self.otherwise
+        return chosen.resolve(value, path)
+
+    def fill(self, path: str) -> dict:
+        return self.otherwise.fill(path)
+
+
+@dataclass(frozen=True)
 class ListOf:
     """A list of settings of one shape (the fault schedule); empty by default."""
 
@@ -209,7 +227,7 @@ class ListOf:
         return []
 
 
-Node = Field | Nullable | Section | Variants | ListOf
+Node = Field | Nullable | Section | Variants | Either | ListOf
 
 
 # -- leaf kinds ---------------------------------------------------------------------------------
@@ -275,6 +293,23 @@ def variants(tag: str, default: Any, common: dict[str, Node], **options: Section
                           for name, option in options.items()})
 
 
+_PLUGIN_FORM = re.compile(r"(?:.+\.py|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")
+
+
+def plugin(name: str) -> Field:
+    """A user's code: `FILE.py:NAME` (a file, relative to the config file's directory unless
+    absolute; `ps.config` makes it absolute) or `package.module:NAME` (an importable module)."""
+    return Field(f"FILE.py:{name} or package.module:{name}",
+                 lambda value: isinstance(value, str) and bool(_PLUGIN_FORM.fullmatch(value.strip())),
+                 convert=str.strip)
+
+
+def factory(builtin: str, fields: dict[str, Node], why: str) -> Section:
+    """A section naming a user's factory: its other keys are the factory's keyword arguments."""
+    return Section(fields, free_form=True, rules=(
+        Rule(builtin, lambda section: builtin not in section, f"no {builtin} with factory ({why})"),))
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 NAMED_DATASETS = ("digits", "fashion_mnist", "mnist1d", "text:jargon", "text:pydoc")
@@ -296,7 +331,7 @@ def _adam(weight_decay: float) -> Section:
 
 OPTIMIZER = variants(
     "type", "sgd", {"lr": number(0.01, low_open=True),
-                    # the rate over the job's planned updates (model/schedule.py)
+                    # the rate over the job's planned updates (model/optim/schedule.py)
                     "schedule": choice("constant", "linear", "cosine", default="constant"),
                     "final_lr": number(0.0)},
     sgd=Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
@@ -359,14 +394,20 @@ JOB = Section({
         "mode": choice("async", "ssp", "bsp", default="async"),
         "staleness": integer(0, default=2),
     }),
-    "data": Section({
+    "data": Either("factory", factory("dataset", {  # load(**other keys) -> splits: worker/datasets/custom.py
+        "factory": plugin("load"),
+        "validation": number(0.0, high=1.0),
+        "limit_train": Nullable(integer(1)),
+    }, "the factory gives the data"), Section({
         "dataset": DATASET,
         "validation": number(0.0, high=1.0),
         "seq_len": integer(1, default=64),
         "limit_train": Nullable(integer(1)),
         "max_chars": Nullable(integer(1)),
-    }),
-    "model": Section({"type": text()}, free_form=True),
+    })),
+    "model": Either("factory", factory("type", {"factory": plugin("build")}, "the factory builds the model"),
+                    Section({"type": text()}, free_form=True)),  # build(**other keys) -> nn.Module
+    "loss": Nullable(plugin("loss")),  # loss(output, target) -> 0-d tensor; null: cross-entropy
     "optimizer": OPTIMIZER,
     "train": Section({
         "steps": integer(1, default=1000),
@@ -420,3 +461,5 @@ JOB = Section({
     }, shorthand="codec"),
     "faults": ListOf(FAULT),
 }, expected="a mapping of settings")
+
+PLUGIN_SETTINGS = ("model.factory", "data.factory", "loss")  # a user's code: `ps.config` anchors their files

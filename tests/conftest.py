@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from downpour.ps.role_env import role_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def processes_of(run_dir: pathlib.Path) -> list[int]:
@@ -43,23 +44,23 @@ class Jobs:
         self.run_dirs: list[pathlib.Path] = []
 
     def start(self, config: str | pathlib.Path | None, *overrides: str, name: str | None = None,
-              resume: pathlib.Path | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
-        """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background."""
+              resume: pathlib.Path | None = None, cwd: pathlib.Path = ROOT) -> tuple[subprocess.Popen, pathlib.Path]:
+        """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background, from `cwd`."""
         run_dir = resume or self.tmp_path / (name or f"run{len(self.run_dirs)}")
         target = ["--resume", str(run_dir)] if resume else [str(config), "--run-dir", str(run_dir)]
         cmd = [sys.executable, "-P", "-m", "downpour", "launch", *target, "--quiet"]
         for o in overrides:
             cmd += ["--set", o]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, **ONE_THREAD), start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=role_env(), start_new_session=True)
         self.launchers.append(proc)
         self.run_dirs.append(run_dir)
         return proc, run_dir
 
     def run(self, config: str | pathlib.Path | None, *overrides: str, timeout: float = 180, name: str | None = None,
-            resume: pathlib.Path | None = None) -> dict:
+            resume: pathlib.Path | None = None, cwd: pathlib.Path = ROOT) -> dict:
         """Run a job to the end; return its summary.json (with `_run_dir` and `_output` added)."""
-        proc, run_dir = self.start(config, *overrides, name=name, resume=resume)
+        proc, run_dir = self.start(config, *overrides, name=name, resume=resume, cwd=cwd)
         return self.finish(proc, run_dir, timeout)
 
     def finish(self, proc: subprocess.Popen, run_dir: pathlib.Path, timeout: float = 180) -> dict:
@@ -126,7 +127,7 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
     cfg = job_config.load(CONFIGS / "digits_logreg.yaml", ["shards=1", *overrides])
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(job_config.dump(cfg))
-    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
+    env = role_env(DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
     if keys is not None:
         env["DOWNPOUR_KEYS"] = str(keys.directory)
     logs = {"coordinator": tmp_path / "coordinator.log", "shard": tmp_path / "shard.log"}

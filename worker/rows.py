@@ -8,6 +8,9 @@ does not read, it does not use, and the rows it does not push carry a zero gradi
 dense push would have carried as zeros (so momentum, Adam and weight decay still act on them
 on the shard, exactly as before; where a zero changes nothing, the shard skips them:
 `Rule.zero_is_noop`).
+
+The training loop asks a `keys` object for the keys of each read and push: `AllKeys` (no keys
+named: every key moves) or `ByRows`.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from downpour.model.flat import FlatParameters
 from downpour.ps.client import spans
 
 from .models import row_tables
+from .partition import Partition
 
 
 class RowPlan:
@@ -48,3 +52,42 @@ class RowPlan:
         parts = [spans.of_rows(offset, width, used[name]) for name, (offset, width) in self.tables.items()]
         self._recent.append((x, parts))
         return parts
+
+
+class AllKeys:
+    """A job that moves every key: reads and pushes name none."""
+
+    def computed(self, x: np.ndarray) -> None:
+        """Nothing to note: a push sends every key."""
+
+    def read(self, step: int) -> dict:
+        return {}
+
+    def pushed(self) -> dict:
+        return {}
+
+
+class ByRows:
+    """A job by rows: a read names the keys of the batches it serves, a push those of the batches
+    it sums (`ShardClient.start`'s `read_spans` and `grad_spans`)."""
+
+    def __init__(self, plan: RowPlan, partition: Partition, ahead: int, fetch_every: int):
+        """A read after step s serves `fetch_every` batches from step s + 1 + `ahead` on (one
+        step later when it travels while the next step computes)."""
+        self.plan, self.partition, self.ahead, self.fetch_every = plan, partition, ahead, fetch_every
+        self._computed: list[np.ndarray] = []  # the inputs of the batches since the last push
+
+    def computed(self, x: np.ndarray) -> None:
+        """Note that a step computed on input `x`: the next push sends its rows."""
+        self._computed.append(x)
+
+    def read(self, step: int) -> dict:
+        """The keys for a read after `step`: drawing the batches it serves now."""
+        served = self.partition.peek(step, self.ahead, self.fetch_every)
+        return {"read_spans": self.plan.keys(x for x, _ in served)}
+
+    def pushed(self) -> dict:
+        """The keys for a push of the batches computed since the last one."""
+        keys = self.plan.keys(self._computed)
+        self._computed = []
+        return {"grad_spans": keys}

@@ -14,9 +14,9 @@ import pytest
 import downpour
 from downpour.ps import checkpoint
 from downpour.ps import config as job_config
-from downpour.worker import models
-from downpour.worker.job import load_data
-from tests.conftest import CONFIGS, ONE_THREAD, ROOT, logs, processes_of
+from downpour.ps.role_env import role_env
+from downpour.worker.job import initial_parameters
+from tests.conftest import CONFIGS, ROOT, logs, processes_of
 
 pytestmark = pytest.mark.e2e
 MLP = CONFIGS / "digits_mlp.yaml"
@@ -39,7 +39,7 @@ def runs(tmp_path):
 
 
 def initial_weights(cfg: dict) -> dict:
-    return dict(models.initial_parameters(cfg["model"], models.data_info(load_data(cfg)), cfg["seed"]))
+    return dict(initial_parameters(cfg))
 
 
 def test_launch_returns_a_job_whose_metrics_status_and_weights_follow_it_to_the_end(runs):
@@ -189,7 +189,7 @@ def test_two_torch_workers_train_through_connect_to_the_accuracy_of_the_built_in
     overrides = {"workers": {"count": 0, "external": 2}, "train.steps": 300, **SMALL}
     with downpour.launch(MLP, overrides, run_dir=runs / "torch") as job:
         scripts = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "e2e" / "torch_worker.py"), str(job.run_dir),
-                                     str(part), "2", "300"], cwd=ROOT, env=dict(os.environ, **ONE_THREAD),
+                                     str(part), "2", "300"], cwd=ROOT, env=role_env(),
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                    for part in range(2)]
         try:
