@@ -64,7 +64,7 @@ class Coordinator:
         self.initial = np.concatenate([np.asarray(a, np.float32).ravel() for _, a in params]) \
             if params else np.zeros(0, np.float32)
         self.num_shards = config["shards"]["count"]
-        self.num_workers = config["workers"]["count"]
+        self.num_workers = config["workers"]["count"] + config["workers"]["external"]  # built-in + external
         self.replication = config["shards"]["replication"]
         cluster = config["cluster"]
         self.max_bytes = int(cluster["max_message_mb"] * (1 << 20))
@@ -110,7 +110,7 @@ class Coordinator:
             return holder
         return None
 
-    def _assign_rank(self, role: str, wanted: Any) -> int:
+    def _assign_rank(self, role: str, wanted: Any, first: int = 0) -> int:
         """The rank asked for, or the lowest free one. Shards and the evaluator have a fixed
         number of ranks; workers beyond `workers.count` may join a running job (elastic)."""
         limit = {P.SHARD: self.num_shards, EVALUATOR: 1}.get(role)
@@ -123,7 +123,7 @@ class Coordinator:
                 raise WireError(f"{role} rank {wanted} is already taken by a live node at "
                                 f"{node.address or 'an unknown address'}", retry=True)
             return wanted
-        rank = next((r for r in range(limit if limit is not None else 1 << 30) if r not in taken), None)
+        rank = next((r for r in range(first, limit if limit is not None else 1 << 30) if r not in taken), None)
         if rank is None:
             raise WireError(f"all {limit} {role} ranks are taken")
         return rank
@@ -190,7 +190,8 @@ class Coordinator:
         if self.state in P.FINAL_STATES:
             raise WireError(f"the job is over ({self.state}): not accepting {role}s")
         body = msg.body()
-        rank = self._assign_rank(role, body.get("rank"))
+        # an external worker (downpour.connect) never takes a rank the launcher's workers ask for
+        rank = self._assign_rank(role, body.get("rank"), self.config["workers"]["count"] if body.get("external") else 0)
         if role == P.WORKER and rank >= self.num_workers + P.MAX_EXTRA_WORKERS:
             raise WireError(f"worker rank {rank} refused: at most {P.MAX_EXTRA_WORKERS} workers beyond "
                             f"workers.count={self.num_workers} may join")
@@ -336,6 +337,7 @@ class Coordinator:
         return {"job_id": self.job_id, "name": self.config["name"], "state": self.state, "reason": self.reason,
                 "elapsed": round((self.ended or time.time()) - self.started, 3),
                 "consistency": self.config["consistency"]["mode"],
+                "layout": self.layout.to_dict(), "shards": self.shard_addresses(),  # for read-only clients
                 "steps_per_worker": self.config["train"]["steps"],
                 # A model update counts once every range has applied it (whoever serves the range).
                 "updates_applied": min(self._updates_per_range(), default=0),

@@ -27,12 +27,15 @@ class JobEnded(Exception):
 
 class Session:
     def __init__(self, coordinator: str, role: str, rank: int | None = None, startup_timeout: float = 60.0,
-                 configure: Callable[[zmq.Socket], None] | None = None):
-        """`configure` prepares every socket before it connects (CURVE keys, when the job uses them)."""
+                 configure: Callable[[zmq.Socket], None] | None = None, external: bool = False):
+        """`configure` prepares every socket before it connects (CURVE keys, when the job uses them);
+        `external`: a worker the user runs (`downpour.connect`), one of the job's `workers.external`."""
         self.ctx = zmq.Context()
         self.configure = configure
         self.control = ControlClient(self.ctx, coordinator, role, configure=configure)
-        body = {} if rank is None else {"rank": rank}
+        body: dict = {} if rank is None else {"rank": rank}
+        if external:
+            body["external"] = True
         info = self.control.register(body, startup_timeout).body()
         self.rank: int = info["rank"]
         self.world: int = info["world"]
