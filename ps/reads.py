@@ -12,7 +12,8 @@ feedback without a separate buffer; Li et al., OSDI'14, cut server-to-worker tra
 way, by sending what changed).
 
     sparse  the keys whose bits changed, with their new values (set, not added: exact)
-    topk    the k = ceil(ratio * n) keys that changed most, with their new values (set)
+    topk    the k = ceil(ratio * n) keys that changed most, with their new values (set);
+            fewer if fewer changed
     fp16    the change, scaled to float16 as a push is (added)
     onebit  the change's signs and mean magnitude (added)
     twobit  +-threshold where the change reaches it (added)
@@ -37,6 +38,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -144,8 +146,8 @@ class ReaderViews:
             idx = np.flatnonzero(current.view(np.uint32) != held.view(np.uint32)).astype(np.uint32)
             fields, frames = {"count": int(idx.size)}, (idx, current[idx])
         elif codec == "topk":
-            fields, (idx, _) = C.encode_topk(current - held, self.ratio)
-            frames = (idx, current[idx])
+            idx = top_changes(current - held, self.ratio)
+            fields, frames = {"count": int(idx.size)}, (idx, current[idx])
         elif codec == "fp16":
             fields, frames = C.encode_fp16(current - held)
         elif codec == "onebit":
@@ -193,6 +195,19 @@ class ReaderViews:
         """What the shard reports: reads by kind, and the bytes its views hold."""
         return {"full": self.counts["full"], "change": self.counts["change"],
                 "over_budget": self.counts["over_budget"], "view_bytes": self.nbytes}
+
+
+def top_changes(change: np.ndarray, ratio: float) -> np.ndarray:
+    """The keys (sorted uint32) of the k = ceil(ratio * n) largest non-zero changes, or of every
+    non-zero change if there are no more than k. Selected among the non-zero ones only: weights
+    that did not move (a dead unit, a blank pixel) tie at zero, and ties make NumPy's
+    introselect 10-20x slower (measured: 38 400 values, 90% zeros, 3.4 ms against 0.2 ms)."""
+    k = min(change.size, max(1, math.ceil(ratio * change.size)))
+    moved = np.flatnonzero(change)
+    if moved.size > k:
+        moved = moved[np.argpartition(np.abs(change[moved]), moved.size - k)[moved.size - k:]]
+        moved.sort()
+    return moved.astype(np.uint32)
 
 
 def apply_change(view: np.ndarray, header: dict, arrays: Sequence[np.ndarray]) -> None:

@@ -32,6 +32,8 @@ def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict,
                "target": _judge(config.get("target") or None, metrics),
                "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),
                "push_staleness": _merge([s["stats"].get("push_staleness", {}) for s in shards]),
+               # compressed reads (ps/reads.py): full, change, over_budget (plain reads), view_bytes
+               "reads": _sum([s["stats"].get("reads", {}) for s in shards]),
                "updates_rolled_back": rolled_back,
                "time_to_notice": [e["silent_seconds"] for e in events if e["event"] == "dead"],
                "events": events}
@@ -46,6 +48,14 @@ def _merge(histograms: list[dict]) -> dict:
         for k, v in h.items():
             out[k] = out.get(k, 0) + v
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def _sum(counts: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _judge(target: dict | None, metrics: dict) -> dict | None:
@@ -65,6 +75,7 @@ def is_int(x: Any) -> bool:
 # What a node may report about itself, and the type each figure must have.
 _COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates")
 _HISTOGRAMS = ("read_staleness", "push_staleness")
+_READS = ("full", "change", "over_budget", "view_bytes")  # a shard's compressed reads (ps/reads.py)
 
 
 def clean_stats(stats: dict) -> dict:
@@ -75,6 +86,9 @@ def clean_stats(stats: dict) -> dict:
     ranges = stats.get("ranges")
     if isinstance(ranges, dict) and len(ranges) <= 1024:
         out["ranges"] = {k: v for k, v in ranges.items() if isinstance(k, str) and k.isdigit() and is_int(v) and v >= 0}
+    reads = stats.get("reads")
+    if isinstance(reads, dict):
+        out["reads"] = {k: v for k, v in reads.items() if k in _READS and is_int(v) and 0 <= v < 1 << 62}
     for key in _HISTOGRAMS:
         h = stats.get(key)
         if isinstance(h, dict) and len(h) <= 256:

@@ -24,6 +24,7 @@ from .client.faults import FaultPlan
 from .config import planned_updates
 from .incoming import Incoming, header_spans
 from .layout import layout_from_dict
+from .reads import ReaderViews
 from .replication import Replicator, backup_of
 from .store import ParameterStore, StalePush
 from .wire import Message, SharedFrame, WireError, bind_socket, recv, reply, reply_error
@@ -108,6 +109,7 @@ class Shard:
                                   info["workers"], planned_updates(self.config), buffer=buffer)
 
         self.store = store(self.rank, msg.arrays[0])
+        self.views = ReaderViews(self.config["compression"])  # compressed reads: each reader's view
         self.stores = {self.rank: self.store}   # the ranges this shard serves
         self.backups: dict[int, ParameterStore] = {}
         if self.config["shards"]["replication"] > 1:
@@ -202,6 +204,7 @@ class Shard:
         if body.get("workers") is not None:
             for store in (*self.stores.values(), *self.backups.values()):
                 store.set_live(body["workers"])
+            self.views.retain(body["workers"])
         for rng in body.get("serve") or ():
             if rng in self.backups and rng not in self.stores:  # our primary for rng died: take over
                 log.warning("shard %d promoted: now serving range %d from its backup", self.rank, rng)
@@ -311,25 +314,30 @@ class Shard:
     def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int,
               wanted: spans.Spans | None = None) -> None:
         """Answer a read: by shared memory if the reader maps our segment, else the weights
-        of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`)."""
+        of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`), or the change
+        since the reader's view of them (`compression.pull`, ps/reads.py)."""
         h = msg.header
         seg = self.segments.get((store.lo, store.hi))
         if seg is not None and h.get("shm") is True:  # the reader copies from our segment itself
             on_record = store.admit_read(worker, clock)
+            self.views.drop(h["from"], h["lo"], h["hi"])
             reply(self.sock, msg, version=store.updates_applied, clock=on_record, segment=seg.ref,
                   offset=h["lo"] - store.lo)
         else:
-            if wanted is not None:  # some keys only: gathered afresh, so no snapshot is needed
+            change = self.views.answer(h, store.weights, store.lo, wanted)
+            wanted = None if change.whole else wanted  # a full read starts a view: the whole range
+            if change.arrays is not None or wanted is not None:  # encoded or gathered afresh: no snapshot needed
                 on_record = store.admit_read(worker, clock)
-                weights = spans.gather(store.weights, store.lo, wanted)
+                arrays = change.arrays or (spans.gather(store.weights, store.lo, wanted),)
             else:
                 snapshot, on_record = store.read(worker, clock, h["lo"], h["hi"])
                 frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
                 if frame is None or frame[0] is not store.snapshot or frame[1:3] != (h["lo"], h["hi"]):
                     frame = self.frames[store.lo] = (store.snapshot, h["lo"], h["hi"], SharedFrame(snapshot))
-                weights = frame[3]
+                arrays = (frame[3],)
             where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
-            reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
+            reply(self.sock, msg, arrays=arrays, version=store.updates_applied, clock=on_record, **where,
+                  **change.fields)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:
@@ -348,6 +356,7 @@ class Shard:
                 "errors": self.errors, "clock": s.consistency.min_clock(), "parked": len(self.parked),
                 "restored_updates": self.restored_updates,
                 "ranges": {str(r): st.updates_applied for r, st in self.stores.items()},
+                "reads": self.views.stats(),
                 "read_staleness": {str(k): v for k, v in sorted(s.consistency.staleness_seen.items())},
                 "push_staleness": {str(k): v for k, v in sorted(s.push_staleness.items())}}
 

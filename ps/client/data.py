@@ -4,10 +4,11 @@ Requests go out to all shards before any reply is awaited, so a round trip costs
 shard, not the sum. Gradients leave as views of the caller's buffer (no copy). Pulled weights
 go into a flat buffer (one copy, from the received frame) or into a `WeightSink`, such as the
 worker's `model.flat.FlatParameters`, which keeps the received frames as the parameters'
-memory (no copy at all). Pushes may be compressed
-(`ps/compression.py`), with the error feedback kept here. Every round trip can be
-split in two (`start`, `finish`), so a worker computes its next gradient while the previous
-push and read travel (overlap).
+memory (no copy at all; `sink.py`). Pushes may be compressed (`ps/compression.py`), with the
+error feedback kept here; so may reads (`compression.pull`, `ps/reads.py`): we keep our view of
+each shard's range, and a read carries the change since it. Every round trip can be split in
+two (`start`, `finish`), so a worker computes its next gradient while the previous push and
+read travel (overlap).
 
 With a shard on the same host (`ps/shm.py`) the arrays leave the messages: a pull's reply says
 where the weights are and we copy them from the shard's memory; a push names the place in our
@@ -27,7 +28,6 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import numpy as np
 import zmq
@@ -36,23 +36,12 @@ from .. import protocol as P
 from .. import shm, spans
 from ..compression import Compressor, wire_bytes
 from ..layout import Layout
+from ..reads import HeldWeights, StaleView
 from ..wire import Channel, Message, RemoteError, WireError, recv
 from .faults import FaultPlan
+from .sink import Out, WeightSink, deliver, deliver_spans
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
-
-
-class WeightSink(Protocol):
-    """Where pulled weights can go instead of a flat buffer (`model.flat.FlatParameters` is one)."""
-
-    def receive(self, lo: int, hi: int, weights: np.ndarray, keep: bool = False) -> None:
-        """Take elements [lo, hi) of the model; with `keep`, `weights` may be kept without a copy."""
-
-    def receive_at(self, index: np.ndarray, weights: np.ndarray) -> None:
-        """Take the elements at `index` (sorted, distinct) of the model: a read by rows."""
-
-
-Out = np.ndarray | WeightSink | None
 
 
 @dataclasses.dataclass
@@ -103,6 +92,8 @@ class ShardClient:
         self.give_up = give_up
         self.faults = faults
         self.compressor = Compressor(compression or {}, layout.ranges)
+        compressed_reads = (compression or {}).get("pull", "none") != "none"
+        self.held = HeldWeights(layout.ranges) if compressed_reads else None  # our views (ps/reads.py)
         self.addresses = list(addresses)
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self._polled: zmq.Poller | None = None
@@ -169,6 +160,8 @@ class ShardClient:
             local = self.local[shard] is not None
             if local and out is not None:
                 header["shm"] = True
+            elif out is not None and self.held is not None:  # the change since the view we name
+                header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
                 p.read_spans = _part(read_spans, lo, hi)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
@@ -296,6 +289,10 @@ class ShardClient:
         if isinstance(clock, int):
             self.shard_clocks[p.shard] = clock
         seg = self._map(p.shard, msg.header) if out is not None else None
+        if out is not None and self.held is not None:
+            if "view" in msg.header:
+                return self._take_change(msg, p, out)
+            self.held.drop(p.shard)  # a plain read came (shared memory, or the shard's memory budget)
         if out is not None and not msg.arrays:  # the weights are in the shard's memory
             offset = msg.header.get("offset")
             if seg is None or not isinstance(offset, int) or not 0 <= offset <= seg.count - (hi - lo):
@@ -303,18 +300,37 @@ class ShardClient:
                 return False
             weights = seg.array[offset:offset + hi - lo]
             if p.read_spans is None:
-                _deliver(out, lo, hi, weights, keep=False)  # it keeps changing
+                deliver(out, lo, hi, weights, keep=False)  # it keeps changing
             else:
-                _deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
+                deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
         elif out is not None:
             n = hi - lo if p.read_spans is None else spans.size(p.read_spans)
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (n,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
             if p.read_spans is None:
-                _deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
+                deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
             else:
-                _deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
+                deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
             self.bytes_received += msg.arrays[0].nbytes
+        return True
+
+    def _take_change(self, msg: Message, p: _Pending, out: np.ndarray | WeightSink) -> bool:
+        """A compressed read: the change since our view, or a full read that starts one. A change
+        to a view we no longer hold is asked again, naming none (a full read comes)."""
+        try:
+            values, keys, keep = self.held.take(p.shard, msg.header, msg.arrays, p.read_spans)
+        except StaleView:
+            p.header["view"] = 0
+            p.retry_at = time.monotonic()
+            return False
+        except ValueError as err:  # CodecError included
+            raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} sent a read we cannot use: "
+                              f"{err}") from None
+        if keys is None:
+            deliver(out, *self.layout.ranges[p.shard], values, keep=keep)
+        else:
+            deliver_spans(out, keys, values, keep=keep)
+        self.bytes_received += wire_bytes(msg.arrays)
         return True
 
     # ---- shared memory with shards on this host --------------------------------------------
@@ -385,23 +401,3 @@ def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
     cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
     part = spans.clip(model_spans, lo, hi)
     return None if spans.covers(part, lo, hi) or part[0].size > spans.MAX_SPANS else part
-
-
-def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:
-    if isinstance(out, np.ndarray):
-        np.copyto(out[lo:hi], weights)
-    else:
-        out.receive(lo, hi, weights, keep=keep)
-
-
-def _deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.ndarray, keep: bool) -> None:
-    """Write the keys of `wanted` (packed in `values`): long spans (dense parameters) as
-    ranges, which a sink may keep without a copy, the short ones (rows) through one index."""
-    if isinstance(out, np.ndarray):
-        spans.scatter(out, 0, wanted, values)
-        return
-    slices, keys, at = spans.pieces(wanted, 0)
-    for a, b, o in slices:
-        out.receive(a, b, values[o:o + b - a], keep=keep)
-    if keys.size:
-        out.receive_at(keys, values[at])

@@ -286,7 +286,8 @@ def test_hostile_compressed_pushes_only_ever_raise_wire_or_codec_errors():
 def test_the_compression_section_defaults_shorthand_and_errors():
     base = CONFIGS / "digits_logreg.yaml"
     assert config.load(base)["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5,
-                                                "error_feedback": True, "rows": False}
+                                                "error_feedback": True, "rows": False, "pull": "none",
+                                                "pull_full_every": None, "pull_memory_mb": 1024.0}
     assert config.load(base, ["compression=topk"])["compression"]["codec"] == "topk"
     assert config.load(base, ["compression.codec=twobit", "compression.threshold=0.1"])["compression"]["threshold"] == 0.1
     for override, message in [

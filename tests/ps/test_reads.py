@@ -8,7 +8,7 @@ import pytest
 from downpour.ps import config, spans
 from downpour.ps.compression import CodecError
 from downpour.ps.config_schema import ConfigError
-from downpour.ps.reads import HeldWeights, ReaderViews, StaleView, apply_change
+from downpour.ps.reads import HeldWeights, ReaderViews, StaleView, apply_change, top_changes
 from downpour.ps.wire import WireError
 
 N = 4000
@@ -130,6 +130,14 @@ def test_every_codec_keeps_the_workers_copy_equal_to_the_shards_view_and_close_t
         assert link.sent[-1]["bytes"] <= bytes_per_value * N + 16
     else:   # every weight moved: sparse would be bigger than the values, so they go as they are
         assert link.sent[-1]["fields"]["codec"] == "none" and link.sent[-1]["bytes"] == 4 * N
+
+
+def test_topk_reads_send_the_largest_changes_and_no_more_keys_than_moved():
+    change = np.zeros(1000, np.float32)
+    change[[5, 70, 300]] = [0.5, -2.0, 1.0]
+    np.testing.assert_array_equal(top_changes(change, 0.01), [5, 70, 300])     # k = 10, 3 moved
+    np.testing.assert_array_equal(top_changes(change, 0.002), [70, 300])       # k = 2
+    assert top_changes(np.zeros(10, np.float32), 0.5).dtype == np.uint32 and top_changes(change[:0], 0.5).size == 0
 
 
 def test_errors_feed_back_so_a_lossy_view_catches_up_once_the_weights_stop_moving():
