@@ -124,9 +124,28 @@ def encode_topk(x: np.ndarray, ratio: float) -> tuple[dict, tuple[np.ndarray, np
     """The k = max(1, ceil(ratio * n)) entries of largest magnitude (at most n), by index."""
     n = x.size
     k = min(n, max(1, math.ceil(ratio * n)))
-    idx = np.argpartition(np.abs(x), n - k)[n - k:] if k < n else np.arange(n)
-    idx = np.sort(idx).astype(np.uint32)
+    idx = np.sort(largest(np.abs(x), k)).astype(np.uint32)
     return {"count": k}, (idx, x[idx].astype(np.float32, copy=False))
+
+
+def largest(a: np.ndarray, k: int) -> np.ndarray:
+    """The positions (in no order) of the k largest values of `a` (non-negative), ties at the
+    boundary broken arbitrarily, as np.argpartition gives them, at a third of its cost on big
+    vectors: a strided sample of 1 024 values gives a threshold that about 3k values reach, and
+    only those are partitioned (measured: 38 400 values, k = 1%: 0.11 ms against 0.33 ms). If
+    fewer than k reach it (or it is 0), all of `a` is partitioned."""
+    n = a.size
+    if k >= n:
+        return np.arange(n)
+    if n >= 8192 and 4 * k < n:
+        sample = a[::n // 1024]
+        j = sample.size - 1 - 3 * k * sample.size // n
+        threshold = np.partition(sample, j)[j]
+        if threshold > 0:
+            reach = np.flatnonzero(a >= threshold)
+            if reach.size >= k:
+                return reach[np.argpartition(a[reach], reach.size - k)[reach.size - k:]]
+    return np.argpartition(a, n - k)[n - k:]
 
 
 def encode_onebit(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:

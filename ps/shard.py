@@ -248,6 +248,7 @@ class Shard:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
         wanted = header_spans(h["read_spans"], lo, hi, "read_spans") if "read_spans" in h and msg.op != P.PUSH else None
+        self.views.check(h)  # a read's "view", checked before it may be parked
         held = None
         if msg.op in (P.PUSH, P.PUSH_PULL):
             if store is self.store and not self.backup_known:

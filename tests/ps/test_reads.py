@@ -138,6 +138,9 @@ def test_topk_reads_send_the_largest_changes_and_no_more_keys_than_moved():
     np.testing.assert_array_equal(top_changes(change, 0.01), [5, 70, 300])     # k = 10, 3 moved
     np.testing.assert_array_equal(top_changes(change, 0.002), [70, 300])       # k = 2
     assert top_changes(np.zeros(10, np.float32), 0.5).dtype == np.uint32 and top_changes(change[:0], 0.5).size == 0
+    big = np.random.default_rng(9).standard_normal(50_000).astype(np.float32)
+    big[::3] = 0                                                               # weights that did not move
+    np.testing.assert_array_equal(top_changes(big, 0.01), np.sort(np.argsort(-np.abs(big))[:500]))
 
 
 def test_errors_feed_back_so_a_lossy_view_catches_up_once_the_weights_stop_moving():
