@@ -35,6 +35,7 @@ import logging
 import os
 import pathlib
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,13 +127,15 @@ def one_run(job: pathlib.Path, overrides: list[str], network: str, run_dir: path
 
 
 def grid(work: pathlib.Path, names: list[str], steps: int, timeout: float) -> dict[str, Any]:
-    """Every (push, read) pair on each network, once: what compression each way buys."""
-    out: dict[str, Any] = {}
-    for network in (*RATES, "loopback"):
-        for push in names:
-            for read in names:
+    """Every (push, read) pair on each network, once: what compression each way buys. A pair's
+    three runs follow each other, so that they share the machine's load (its loopback run is
+    what calibrates the simulator's CPU side for the other two: benchmarks/simulate.py)."""
+    out: dict[str, Any] = {network: {} for network in (*RATES, "loopback")}
+    for push in names:
+        for read in names:
+            for network in out:
                 run_dir = work / "grid" / network / f"{push}-{read}"
-                out.setdefault(network, {})[f"{push}/{read}"] = one_run(
+                out[network][f"{push}/{read}"] = one_run(
                     DIGITS, [*codecs(push, read), f"train.steps={steps}"], network, run_dir, timeout)
     return out
 
@@ -283,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("netns").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         parser.error("needs root (it creates network namespaces)")
+    signal.signal(signal.SIGTERM, run_job._terminate)  # a stopped run still deletes its namespaces
     parts = args.parts.split(",")
     figures: dict[str, Any] = {"job": str(DIGITS.relative_to(ROOT)), "fashion_job": str(FASHION.relative_to(ROOT)),
                                "acceptance_needed": ACCEPTANCE}
