@@ -11,11 +11,11 @@ parallel, so the station's service time is one shard's). The knobs come from mea
 - the shard's share of a round trip (`SHARD_SHARE`): receive, apply the rule, send;
 - on one machine, the workers and shards share `cores`: compute slows by the over-subscription.
 
-On a network, every link carries the bytes of an update at the link's rate times its learned
-`efficiency` (below), full duplex: the heavier direction (pushes to the shards, or reads to
-the workers, each by its codec: `Traffic`) sets the pace. A shard serves at the slower of its
-CPU and its link (its 1/shards of each update); a worker's own link adds what it takes beyond
-that, plus 2 x latency.
+On a network, a round trip adds 2 x latency, and the links bound the throughput (a roofline,
+`links_bound`): every update moves its bytes through its worker's link and 1/shards of them
+through each shard's, at the link's rate times its learnt `efficiency` (below), full duplex, so
+the heavier direction (pushes to the shards or reads to the workers, each by its codec:
+`Traffic`) paces each link.
 
 The link rate is learnt from `multihost.json` (benchmarks/multihost.py: the digits job on six
 hosts behind shaped links, per codec pair, beside the same pair on loopback): each pair's
@@ -97,17 +97,13 @@ class Traffic:
 
 def updates_per_second(cal: Calibration, workers: int, shards: int, net: Network,
                        traffic: Traffic = Traffic()) -> float:
-    """Throughput of the closed network of `workers` workers and `shards` shards (exact MVA)."""
+    """Throughput of the closed network of `workers` workers and `shards` shards: exact MVA
+    over the CPUs, capped by what the links carry (`traffic`: the codecs' bytes each way)."""
     slice_bytes = cal.model_bytes / shards
     shard_cpu = SHARD_SHARE * cal.round_trip(slice_bytes)
     client_cpu = (1 - SHARD_SHARE) * cal.round_trip(slice_bytes) * shards  # one message per shard
-    wire = 0.0
+    wire = 0.0 if net.bandwidth_bytes_per_s is None else 2 * net.latency_seconds
     shard_service = shard_cpu
-    if net.bandwidth_bytes_per_s is not None:
-        rate = net.bandwidth_bytes_per_s * net.efficiency
-        heavier = cal.model_bytes * max(traffic.push, traffic.read) / rate  # full duplex: one direction paces
-        shard_service = max(shard_cpu, heavier / shards)
-        wire = 2 * net.latency_seconds + heavier - heavier / shards  # the worker's link, beyond the shards' share
     slowdown, throughput = 1.0, 0.0
     for _ in range(50):  # fixed point: on shared cores, compute slows with the total demand
         think = (cal.step_seconds + client_cpu) * slowdown + wire
@@ -123,7 +119,18 @@ def updates_per_second(cal: Calibration, workers: int, shards: int, net: Network
         if abs(wanted - slowdown) < 1e-4:
             break
         slowdown = 0.5 * (slowdown + wanted)
-    return throughput
+    return min(throughput, links_bound(cal, workers, shards, net, traffic))
+
+
+def links_bound(cal: Calibration, workers: int, shards: int, net: Network, traffic: Traffic) -> float:
+    """The updates/s the links allow: every update moves its bytes through its worker's link
+    and 1/shards of them through each shard's, full duplex, so the heavier direction paces each
+    link, and async workers keep them busy (a push and a read travel while the next step
+    computes): a roofline, not a queue."""
+    if net.bandwidth_bytes_per_s is None:
+        return float("inf")
+    heavier = cal.model_bytes * max(traffic.push, traffic.read)
+    return min(workers, shards) * net.bandwidth_bytes_per_s * net.efficiency / heavier
 
 
 def calibrate(wire: dict[str, Any], cluster: dict[str, Any], model: str) -> Calibration:
