@@ -7,7 +7,8 @@ Every array travels over the sockets (`cluster.shared_memory: false`), as betwee
 Three parts, each a few seconds a run:
 
 - grid: the digits MLP of deploy/job.yaml (2 shards, 2 workers, async), `--grid-steps` steps,
-  once per (push codec, read codec) pair at 100 Mbit/s and 1 Gbit/s, and on loopback;
+  per (push codec, read codec) pair at 100 Mbit/s and 1 Gbit/s, and on loopback, one after the
+  other, `--grid-rounds` times (medians);
 - acceptance: the whole digits job (1 000 steps) at 100 Mbit/s, uncompressed, fp16 both ways
   and topk (1%) both ways, in turn, `--rounds` times: ratios within a round (side by side,
   under the same load), medians over rounds;
@@ -126,17 +127,27 @@ def one_run(job: pathlib.Path, overrides: list[str], network: str, run_dir: path
     return result
 
 
-def grid(work: pathlib.Path, names: list[str], steps: int, timeout: float) -> dict[str, Any]:
-    """Every (push, read) pair on each network, once: what compression each way buys. A pair's
-    three runs follow each other, so that they share the machine's load (its loopback run is
-    what calibrates the simulator's CPU side for the other two: benchmarks/simulate.py)."""
-    out: dict[str, Any] = {network: {} for network in (*RATES, "loopback")}
-    for push in names:
-        for read in names:
-            for network in out:
-                run_dir = work / "grid" / network / f"{push}-{read}"
-                out[network][f"{push}/{read}"] = one_run(
-                    DIGITS, [*codecs(push, read), f"train.steps={steps}"], network, run_dir, timeout)
+def grid(work: pathlib.Path, names: list[str], steps: int, rounds: int, timeout: float) -> dict[str, Any]:
+    """Every (push, read) pair on each network, `rounds` times: what compression each way buys.
+    A pair's three runs follow each other, so that they share the machine's load (its loopback
+    run is what calibrates the simulator's CPU side for the other two: benchmarks/simulate.py).
+    Each figure is the median over the rounds (the runs' samples/s are kept beside it)."""
+    runs: dict[str, dict[str, list[dict]]] = {network: {} for network in (*RATES, "loopback")}
+    for i in range(rounds):
+        for push in names:
+            for read in names:
+                for network in runs:
+                    run_dir = work / "grid" / network / f"{i}-{push}-{read}"
+                    runs[network].setdefault(f"{push}/{read}", []).append(one_run(
+                        DIGITS, [*codecs(push, read), f"train.steps={steps}"], network, run_dir, timeout))
+    out: dict[str, Any] = {network: {} for network in runs}
+    for network, pairs in runs.items():
+        for pair, results in pairs.items():
+            median = {key: statistics.median(r[key] for r in results) for key in results[0]
+                      if isinstance(results[0][key], (int, float)) and not isinstance(results[0][key], bool)
+                      and all(r[key] is not None for r in results)}
+            out[network][pair] = {**median, "status": results[0]["status"],
+                                  "samples_per_s_runs": [r["samples_per_s"] for r in results]}
     return out
 
 
@@ -274,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codecs", default=",".join(GRID_CODECS), help="the grid's codecs, each way")
     parser.add_argument("--grid-steps", type=int, default=300, help="train.steps of each grid run")
+    parser.add_argument("--grid-rounds", type=int, default=1, help="runs of each grid pair on each network")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each acceptance pair")
     parser.add_argument("--fashion-rounds", type=int, default=2, help="runs of each fashion pair")
     parser.add_argument("--fashion-steps", type=int, default=1500, help="train.steps of each fashion run")
@@ -296,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="downpour-multihost-bench-") as scratch:
         work = args.keep or pathlib.Path(scratch)
         if "grid" in parts:
-            figures["grid_steps"] = args.grid_steps
-            figures["grid"] = grid(work, args.codecs.split(","), args.grid_steps, args.timeout)
+            figures["grid_steps"], figures["grid_rounds"] = args.grid_steps, args.grid_rounds
+            figures["grid"] = grid(work, args.codecs.split(","), args.grid_steps, args.grid_rounds, args.timeout)
             common.write_result("multihost", figures)
         if "acceptance" in parts:
             figures["acceptance"] = acceptance(work, args.rounds, args.timeout)

@@ -289,13 +289,13 @@ def render_multihost(record: dict[str, Any]) -> str:
         rounds = len(acceptance["runs"]["none/none"])
         lines += ["", f"The whole job (1 000 steps) at 100 Mbit/s, {rounds} rounds of the pairs in turn; medians, "
                       "speed-up against the uncompressed run of the same round:", "",
-                  "| push / read | samples/s | speed-up | needed | test accuracy | accuracy drop |",
+                  "| push / read | samples/s | speed-up | needed | test accuracy | vs uncompressed |",
                   "|---|---:|---:|---:|---:|---:|"]
         for pair, m in acceptance["medians"].items():
             verdict = acceptance["verdict"].get(pair)
             needed = f"≥ {verdict['needed']:g}×{_met(verdict['met'])}" if verdict else "-"
             lines.append(f"| {pair} | {m['samples_per_s']:,.0f} | {m['speedup']:.2f}× | {needed} | "
-                         f"{m['test_accuracy']:.3f} | {100 * m['accuracy_drop']:+.2f} points |")
+                         f"{m['test_accuracy']:.3f} | {-100 * m['accuracy_drop']:+.2f} points |")
     fashion = figures.get("fashion")
     if fashion:
         times = ", ".join(f"{pair} {t:.0f} s" if t is not None else f"{pair} not reached"

@@ -190,7 +190,7 @@ class ReaderViews:
 
     def retain(self, workers: Iterable[int]) -> None:
         """Forget the views of workers that are no longer live (the coordinator's list): one
-        that comes back reads in full. Other readers (the evaluator) keep theirs."""
+        that comes back reads in full. Readers that are not workers keep theirs."""
         live = {f"{P.WORKER}-{rank}" for rank in workers}
         for reader, lo, hi in list(self.views):
             if reader.startswith(f"{P.WORKER}-") and reader not in live:
