@@ -262,6 +262,7 @@ def plot(figures: dict[str, Any], path: pathlib.Path) -> None:
                  width, label=network)
     left.set_xticks([j + width * (len(cells) - 1) / 2 for j in range(len(pairs))], pairs, rotation=60, fontsize=7)
     left.set_yscale("log")
+    left.set_ylim(bottom=1000)
     left.set_ylabel("samples/s, both workers")
     left.set_title("digits MLP, 6 hosts: push codec / read codec", fontsize=10)
     left.legend(fontsize=8)
