@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .sparse import RowSparse
+
 Spec = tuple[str, tuple[int, ...]]
 
 
@@ -188,6 +190,9 @@ class FlatParameters:
             grad = tensor.grad
             if grad is None:
                 view.fill(0)
+            elif isinstance(grad, RowSparse) and grad.shape == shape:
+                view.fill(0)  # the whole table: what moving every key costs (see `add_rows_to` for less)
+                grad.add_to(view)
             elif np.shape(grad) != shape:
                 raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
             else:

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import backend
 from .registry import OPS, Context, Op
+from .sparse import RowSparse
 
 _grad_enabled = True
 
@@ -312,7 +313,11 @@ def _accumulate_leaf(leaf: Tensor, g: Any, handed_out: set[int]) -> None:
 
     Ops may hand the same array to several inputs (add) or a read-only broadcast view (sum);
     such gradients are copied here, once, so optimizers may update `.grad` in place.
+    A row-sparse gradient (`model.sparse`) stays row-sparse until it meets a dense one.
     """
+    if isinstance(g, RowSparse) or isinstance(leaf.grad, RowSparse):
+        _accumulate_rows(leaf, g)
+        return
     if leaf.grad is not None:
         if getattr(leaf.grad.flags, "writeable", True) and leaf.grad.dtype == g.dtype:
             leaf.grad += g
@@ -325,6 +330,17 @@ def _accumulate_leaf(leaf: Tensor, g: Any, handed_out: set[int]) -> None:
         owner = g
     handed_out.add(id(owner))
     leaf.grad = g
+
+
+def _accumulate_rows(leaf: Tensor, g: Any) -> None:
+    """Accumulate where a RowSparse is involved: two concatenate, and one added to a dense
+    `.grad` of ours goes into it in place (the op gave the RowSparse values of its own)."""
+    if leaf.grad is None:
+        leaf.grad = g
+    elif isinstance(g, RowSparse) and not isinstance(leaf.grad, RowSparse) and leaf.grad.flags.writeable:
+        g.add_to(leaf.grad)
+    else:
+        leaf.grad = leaf.grad + g
 
 
 def _is_scalar(x: Any) -> bool:

@@ -294,20 +294,28 @@ def _adam(weight_decay: float) -> Section:
                     "weight_decay": number(weight_decay), "amsgrad": boolean(False)})
 
 
+_SGD = Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
+                "nesterov": boolean(False), "weight_decay": number(0.0)},
+               rules=(Rule("nesterov", lambda o: not o["nesterov"] or (o["momentum"] > 0 and o["dampening"] == 0),
+                           "false unless momentum > 0 and dampening is 0"),))
+_ADAGRAD = Section({"lr_decay": number(0.0), "weight_decay": number(0.0),
+                    "initial_accumulator_value": number(0.0), "eps": number(1e-10, low_open=True)})
+_RATE = {"lr": number(0.01, low_open=True),
+         # the rate over the job's planned updates (model/schedule.py)
+         "schedule": choice("constant", "linear", "cosine", default="constant"),
+         "final_lr": number(0.0)}
+# FTRL-proximal (model/optim/sparse_rules.py) has no global rate: alpha sets each coordinate's.
+_FTRL = Section({"alpha": number(0.1, low_open=True), "beta": number(1.0), "l1": number(0.0), "l2": number(0.0)})
+
 OPTIMIZER = variants(
-    "type", "sgd", {"lr": number(0.01, low_open=True),
-                    # the rate over the job's planned updates (model/schedule.py)
-                    "schedule": choice("constant", "linear", "cosine", default="constant"),
-                    "final_lr": number(0.0)},
-    sgd=Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
-                 "nesterov": boolean(False), "weight_decay": number(0.0)},
-                rules=(Rule("nesterov", lambda o: not o["nesterov"] or (o["momentum"] > 0 and o["dampening"] == 0),
-                            "false unless momentum > 0 and dampening is 0"),)),
-    adagrad=Section({"lr_decay": number(0.0), "weight_decay": number(0.0),
-                     "initial_accumulator_value": number(0.0), "eps": number(1e-10, low_open=True)}),
-    adam=_adam(weight_decay=0.0),
-    adamw=_adam(weight_decay=0.01),
+    "type", "sgd", _RATE,
+    sgd=_SGD, adagrad=_ADAGRAD, adam=_adam(weight_decay=0.0), adamw=_adam(weight_decay=0.01),
+    # lazy: a push by rows steps only its rows (model/optim/sparse_rules.py)
+    lazy_sgd=_SGD, lazy_adagrad=_ADAGRAD, lazy_adam=_adam(weight_decay=0.0), lazy_adamw=_adam(weight_decay=0.01),
+    ftrl=_FTRL,
 )
+OPTIMIZER.options["ftrl"] = Section({key: node for key, node in OPTIMIZER.options["ftrl"].fields.items()
+                                     if key not in _RATE})
 
 _ROLE = choice("coordinator", "shard", "worker")
 _FRACTION = number(high=1.0, high_open=False)

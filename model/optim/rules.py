@@ -46,6 +46,7 @@ class Rule(abc.ABC):
 
     name = ""
     _scratch_count = 1
+    lazy = False  # a lazy variant steps only the rows a push names (`model/optim/sparse_rules.py`)
 
     def __init__(self, **hparams: Any):
         self._hparams = hparams
@@ -113,12 +114,20 @@ class Rule(abc.ABC):
         does not touch."""
         return False
 
+    @property
+    def steps_by_rows(self) -> bool:
+        """Whether a push by rows may step its rows alone (`step_at`): exactly the dense step
+        where `zero_is_noop`, and by design for a lazy variant."""
+        return self.zero_is_noop or self.lazy
+
     def step_at(self, param: np.ndarray, grad: np.ndarray, positions: np.ndarray) -> None:
         """One update of `param` (the whole bound buffer) whose gradient is `grad` at
         `positions` (sorted, distinct) and zero elsewhere: only those elements and their state
-        are read and written. Exactly the dense step, for a rule where `zero_is_noop`."""
-        if not self.zero_is_noop:
-            raise ValueError(f"{self!r}: a zero gradient still changes the weights, so every element needs the step")
+        are read and written. Exactly the dense step, for a rule where `zero_is_noop`; a lazy
+        rule leaves the other elements and their state as they are."""
+        if not self.steps_by_rows:
+            raise ValueError(f"{self!r}: a zero gradient still changes the weights, so every element needs the step "
+                             f"(its lazy variant, lazy_{self.name}, steps only the rows pushed)")
         self._bind(param)
         p = param[positions]
         state = {k: v[positions] for k, v in self._state.items()}
@@ -387,7 +396,8 @@ RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (SGD, Adagrad, Adam, Ad
 
 
 def make(type: str, **hparams: Any) -> Rule:
-    """Build a rule by name ('sgd', 'adagrad', 'adam', 'adamw') with torch's hyper-parameter names."""
+    """Build a rule by name ('sgd', 'adagrad', 'adam', 'adamw', 'ftrl', 'lazy_adam', ...) with torch's
+    hyper-parameter names (FTRL's are the paper's)."""
     cls = RULES.get(str(type).lower())
     if cls is None:
         raise ValueError(f"unknown optimizer {type!r}: expected one of {', '.join(sorted(RULES))}")

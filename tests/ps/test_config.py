@@ -219,7 +219,15 @@ def test_optimizer_values_are_checked_per_type():
     assert error_of(with_(optimizer={"type": "adam", "betas": [0.9]})).path == "optimizer.betas"
     assert error_of(with_(optimizer={"momentum": 1.0})).path == "optimizer.momentum"
     assert str(error_of(with_(optimizer={"type": "rmsprop"}))) == \
-        "optimizer.type: expected one of sgd, adagrad, adam, adamw, got 'rmsprop'"
+        "optimizer.type: expected one of sgd, adagrad, adam, adamw, lazy_sgd, lazy_adagrad, lazy_adam, lazy_adamw, " \
+        "ftrl, got 'rmsprop'"
+
+
+def test_ftrl_takes_the_papers_names_and_no_learning_rate_to_schedule():
+    resolved = resolve(with_(optimizer={"type": "ftrl", "alpha": 0.5, "l1": 1.0}))
+    assert resolved["optimizer"] == {"type": "ftrl", "alpha": 0.5, "beta": 1.0, "l1": 1.0, "l2": 0.0}
+    err = error_of(with_(optimizer={"type": "ftrl", "lr": 0.1}))
+    assert str(err) == "optimizer.lr: not used by ftrl (it takes: alpha, beta, l1, l2)"
 
 
 def test_nesterov_needs_momentum_and_no_dampening():
