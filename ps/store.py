@@ -55,8 +55,9 @@ class ParameterStore:
         """Apply (or, in bsp, hold) one push; False if this push id was applied before.
 
         With `keys` (a push by rows), `grad` holds the values of those keys only, packed, and
-        the gradient is zero everywhere else: where the update rule lets a zero change nothing,
-        only those keys are stepped; otherwise the push is spread to [lo, hi) first."""
+        the gradient is zero everywhere else: where the update rule lets a zero change nothing
+        (or is a lazy variant), only those keys are stepped; otherwise the push is spread to
+        [lo, hi) first."""
         if self.pushes.seen(worker, clock, lo, hi):
             self.duplicates += 1
             return False
@@ -67,7 +68,7 @@ class ParameterStore:
         if apply_now:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
-            if keys is not None and self.rule.zero_is_noop:
+            if keys is not None and self.rule.steps_by_rows:
                 self._step_at(keys, grad)
             else:
                 self._step(lo, hi, grad if keys is None else self._spread(lo, hi, keys, grad))
