@@ -277,7 +277,8 @@ def variants(tag: str, default: Any, common: dict[str, Node], **options: Section
 
 # -- the table ----------------------------------------------------------------------------------
 
-NAMED_DATASETS = ("digits", "fashion_mnist", "mnist1d", "text:jargon", "text:pydoc")
+NAMED_DATASETS = ("digits", "fashion_mnist", "mnist1d", "text:jargon", "text:pydoc", "fortunes_langid",
+                  "fortunes_topic")
 
 DATASET = Field("one of " + ", ".join(NAMED_DATASETS) + ", or npz:PATH",
                 lambda value: isinstance(value, str) and (
@@ -368,6 +369,15 @@ JOB = Section({
         "seq_len": integer(1, default=64),
         "limit_train": Nullable(integer(1)),
         "max_chars": Nullable(integer(1)),
+        # sparse data sets: n-grams hashed into `buckets` columns (worker/datasets/hashing.py)
+        "features": Section({
+            "kind": choice("char", "word", default="char"),
+            "n_min": integer(1, default=1),
+            "n_max": integer(1, default=4),
+            "buckets": integer(1, default=1 << 20),
+            "values": choice("l2", "count", "binary", default="l2"),
+        }, rules=(Rule("n_max", lambda f: f["n_min"] <= f["n_max"] <= 16,
+                       lambda f: f"an integer in [n_min, 16] = [{f['n_min']}, 16]"),)),
     }),
     "model": Section({"type": text()}, free_form=True),
     "optimizer": OPTIMIZER,

@@ -23,7 +23,8 @@ class Job:
 def load_data(config: dict) -> datasets.Dataset:
     d = config["data"]
     return datasets.load(d["dataset"], validation=d["validation"], seed=config["seed"],
-                         limit_train=d["limit_train"], seq_len=d["seq_len"], max_chars=d["max_chars"])
+                         limit_train=d["limit_train"], seq_len=d["seq_len"], max_chars=d["max_chars"],
+                         features=d["features"])
 
 
 def select_device(device: str) -> None:
