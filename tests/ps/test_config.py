@@ -36,7 +36,8 @@ def test_a_minimal_config_gets_every_default_filled_in():
     assert cfg["shards"] == {"count": 1, "replication": 1}
     assert cfg["consistency"] == {"mode": "async", "staleness": 2}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64,
-                           "limit_train": None, "max_chars": None}
+                           "limit_train": None, "max_chars": None,
+                           "features": {"kind": "char", "n_min": 1, "n_max": 4, "buckets": 1 << 20, "values": "l2"}}
     assert cfg["optimizer"] == {"type": "sgd", "lr": 0.01, "schedule": "constant", "final_lr": 0.0,
                                 "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0}
     assert cfg["train"] == {"steps": 1000, "batch_size": 32, "fetch_every": 1, "push_every": 1,
