@@ -57,12 +57,13 @@ class Progress:
 
 def status_table(status: dict) -> str:
     """`downpour status`: the job, then one row per node."""
-    rows = [("NODE", "ADDRESS", "STATE", "HEARTBEAT", "STEP", "CLOCK", "UPDATES", "LOSS")]
+    rows = [("NODE", "ADDRESS", "STATE", "HEARTBEAT", "STEP", "CLOCK", "UPDATES", "KEYS", "MB", "KEY UPDATES", "LOSS")]
     for n in status.get("nodes", []):
         stats, latest = n.get("stats", {}), n.get("latest", {})
         rows.append((n["name"], n.get("address") or "-", n["state"], f"{n['last_heartbeat']:.1f}s ago",
-                     str(stats.get("step", "-")), str(stats.get("clock", "-")),
-                     str(stats.get("updates", "-")), f"{latest['loss']:.4f}" if "loss" in latest else "-"))
+                     str(stats.get("step", "-")), str(stats.get("clock", "-")), str(stats.get("updates", "-")),
+                     str(stats.get("keys", "-")), f"{stats['bytes'] / 1e6:.1f}" if "bytes" in stats else "-",
+                     str(stats.get("key_updates", "-")), f"{latest['loss']:.4f}" if "loss" in latest else "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [f"job {status.get('job_id')} ({status.get('consistency')}): {status.get('state')}"
              + (f" - {status['reason']}" if status.get("reason") else ""),

@@ -26,6 +26,11 @@ def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict,
                "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
                "pushes_sent": status["pushes_sent"],
                "updates_per_shard": updates_per_range,
+               # what each shard holds and steps: a table trained by rows should spread its
+               # touched keys evenly (key_updates: keys stepped, summed over updates)
+               "keys_per_shard": [s["stats"].get("keys", 0) for s in shards],
+               "bytes_per_shard": [s["stats"].get("bytes", 0) for s in shards],
+               "key_updates_per_shard": [s["stats"].get("key_updates", 0) for s in shards],
                "duplicates_ignored": [s["stats"].get("duplicates", 0) for s in shards],
                "wall_seconds": status["elapsed"], "metrics": metrics,
                "target": _judge(config.get("target") or None, metrics),
@@ -62,7 +67,8 @@ def is_int(x: Any) -> bool:
 
 
 # What a node may report about itself, and the type each figure must have.
-_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates")
+_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates",
+           "keys", "bytes", "key_updates")
 _HISTOGRAMS = ("read_staleness", "push_staleness")
 
 

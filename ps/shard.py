@@ -344,6 +344,8 @@ class Shard:
     def stats(self) -> dict:
         s = self.store
         return {"rank": self.rank, "address": self.address, "pushes": s.pushes_applied,
+                "keys": s.hi - s.lo, "key_updates": s.key_updates,
+                "bytes": sum(st.nbytes for st in (*self.stores.values(), *self.backups.values())),
                 "duplicates": s.duplicates, "updates": s.updates_applied, "pulls": self.pulls_served,
                 "errors": self.errors, "clock": s.consistency.min_clock(), "parked": len(self.parked),
                 "restored_updates": self.restored_updates,

@@ -45,6 +45,7 @@ class ParameterStore:
         self.pushes_applied = 0
         self.duplicates = 0
         self.updates_applied = 0
+        self.key_updates = 0  # keys stepped, summed over updates: a push by rows counts its keys only
         self.push_staleness: collections.Counter = collections.Counter()
         self._snapshot: tuple[int, np.ndarray] | None = None
         self._scratch = np.empty(0, np.float32)  # pushes by rows spread here when the rule needs every key
@@ -111,8 +112,10 @@ class ParameterStore:
     def _step_at(self, keys: spans.Spans, values: np.ndarray) -> None:
         """Step only the pushed keys: the rule leaves the others as a zero gradient would."""
         self._set_lr()
-        self.rule.step_at(self.weights, values, spans.positions(*keys) - self.lo)
+        positions = spans.positions(*keys) - self.lo
+        self.rule.step_at(self.weights, values, positions)
         self.updates_applied += 1
+        self.key_updates += positions.size
 
     def _set_lr(self) -> None:
         if self.schedule.kind != "constant":
@@ -126,6 +129,12 @@ class ParameterStore:
             a, b = lo - self.lo, hi - self.lo
             self.rule.step(self.weights[a:b], grad, index=slice(a, b))
         self.updates_applied += 1
+        self.key_updates += hi - lo
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the range's weights and of its update rule's state."""
+        return int(self.weights.nbytes) + self.rule.state_nbytes
 
     # ---- reads ---------------------------------------------------------------------------
     def can_read(self, worker: int | None, clock: int) -> bool:
@@ -164,6 +173,7 @@ class ParameterStore:
         arrays.update({f"bsp.{c}": s for c, s in self.bsp_sums.items()})
         c = self.consistency
         meta = {"lo": self.lo, "hi": self.hi, "updates": self.updates_applied, "pushes": self.pushes_applied,
+                "key_updates": self.key_updates,
                 "rule": {k: v for k, v in rule.items() if not isinstance(v, np.ndarray)},
                 "clocks": {str(w): k for w, k in c.clocks.items()}, "applied_clock": c.applied_clock,
                 "departed": {str(w): k for w, k in c.departed.items()},
@@ -189,6 +199,7 @@ class ParameterStore:
         self.bsp_counts = collections.Counter({int(k): v for k, v in meta["bsp_counts"].items()})
         self.pushes = PushLog.from_state(meta["push_log"])
         self.updates_applied, self.pushes_applied = meta["updates"], meta["pushes"]
+        self.key_updates = meta.get("key_updates", 0)
         self._snapshot = None
 
 

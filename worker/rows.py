@@ -19,9 +19,8 @@ carried and clears just those before it is filled again, so no step pays for the
 from __future__ import annotations
 
 import collections
-from collections.abc import Iterable
-
 import math
+from collections.abc import Iterable
 
 import numpy as np
 

@@ -137,6 +137,11 @@ class Rule(abc.ABC):
         for k, v in state.items():
             self._state[k][positions] = v
 
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of per-element state this rule holds (what a shard reports of its memory)."""
+        return sum(int(v.nbytes) for v in self._state.values())
+
     def bind(self, param: np.ndarray) -> None:
         """Allocate the state for the whole buffer `param` now (before any sub-range step)."""
         self._bind(param)
