@@ -44,10 +44,25 @@ def _check_model(cfg: dict) -> list:
     from downpour.worker.job import load_data
     try:
         data = load_data(cfg)
-        return models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
-                                         by_rows=cfg["compression"]["rows"])
-    except (models.ModelConfigError, datasets.DatasetError) as err:
+        params = models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
+                                           by_rows=cfg["compression"]["rows"])
+        _check_memory(cfg, params)
+        return params
+    except (models.ModelConfigError, datasets.DatasetError, ValueError) as err:
         raise click.ClickException(str(err)) from None
+
+
+def _check_memory(cfg: dict, params: list) -> None:
+    """Every shard's share of the model, with its update rule's state, fits `shards.memory_mb`."""
+    from downpour.model import optim
+    from downpour.model.optim import schedule
+
+    from .layout import check_memory, make_layout
+    shards = cfg["shards"]
+    rule, _ = schedule.split(cfg["optimizer"], 1)
+    buffers = optim.make(rule.pop("type"), **rule).state_buffers
+    check_memory(make_layout([(n, a.shape) for n, a in params], shards["count"]), buffers,
+                 shards["replication"], shards["memory_mb"])
 
 
 def _check_device(device: str) -> None:

@@ -356,6 +356,8 @@ JOB = Section({
     "shards": Section({
         "count": integer(1, default=1),
         "replication": choice(1, 2, default=1),
+        # each shard's memory for weights, update-rule state and backups (ps/layout.py); null: no limit
+        "memory_mb": Nullable(number(low_open=True)),
     }, shorthand="count", rules=(
         Rule("replication", lambda shards: shards["replication"] == 1 or shards["count"] >= 2,
              "1 when shards.count is 1 (replication 2 needs at least 2 shards)"),)),

@@ -138,6 +138,11 @@ class Rule(abc.ABC):
             self._state[k][positions] = v
 
     @property
+    def state_buffers(self) -> int:
+        """How many buffers of the parameter's size this rule keeps (0 for plain SGD, 2 for Adam)."""
+        return len(self._state_names())
+
+    @property
     def state_nbytes(self) -> int:
         """Bytes of per-element state this rule holds (what a shard reports of its memory)."""
         return sum(int(v.nbytes) for v in self._state.values())
