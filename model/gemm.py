@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from . import backend, jit
-from .kernels import HAVE_NUMBA
 
 
 @functools.cache
@@ -34,7 +33,7 @@ def fast() -> bool:
     loops): whether Numba compiles for a CPU where it beats OpenBLAS (see above). Numba's
     target is the host's, unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise."""
     forced = os.environ.get("DOWNPOUR_SMALL_GEMM", "")
-    if not HAVE_NUMBA or forced == "0":
+    if not jit.AVAILABLE or forced == "0":
         return False
     if forced == "1":
         return True
@@ -118,11 +117,7 @@ def padded(k: int) -> int:
 
 def matmul_nt(a: Any, bt: Any, out: Any, use_numba: bool | None = None) -> Any:
     """out[...] = a @ bt.T for a (M, K) and bt (N, K), both C-contiguous; returns out (M, N)."""
-    if use_numba is None:
-        use_numba = fast() and backend.array_module(a) is np
-    elif use_numba and not HAVE_NUMBA:
-        raise RuntimeError("Numba kernels asked for, but numba is not available")
-    if use_numba:
+    if jit.use(use_numba, a, pays=fast()):
         if a.shape[1] != bt.shape[1] or out.shape != (a.shape[0], bt.shape[0]):
             raise ValueError(f"matmul_nt: shapes {a.shape} x {bt.shape}.T -> {out.shape} do not fit")
         _dot_tiles_jit(a, bt, a.shape[1], np.empty(0, out.dtype), out)

@@ -5,6 +5,10 @@ from the on-disk cache about as much again. A coordinator, an evaluator, or a wo
 MLP never runs a kernel, so nothing here imports numba up front: kernels are declared with
 `kernel(...)` and compiled by `numba.njit` on their first call. `AVAILABLE` only asks
 whether numba is installed (and not switched off with `DOWNPOUR_NO_NUMBA=1`).
+
+Every kernel that exists twice (Numba, and a NumPy fallback that gives the same numbers) takes
+its version from `use`: one rule for the convolution and pooling kernels, the RNN cells and
+loops, the small GEMM and the optimizers' update loops.
 """
 from __future__ import annotations
 
@@ -15,10 +19,27 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from . import backend
+
 AVAILABLE: bool = (os.environ.get("DOWNPOUR_NO_NUMBA", "") in ("", "0")
                    and importlib.util.find_spec("numba") is not None)
 
 _hooks: list[Callable[[ModuleType], None]] = []
+
+
+def use(asked: bool | None, x: Any = None, *, pays: bool = True) -> bool:
+    """Whether a kernel runs its Numba version. `asked` (a caller's or a test's True / False)
+    decides if given; asking for Numba where it is not available is an error. Otherwise (None)
+    Numba runs where it is available, `x` (if given) is a NumPy array rather than a CuPy one, and
+    the caller's own measure says it `pays` there."""
+    if asked is None:
+        return AVAILABLE and pays and (x is None or backend.array_module(x) is np)
+    if asked and not AVAILABLE:
+        raise RuntimeError("Numba kernels asked for, but numba is not available "
+                           "(pip install numba, and leave DOWNPOUR_NO_NUMBA unset)")
+    return asked
 
 
 @functools.cache

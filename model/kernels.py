@@ -35,14 +35,6 @@ def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
     return out
 
 
-def _use_numba(x: Any, use_numba: bool | None) -> bool:
-    if use_numba is None:
-        return HAVE_NUMBA and backend.array_module(x) is np
-    if use_numba and not HAVE_NUMBA:
-        raise RuntimeError("Numba kernels asked for, but numba is not available")
-    return use_numba
-
-
 def _out_shape(shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair) -> Pair:
     return (
         output_size(shape[2], kernel[0], stride[0], padding[0]),
@@ -302,7 +294,7 @@ def im2col(x: Any, kernel: Pair, stride: Pair, padding: Pair, use_numba: bool | 
         out = backend.array_module(x).empty(shape, dtype=x.dtype)
     elif out.shape != shape or out.dtype != x.dtype:
         raise ValueError(f"im2col output must be {shape} {x.dtype}, got {out.shape} {out.dtype}")
-    if not _use_numba(x, use_numba):
+    if not jit.use(use_numba, x):
         return _im2col_numpy(x, kernel, stride, padding, out)
     _im2col_loops(np.ascontiguousarray(x), *kernel, *stride, *padding, oh, ow, out)
     return out
@@ -311,7 +303,7 @@ def im2col(x: Any, kernel: Pair, stride: Pair, padding: Pair, use_numba: bool | 
 def col2im(cols: Any, shape: tuple[int, ...], kernel: Pair, stride: Pair, padding: Pair,
            use_numba: bool | None = None) -> Any:
     """The adjoint of im2col: add every column back onto the patch it came from."""
-    if not _use_numba(cols, use_numba):
+    if not jit.use(use_numba, cols):
         return _col2im_numpy(cols, shape, kernel, stride, padding)
     oh, ow = _out_shape(shape, kernel, stride, padding)
     dx = np.zeros(shape, dtype=cols.dtype)
@@ -322,7 +314,7 @@ def col2im(cols: Any, shape: tuple[int, ...], kernel: Pair, stride: Pair, paddin
 def max_pool_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair,
                      use_numba: bool | None = None) -> tuple[Any, Any]:
     """Window maxima of x (N,C,H,W) and, per output, the arg-max offset inside its window."""
-    if not _use_numba(x, use_numba):
+    if not jit.use(use_numba, x):
         return _max_pool_forward_numpy(x, kernel, stride, padding)
     shape = (*x.shape[:2], *_out_shape(x.shape, kernel, stride, padding))
     out, arg = np.empty(shape, dtype=x.dtype), np.empty(shape, dtype=np.int32)
@@ -333,7 +325,7 @@ def max_pool_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair,
 def max_pool_backward(grad: Any, arg: Any, shape: tuple[int, ...], kernel: Pair, stride: Pair,
                       padding: Pair, use_numba: bool | None = None) -> Any:
     """Route each output gradient to the input element that won its window."""
-    if not _use_numba(grad, use_numba):
+    if not jit.use(use_numba, grad):
         return _max_pool_backward_numpy(grad, arg, shape, kernel, stride, padding)
     dx = np.zeros(shape, dtype=grad.dtype)
     _max_pool_backward_loops(np.ascontiguousarray(grad), arg, kernel[1], *stride, *padding, dx)
@@ -343,7 +335,7 @@ def max_pool_backward(grad: Any, arg: Any, shape: tuple[int, ...], kernel: Pair,
 def avg_pool_forward(x: Any, kernel: Pair, stride: Pair, padding: Pair,
                      count_include_pad: bool = True, use_numba: bool | None = None) -> Any:
     """Window means of x (N,C,H,W); padding counts in the divisor when count_include_pad."""
-    if not _use_numba(x, use_numba):
+    if not jit.use(use_numba, x):
         return _avg_pool_forward_numpy(x, kernel, stride, padding, count_include_pad)
     out = np.empty((*x.shape[:2], *_out_shape(x.shape, kernel, stride, padding)), dtype=x.dtype)
     div = _divisor_grid(x.shape, kernel, stride, padding, count_include_pad, x.dtype)
@@ -355,7 +347,7 @@ def avg_pool_backward(grad: Any, shape: tuple[int, ...], kernel: Pair, stride: P
                       padding: Pair, count_include_pad: bool = True,
                       use_numba: bool | None = None) -> Any:
     """Spread each output gradient evenly over the input cells of its window."""
-    if not _use_numba(grad, use_numba):
+    if not jit.use(use_numba, grad):
         return _avg_pool_backward_numpy(grad, shape, kernel, stride, padding, count_include_pad)
     dx = np.zeros(shape, dtype=grad.dtype)
     div = _divisor_grid(shape, kernel, stride, padding, count_include_pad, grad.dtype)

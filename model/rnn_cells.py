@@ -23,20 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from . import backend, jit
-from .kernels import HAVE_NUMBA
 
 _SIGMOID_GATES = {"lstm": (True, True, False, True), "gru": (True, True, False)}
-
-
-def _use_numba(x: Any, use_numba: bool | None) -> bool:
-    if use_numba is None:
-        return HAVE_NUMBA and backend.array_module(x) is np
-    if use_numba and not HAVE_NUMBA:
-        raise RuntimeError("Numba kernels asked for, but numba is not available")
-    return use_numba
 
 
 def gate_scale(kind: str, hidden: int, xp: Any, dtype: Any) -> Any:
@@ -111,7 +100,7 @@ def lstm_forward(pre: Any, c_prev: Any, c_out: Any, tanh_c_out: Any, h_out: Any,
     """
     xp = backend.array_module(pre)
     xp.tanh(pre, out=pre)
-    if _use_numba(pre, use_numba):
+    if jit.use(use_numba, pre):
         one = pre.dtype.type(1)
         _lstm_combine_jit(pre, c_prev, c_out, one, one / 2)
     else:
@@ -152,7 +141,7 @@ def _lstm_backward_loops(dh, dc, gates, c_prev, tanh_c, d_pre, one):
 def lstm_backward(dh: Any, dc: Any, gates: Any, c_prev: Any, tanh_c: Any, d_pre: Any,
                   use_numba: bool | None = None) -> None:
     """Gate pre-activation gradients into d_pre; dc goes from dL/dc_t to dL/dc_{t-1} in place."""
-    if _use_numba(dh, use_numba):
+    if jit.use(use_numba, dh):
         _lstm_backward_jit(dh, dc, gates, c_prev, tanh_c, d_pre, dh.dtype.type(1))
     else:
         _lstm_backward_numpy(dh, dc, gates, c_prev, tanh_c, d_pre)
@@ -198,7 +187,7 @@ def gru_forward(gates: Any, rec: Any, h_prev: Any, hn: Any, h_out: Any,
     """
     xp = backend.array_module(gates)
     hidden = hn.shape[1]
-    fused = _use_numba(gates, use_numba)
+    fused = jit.use(use_numba, gates)
     rz = gates[:, :2 * hidden]
     rz += rec[:, :2 * hidden]
     xp.tanh(rz, out=rz)
@@ -254,7 +243,7 @@ def _gru_backward_loops(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct, one):
 def gru_backward(dh: Any, h_prev: Any, gates: Any, hn: Any, d_pre_x: Any, d_pre_h: Any,
                  direct: Any, use_numba: bool | None = None) -> None:
     """Gradients of both projections, and into `direct` the part of dh_prev that skips W_hh."""
-    if _use_numba(dh, use_numba):
+    if jit.use(use_numba, dh):
         _gru_backward_jit(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct, dh.dtype.type(1))
     else:
         _gru_backward_numpy(dh, h_prev, gates, hn, d_pre_x, d_pre_h, direct)

@@ -22,15 +22,6 @@ import numpy as np
 
 from . import backend, gemm, jit
 from . import rnn_cells as cells
-from .kernels import HAVE_NUMBA
-
-
-def _fused(x: Any, use_numba: bool | None) -> bool:
-    if use_numba is None:
-        return gemm.fast() and backend.array_module(x) is np
-    if use_numba and not HAVE_NUMBA:
-        raise RuntimeError("Numba kernels asked for, but numba is not available")
-    return use_numba
 
 
 def _tanh(x):
@@ -89,7 +80,7 @@ def lstm_forward_sequence(rows: Any, stacked: Any, k: int, gates: Any, cs: Any, 
     first k columns and adds column k as a bias. Writes the gates i,f,g,o (T, B, 4H),
     c_1..c_T into cs[1:] (cs[0] holds c_0) and tanh(c_t) (T, B, H).
     """
-    if _fused(rows, use_numba):
+    if jit.use(use_numba, rows, pays=gemm.fast()):
         one = rows.dtype.type(1)
         bias = np.ascontiguousarray(stacked[:, k])
         _lstm_forward_steps_jit(rows, stacked, k, bias, gates, cs, tanh_c, one, one / 2)
@@ -122,7 +113,7 @@ def lstm_backward_sequence(grad: Any, gates: Any, cs: Any, tanh_c: Any, w_hh: An
     grad (T, B, H) is dL/dh_t of each step; dh and dc come in as the gradients flowing into
     the last step and leave as those of h_0 and c_0. w_hh is the (4H, H) recurrent weight.
     """
-    if _fused(dh, use_numba):
+    if jit.use(use_numba, dh, pays=gemm.fast()):
         grad, w_hh = np.ascontiguousarray(grad), np.ascontiguousarray(w_hh)  # one compiled layout
         _lstm_backward_steps_jit(grad, gates, cs, tanh_c, w_hh, d_pre, dh, dc, dh.dtype.type(1))
         return

@@ -302,7 +302,7 @@ _SGD = Section({"momentum": number(0.0, high=1.0), "dampening": number(0.0),
 _ADAGRAD = Section({"lr_decay": number(0.0), "weight_decay": number(0.0),
                     "initial_accumulator_value": number(0.0), "eps": number(1e-10, low_open=True)})
 _RATE = {"lr": number(0.01, low_open=True),
-         # the rate over the job's planned updates (model/schedule.py)
+         # the rate over the job's planned updates (model/optim/schedule.py)
          "schedule": choice("constant", "linear", "cosine", default="constant"),
          "final_lr": number(0.0)}
 # FTRL-proximal (model/optim/sparse_rules.py) has no global rate: alpha sets each coordinate's.

@@ -24,11 +24,10 @@ import zmq
 from . import config as job_config
 from . import security
 from .client import ControlClient
+from .role_env import role_env
 
 log = logging.getLogger(__name__)
 
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-              "NUMEXPR_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 PR_SET_PDEATHSIG = 1
 
 
@@ -65,8 +64,7 @@ class LocalCluster:
         self.config_path = config_path
         self.roles: list[Role] = []
         self.coordinator_address = ""
-        self.env = dict(os.environ, **ONE_THREAD)
-        self.env["DOWNPOUR_RUN_DIR"] = str(run_dir.resolve())  # lets tests find every process of a run
+        self.env = role_env(DOWNPOUR_RUN_DIR=str(run_dir.resolve()))  # the marker lets tests find a run's processes
 
     def __enter__(self) -> LocalCluster:
         return self

@@ -12,9 +12,10 @@ import time
 
 import pytest
 
+from downpour.ps.role_env import role_env
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def processes_of(run_dir: pathlib.Path) -> list[int]:
@@ -51,7 +52,7 @@ class Jobs:
         for o in overrides:
             cmd += ["--set", o]
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=dict(os.environ, **ONE_THREAD), start_new_session=True)
+                                env=role_env(), start_new_session=True)
         self.launchers.append(proc)
         self.run_dirs.append(run_dir)
         return proc, run_dir
@@ -126,7 +127,7 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
     cfg = job_config.load(CONFIGS / "digits_logreg.yaml", ["shards=1", *overrides])
     cfg_path = tmp_path / "job.yaml"
     cfg_path.write_text(job_config.dump(cfg))
-    env = dict(os.environ, **ONE_THREAD, DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
+    env = role_env(DOWNPOUR_RUN_DIR=str(tmp_path.resolve()))
     if keys is not None:
         env["DOWNPOUR_KEYS"] = str(keys.directory)
     logs = {"coordinator": tmp_path / "coordinator.log", "shard": tmp_path / "shard.log"}

@@ -9,26 +9,28 @@ dense push would have carried as zeros (so momentum, Adam and weight decay still
 on the shard, exactly as before; where a zero changes nothing, the shard skips them:
 `Rule.zero_is_noop`).
 
-`RowGradients` keeps the outgoing gradient at the cost of the rows too: the engine hands a
-table's gradient over as a RowSparse (`model/sparse.py`), which is added into the outgoing
-buffer at its rows only, and the norm, the clipping and the averaging over `push_every`
-steps read and write only the keys the push carries. The buffers are table-sized (the client
-and shared memory address a gradient by key), allocated once; each remembers the keys it last
-carried and clears just those before it is filled again, so no step pays for the whole table.
+The training loop asks a `keys` object for the keys of each read and push: `AllKeys` (no keys
+named: every key moves) or `ByRows`.
+
+The gradients travel at the cost of the rows too (`AccruedByRows`): the engine hands a table's
+gradient over as a RowSparse (`model/sparse.py`), added into the outgoing buffer at its rows
+only, and the mean over `push_every` steps, the norm and the clipping read and write only the
+keys the push carries. The buffers are table-sized (the client and shared memory address a
+gradient by key) but allocated once; each remembers the keys it last carried and clears just
+those before it sums again, so no step pays for the whole table.
 """
 from __future__ import annotations
 
 import collections
-import math
 from collections.abc import Iterable
 
 import numpy as np
 
-from downpour.model import optim
 from downpour.model.flat import FlatParameters
 from downpour.ps.client import spans
 
 from .models import row_tables
+from .partition import Partition
 
 
 class RowPlan:
@@ -59,50 +61,92 @@ class RowPlan:
         return parts
 
 
-class RowGradients:
-    """The gradients a worker pushes by rows, in its outgoing buffers, at the cost of the keys
-    it touches: `gather` a batch's gradient into a buffer, `finish` it for the push (average,
-    norm, clipping, on the pushed keys alone), and `sent` records which keys the buffer now holds."""
+class AllKeys:
+    """A job that moves every key: reads and pushes name none."""
 
-    def __init__(self, flat: FlatParameters, plan: RowPlan):
-        self.flat, self.plan = flat, plan
-        self._held: dict[int, spans.Spans] = {}   # by buffer: the keys it may hold that are not zero
+    def computed(self, x: np.ndarray) -> None:
+        """Nothing to note: a push sends every key."""
 
-    def gather(self, buf: np.ndarray, first: bool) -> None:
-        """Add the model's gradients into `buf`, after clearing what it last carried if `first`."""
-        if first:
-            held = self._held.pop(id(buf), None)
-            if held is None:          # never used, or its keys unknown: clear it whole, once
-                buf.fill(0.0)
-            else:
-                _fill(buf, held, 0.0)
-        self.flat.add_grads(buf)
+    def read(self, step: int) -> dict:
+        return {}
+
+    def pushed(self) -> dict:
+        return {}
+
+
+class ByRows:
+    """A job by rows: a read names the keys of the batches it serves, a push those of the batches
+    it sums (`ShardClient.start`'s `read_spans` and `grad_spans`)."""
+
+    def __init__(self, plan: RowPlan, partition: Partition, ahead: int, fetch_every: int):
+        """A read after step s serves `fetch_every` batches from step s + 1 + `ahead` on (one
+        step later when it travels while the next step computes)."""
+        self.plan, self.partition, self.ahead, self.fetch_every = plan, partition, ahead, fetch_every
+        self._computed: list[np.ndarray] = []  # the inputs of the batches since the last push
+
+    def computed(self, x: np.ndarray) -> None:
+        """Note that a step computed on input `x`: the next push sends its rows."""
+        self._computed.append(x)
+
+    def read(self, step: int) -> dict:
+        """The keys for a read after `step`: drawing the batches it serves now."""
+        served = self.partition.peek(step, self.ahead, self.fetch_every)
+        return {"read_spans": self.plan.keys(x for x, _ in served)}
+
+    def pushed(self) -> dict:
+        """The keys for a push of the batches computed since the last one."""
+        keys = self.plan.keys(self._computed)
+        self._computed = []
+        return {"grad_spans": keys}
+
+
+class AccruedByRows:
+    """The accrued gradients of a job by rows (`accrued.Accrued`'s part), at the cost of the keys
+    its batches touch: summed into the outgoing buffers, taken in turn, each zero outside the
+    keys it last carried."""
+
+    def __init__(self, buffers: list[np.ndarray], flat: FlatParameters, plan: RowPlan):
+        self.buffers, self.flat = buffers, flat
+        self.poison_key = int(plan.dense[0][0]) if plan.dense[0].size else 0  # a key every push carries
+        self.count = 0
+        self.turn = 0
+        self._held: dict[int, spans.Spans | None] = dict.fromkeys(range(len(buffers)))  # None: unknown
+        self._taken: spans.Spans | None = None
 
     @property
-    def poison_key(self) -> int:
-        """A key every push carries (where a fault plan puts its NaN): the first dense key, or 0."""
-        return int(self.plan.dense[0][0]) if self.plan.dense[0].size else 0
+    def current(self) -> np.ndarray:
+        return self.buffers[self.turn]
 
-    def finish(self, buf: np.ndarray, keys: spans.Spans, accumulated: int, clip_norm: float | None) -> float:
-        """Average the `accumulated` gradients in `buf` at `keys`, clip them to `clip_norm`;
-        return the norm before clipping (of the average)."""
-        values = spans.gather(buf, 0, keys)
-        if accumulated > 1:
-            values /= accumulated
-        norm = math.sqrt(float(np.dot(values, values)))
-        if clip_norm and math.isfinite(norm):
-            optim.clip_grad_norm_(values, clip_norm)
-        spans.scatter(buf, 0, keys, values)
-        return norm
+    def add(self, flat: FlatParameters) -> None:
+        """Add the model's gradient (a RowSparse at its rows) to the sum, after clearing the
+        keys the buffer last carried if this is the first gradient of a new sum."""
+        total = self.current
+        if self.count == 0:
+            held = self._held[self.turn]
+            if held is None:         # never used: clear it whole, once
+                total.fill(0.0)
+            else:
+                spans.scatter(total, 0, held, np.zeros(spans.size(held), total.dtype))
+        flat.add_grads(total)
+        self.count += 1
 
-    def sent(self, buf: np.ndarray, keys: spans.Spans) -> None:
-        """`buf` now holds a gradient at `keys` (and zeros elsewhere) until it is gathered again."""
-        self._held[id(buf)] = keys
+    def poison(self) -> None:
+        """Make the sum NaN where the push will carry it (fault injection)."""
+        self.current[self.poison_key] = np.nan
 
+    def take(self, keys: spans.Spans) -> tuple[np.ndarray, np.ndarray]:
+        """The buffer to push (the mean of the sum at `keys`, zero elsewhere) and the values of
+        its keys, packed: what the norm is taken of and clipping scales (see `clipped`)."""
+        grad, self._taken = self.current, keys
+        values = spans.gather(grad, 0, keys)
+        if self.count > 1:
+            values /= self.count
+            spans.scatter(grad, 0, keys, values)
+        self._held[self.turn] = keys
+        self.count = 0
+        self.turn = (self.turn + 1) % len(self.buffers)
+        return grad, values
 
-def _fill(buf: np.ndarray, keys: spans.Spans, value: float) -> None:
-    slices, index, _ = spans.pieces(keys, 0)
-    for a, b, _ in slices:
-        buf[a:b] = value
-    if index.size:
-        buf[index] = value
+    def clipped(self, values: np.ndarray) -> None:
+        """Write the taken values back after clipping scaled them."""
+        spans.scatter(self.buffers[(self.turn - 1) % len(self.buffers)], 0, self._taken, values)

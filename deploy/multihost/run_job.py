@@ -35,6 +35,7 @@ sys.path[:0] = [str(HERE), str(ROOT)]  # a script beside its helper, run from an
 from netns import Network, ip  # noqa: E402
 
 from downpour.ps import config as job_config  # noqa: E402
+from downpour.ps.role_env import role_env  # noqa: E402
 
 log = logging.getLogger("multihost")
 
@@ -42,7 +43,6 @@ COMPOSE_FILE = ROOT / "deploy" / "docker-compose.yml"
 COMPOSE_COORDINATOR = "tcp://coordinator:5555"
 CONTAINER_JOB = "/etc/downpour/job.yaml"
 CONTAINER_RUN_DIR = "/var/lib/downpour/run"
-ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def container_commands(compose_file: pathlib.Path = COMPOSE_FILE) -> dict[str, list[str]]:
@@ -65,15 +65,11 @@ def on_this_machine(argv: list[str], coordinator: str, job_file: pathlib.Path, r
     return [spelled.get(arg, arg) for arg in argv]
 
 
-def env() -> dict[str, str]:
-    return dict(os.environ, **ONE_THREAD)
-
-
 def start(argv: list[str], log_path: pathlib.Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env(), start_new_session=True)
+                                env=role_env(), start_new_session=True)
 
 
 def wait(proc: subprocess.Popen, timeout: float, what: str) -> int:

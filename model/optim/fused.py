@@ -21,17 +21,14 @@ _forced: bool | None = None  # None: by size; True / False: always / never
 
 def use_kernel(size: int) -> bool:
     """Whether a buffer of `size` elements takes the Numba kernel (where its layout allows)."""
-    if _forced is not None:
-        return _forced
-    return HAVE_NUMBA and size >= MIN_ELEMENTS
+    return jit.use(_forced, pays=size >= MIN_ELEMENTS)
 
 
 def set_fused(enabled: bool | None) -> bool | None:
     """Force the Numba kernels on (True) or off (False), or choose by size again (None);
     returns the previous setting."""
     global _forced
-    if enabled and not HAVE_NUMBA:
-        raise RuntimeError("fused optimizer kernels asked for, but numba is not available")
+    jit.use(enabled)  # forcing them on without numba fails here, not at the first update
     previous, _forced = _forced, enabled
     return previous
 

@@ -17,6 +17,7 @@ import yaml
 
 from downpour.ps import config as job_config
 from downpour.ps.cli import main as cli
+from downpour.ps.role_env import ONE_THREAD
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -167,6 +168,13 @@ def test_dockerfile_runs_downpour_unprivileged_with_a_status_healthcheck():
     parse_cli(["status", "tcp://coordinator:5555"])  # what it runs, with the default address
     assert '"$DOWNPOUR_COORDINATOR"' in healthcheck
     assert 'downpour = "downpour.ps.cli:main"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_image_starts_every_role_in_the_environment_the_launcher_gives_it():
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    env = dict(pair.split("=", 1) for line in text.splitlines() if line.startswith("ENV ")
+               for pair in line.split()[1:])
+    assert ONE_THREAD.items() <= env.items()
 
 
 # ---- Kubernetes ------------------------------------------------------------------------------

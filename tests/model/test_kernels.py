@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from downpour.model import Tensor, kernels, nn, rnn_cells, workspace
+from downpour.model import Tensor, jit, kernels, nn, optim, rnn_cells, workspace
 
 needs_numba = pytest.mark.skipif(not kernels.HAVE_NUMBA, reason="numba missing or DOWNPOUR_NO_NUMBA set")
 
@@ -139,10 +139,24 @@ def test_a_kernel_that_does_not_fit_the_input_is_rejected():
 
 def test_numba_can_be_switched_off_by_environment_variable():
     env = dict(os.environ, DOWNPOUR_NO_NUMBA="1")
-    probe = "import downpour.model.kernels as k, model.rnn_cells as c, numpy as np; print(k.HAVE_NUMBA, k._use_numba(np.zeros(1), None))"
-    result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                            check=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert result.stdout.split() == ["False", "False"]
+    probe = ("import numpy as np; from downpour.model import jit, kernels, optim; "
+             "print(kernels.HAVE_NUMBA, jit.use(None, np.zeros(1)), optim.fused.use_kernel(1 << 20))")
+    result = subprocess.run([sys.executable, "-P", "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False", "False"]
+
+
+def test_one_rule_chooses_every_kernel_numba_only_where_available_on_numpy_and_where_it_pays(monkeypatch):
+    assert jit.use(False, np.zeros(1)) is False                      # asked for: as asked
+    assert jit.use(None, np.zeros(1), pays=False) is False           # the caller's measure says no
+    assert jit.use(None, np.zeros(1)) is jit.AVAILABLE
+    assert jit.use(None) is jit.AVAILABLE                            # no array to look at
+    monkeypatch.setattr(jit, "AVAILABLE", False)
+    assert jit.use(None, np.zeros(1)) is False
+    with pytest.raises(RuntimeError, match="Numba kernels asked for, but numba is not available"):
+        jit.use(True, np.zeros(1))
+    with pytest.raises(RuntimeError, match="numba is not available"):
+        optim.set_fused(True)                                        # fails when forced, not at the first update
+    assert not kernels.im2col(np.zeros((1, 1, 3, 3)), (2, 2), (1, 1), (0, 0)).any()   # the NumPy version
 
 
 # ---- recurrent cells ----------------------------------------------------------------------

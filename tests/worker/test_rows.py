@@ -71,41 +71,59 @@ def test_the_keys_of_several_batches_are_their_union():
     assert net(Tensor(a)).shape == (3, 12, VOCAB)
 
 
-def test_gradients_by_rows_equal_the_dense_gather_and_the_buffer_clears_only_what_it_carried():
-    """RowGradients fills an outgoing buffer at the keys its batches touched and keeps it zero
-    elsewhere from one push to the next, without a pass over the whole table."""
-    from downpour.worker.datasets.hashing import Featurizer, HashedTexts
-    from downpour.worker.rows import RowGradients
 
-    net = models.build({"type": "fasttext", "dim": 3}, {"input_shape": (5000,), "num_classes": 4,
+def _fasttext(buckets=5000):
+    from downpour.worker.datasets.hashing import Featurizer, HashedTexts
+
+    net = models.build({"type": "fasttext", "dim": 3}, {"input_shape": (buckets,), "num_classes": 4,
                                                          "kind": "classification"}, seed=0)
     flat = FlatParameters(net.named_parameters())
-    plan, grads = RowPlan(net, flat), RowGradients(flat, RowPlan(net, flat))
-    featurize = Featurizer("word", 1, 1, 5000)
-    buf = np.full(flat.size, 7.0, np.float32)          # never used: cleared whole the first time
-    for texts in (["a b c", "d e"], ["f g", "a"], ["h i j k"]):
-        x = HashedTexts(texts, featurize)
-        net.zero_grad()
-        batch_loss(net, "classification", x, np.array([0] * len(texts))).backward()
-        grads.gather(buf, first=True)
-        keys = plan.keys([x])
-        norm = grads.finish(buf, keys, accumulated=1, clip_norm=None)
+    featurize = Featurizer("word", 1, 1, buckets)
+    return net, flat, lambda texts: HashedTexts(texts, featurize)
+
+
+def _backward(net, x):
+    net.zero_grad()
+    batch_loss(net, "classification", x, np.zeros(len(x), np.int64)).backward()
+
+
+def test_gradients_by_rows_are_the_dense_gradients_and_a_buffer_clears_only_what_it_carried():
+    """AccruedByRows sums into the outgoing buffers at the keys the batches touched and keeps each
+    zero elsewhere from one push to the next, without a pass over the table."""
+    from downpour.worker.rows import AccruedByRows
+
+    net, flat, texts = _fasttext()
+    plan = RowPlan(net, flat)
+    buffers = [np.full(flat.size, 7.0, np.float32), np.full(flat.size, 7.0, np.float32)]  # unused: cleared once
+    accrued = AccruedByRows(buffers, flat, plan)
+    for batch in (["a b c", "d e"], ["f g", "a"], ["h i j k"], ["b"]):
+        x = texts(batch)
+        _backward(net, x)
+        accrued.add(flat)
+        grad, pushed = accrued.take(plan.keys([x]))
         dense = flat.gather_grads()
-        np.testing.assert_array_equal(buf, dense)      # the very gradient the dense gather makes
-        assert np.isclose(norm, np.linalg.norm(dense), rtol=1e-5)
-        grads.sent(buf, keys)
+        np.testing.assert_array_equal(grad, dense)                # the very gradient the dense gather makes
+        np.testing.assert_array_equal(np.sort(pushed), np.sort(dense[spans.positions(*plan.keys([x]))]))
 
 
-def test_gradients_by_rows_average_and_clip_on_the_pushed_keys():
-    from downpour.worker.rows import RowGradients
+def test_gradients_by_rows_average_over_push_every_and_clipping_writes_back_to_the_pushed_keys():
+    from downpour.model import optim
+    from downpour.worker.rows import AccruedByRows
 
-    net = models.build({"type": "sparse_logreg"}, {"input_shape": (100,), "num_classes": 2,
-                                                    "kind": "classification"}, seed=0)
-    flat = FlatParameters(net.named_parameters())
-    grads = RowGradients(flat, RowPlan(net, flat))
-    buf = np.zeros(flat.size, np.float32)
-    buf[[0, 1, 200]] = [3.0, 4.0, 9.0]                  # key 200 (the bias) is not pushed
-    keys = (np.array([0]), np.array([2]))
-    assert grads.finish(buf, keys, accumulated=2, clip_norm=1.0) == 2.5
-    np.testing.assert_allclose(buf[:2], [0.6, 0.8], rtol=1e-5)
-    assert buf[200] == 9.0
+    net, flat, texts = _fasttext()
+    plan = RowPlan(net, flat)
+    accrued = AccruedByRows([np.zeros(flat.size, np.float32)], flat, plan)
+    a, b = texts(["a b"]), texts(["b c"])
+    expected = np.zeros(flat.size, np.float32)
+    for x in (a, b):
+        _backward(net, x)
+        accrued.add(flat)
+        expected += flat.gather_grads()
+    expected /= 2
+    grad, pushed = accrued.take(plan.keys([a, b]))
+    np.testing.assert_array_equal(grad, expected)
+    optim.clip_grad_norm_(pushed, 1e-3)
+    accrued.clipped(pushed)
+    assert np.isclose(np.linalg.norm(grad), 1e-3, rtol=1e-3)
+    accrued.poison()
+    assert np.isnan(grad[accrued.poison_key]) and accrued.poison_key in spans.positions(*plan.keys([a]))
