@@ -33,7 +33,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
     cfg = resolve(MINIMAL)
     assert cfg["seed"] == 0 and cfg["device"] == "cpu"
     assert cfg["workers"] == {"count": 2, "restart": "never", "max_restarts": 3}
-    assert cfg["shards"] == {"count": 1, "replication": 1}
+    assert cfg["shards"] == {"count": 1, "replication": 1, "memory_mb": None}
     assert cfg["consistency"] == {"mode": "async", "staleness": 2}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64,
                            "limit_train": None, "max_chars": None,
@@ -56,7 +56,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
 def test_shorthand_counts_normalise_to_sections():
     cfg = resolve(with_(workers=4, shards=2))
     assert cfg["workers"] == {"count": 4, "restart": "never", "max_restarts": 3}
-    assert cfg["shards"] == {"count": 2, "replication": 1}
+    assert cfg["shards"] == {"count": 2, "replication": 1, "memory_mb": None}
 
 
 def test_optimizer_defaults_follow_the_chosen_type():
