@@ -27,7 +27,6 @@ VALUES = ("l2", "count", "binary")
 _P = np.uint64(0x100000001B3)                   # the 64-bit FNV prime, as the polynomial's base
 _SEEDS = {"char": 0x243F6A8885A308D3, "word": 0x13198A2E03707344, "field": 0xA4093822299F31D0}
 _WORD = re.compile(r"\w+")
-_SPACES = re.compile(r"\s+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +132,7 @@ class HashedTexts:
 
 def normalize(text: str) -> str:
     """Lower case, runs of white space as one space, no space at either end."""
-    return _SPACES.sub(" ", text.lower()).strip()
+    return " ".join(text.lower().split())
 
 
 def hash_fields(records: Sequence[Mapping[str, Any]], buckets: int, values: str = "binary") -> SparseBatch:
