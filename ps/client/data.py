@@ -173,6 +173,7 @@ class ShardClient:
                 p.read_spans = _part(read_spans, lo, hi)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
                     header["read_spans"] = spans.pack(p.read_spans)
+                    self.bytes_sent += len(header["read_spans"])  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
                 p.grad_spans = _part(grad_spans, lo, hi) if grad_spans is not None else None
@@ -180,6 +181,7 @@ class ShardClient:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
                         header["grad_spans"] = spans.pack(p.grad_spans)
+                        self.bytes_sent += len(header["grad_spans"])
                 else:
                     self._encode(p)
             self._send(p, now)
@@ -191,6 +193,7 @@ class ShardClient:
         lo = self.layout.ranges[p.shard][0]
         if p.grad_spans is not None and self.compressor.codec == "none":
             p.header["grad_spans"] = spans.pack(p.grad_spans)
+            self.bytes_sent += len(p.header["grad_spans"])
             p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
         else:
             fields, p.arrays = self.compressor.encode(p.shard, p.grad)

@@ -132,3 +132,18 @@ def test_flat_parameters_gather_a_row_sparse_gradient_into_its_rows_and_zeros_el
     table = out[:12].reshape(6, 2)
     np.testing.assert_array_equal(table, bag.weight.grad.to_dense())
     assert not table[[1, 2, 3, 5]].any()
+
+
+def test_adding_rows_with_numba_gives_the_bits_of_numpy_add_at_repeats_included():
+    from downpour.model import jit
+    from downpour.model.sparse import add_rows
+
+    if not jit.AVAILABLE:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 50, 10_000)                         # every row many times over
+    values = rng.standard_normal((10_000, 3)).astype(np.float32)
+    by_numba, by_numpy = np.ones((50, 3), np.float32), np.ones((50, 3), np.float32)
+    add_rows(by_numba, rows, values, use_numba=True)
+    add_rows(by_numpy, rows, values, use_numba=False)
+    np.testing.assert_array_equal(by_numba, by_numpy)
