@@ -141,4 +141,6 @@ def test_a_round_trip_by_spans_sends_each_shard_its_part_and_writes_only_those_k
     untouched = np.ones(SIZE, bool)
     untouched[at] = False
     assert np.all(out[untouched] == -1.0)
-    assert client.bytes_sent == 4 * spans.size(pushed) and client.bytes_received == 4 * spans.size(read)
+    named = sum(len(spans.pack(spans.clip(keys, lo, hi))) for keys in (pushed, read) for lo, hi in layout.ranges)
+    assert client.bytes_sent == 4 * spans.size(pushed) + named           # the values, and the keys named
+    assert client.bytes_received == 4 * spans.size(read)
