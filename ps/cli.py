@@ -238,7 +238,7 @@ def _control(target: str, keys_dir: str | None):
     """A control line to a job's coordinator; a run directory's own keys are used if it has them."""
     import zmq
 
-    from .client import ControlClient
+    from .control import ControlClient
     if keys_dir is None and not target.startswith("tcp://") and (pathlib.Path(target) / "keys").is_dir():
         keys_dir = str(pathlib.Path(target) / "keys")
     configure = _client_configure(keys_dir)

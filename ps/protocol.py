@@ -35,6 +35,28 @@ REPLY_OPS = frozenset({OK, ERROR})
 COORDINATOR, SHARD, WORKER, EVALUATOR = "coordinator", "shard", "worker", "evaluator"
 ROLES = frozenset({SHARD, WORKER, EVALUATOR})  # the roles that register with the coordinator
 
+# Who may send which operation: the role in the sender's name ("worker-3" is a worker), or
+# None where anybody may (a registration names its role in its own field, checked by the wire;
+# reads come from workers, the evaluator and tools alike). `wire.decode` checks it once.
+SENDERS: dict[str, frozenset[str] | None] = {
+    REGISTER: None, STATUS: None, STOP: None, CHECKPOINT: None,
+    HEARTBEAT: ROLES, LEAVE: ROLES,
+    REPORT: frozenset({WORKER, EVALUATOR}),
+    DONE: frozenset({WORKER}),
+    RESULT: frozenset({EVALUATOR}),
+    PULL: None,
+    PUSH: frozenset({WORKER}), PUSH_PULL: frozenset({WORKER}),
+    REPLICATE: frozenset({SHARD}),
+    OK: None, ERROR: None,
+}
+
+
+def role_of(name: str) -> tuple[str, int]:
+    """A sender's role and rank from its name ("worker-3" -> ("worker", 3)); rank -1 if none."""
+    role, _, rank = name.rpartition("-")
+    return (role, int(rank)) if rank.isascii() and rank.isdigit() and len(rank) < 19 else (name, -1)
+
+
 # Job states as the coordinator reports them.
 STARTING, RUNNING, FINISHING, DONE_STATE, FAILED, STOPPED = (
     "starting", "running", "finishing", "done", "failed", "stopped")

@@ -1,8 +1,10 @@
 """A parameter-server shard: one contiguous key range, its update rule, and the consistency model.
 
-One thread, one ROUTER socket for the data plane, one DEALER line to the coordinator. The
-arithmetic and bookkeeping live in `store.ParameterStore`; this module is the process around
-it: sockets, heartbeats, parked reads, checkpoints. Reads that the consistency model cannot
+One thread serves one ROUTER socket for the data plane; the heartbeat to the coordinator beats
+on a thread of its own (`control.Heartbeat`, as in every role) and hands its replies to the
+serving loop through a `control.Mailbox`. The arithmetic and bookkeeping live in
+`store.ParameterStore`; this module is the process around it: sockets, heartbeats, parked
+reads, checkpoints. Reads that the consistency model cannot
 serve yet are parked and answered as soon as an update or a change of membership allows; the
 socket keeps serving everybody else in the meantime.
 """
@@ -19,9 +21,9 @@ import zmq
 from . import checkpoint, security, shm, spans
 from . import protocol as P
 from .address import advertised
-from .client.control import ControlClient
-from .client.faults import FaultPlan
 from .config import planned_updates
+from .control import ControlClient, Heartbeat, Mailbox
+from .faults import FaultPlan
 from .incoming import Incoming, header_spans
 from .layout import layout_from_dict
 from .replication import Replicator, backup_of
@@ -58,6 +60,9 @@ class Shard:
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
         self.coordinator_lost = False  # the job ended for us because the coordinator fell silent
+        self.mailbox = Mailbox()  # heartbeat replies, from the heartbeat thread
+        self.heartbeat: Heartbeat | None = None
+        self.published: dict = {}  # the figures the next heartbeat carries (made by the serving loop)
         # per store (by its first key): the snapshot, range and frame of the last read over the wire
         self.frames: dict[int, tuple[np.ndarray, int, int, SharedFrame]] = {}
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
@@ -84,7 +89,7 @@ class Shard:
         self.max_bytes = int(cluster["max_message_mb"] * (1 << 20))
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # hard memory bound per frame
         self.heartbeat_interval = cluster["heartbeat_interval"]
-        self.coordinator_timeout = cluster["heartbeat_timeout"] * 3
+        self.heartbeat_timeout = cluster["heartbeat_timeout"]
         self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
         self.max_workers = self.config["workers"]["count"] + P.MAX_EXTRA_WORKERS
         self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"],
@@ -145,36 +150,38 @@ class Shard:
     # ---- the loop ------------------------------------------------------------------------
     def serve(self) -> str:
         """Serve until the coordinator declares the job over; return the final job state."""
+        self.published = self.stats()
+        self.heartbeat = Heartbeat(self.ctx, self.control.address, self.job_id, self.control.name,
+                                   self.heartbeat_interval, lambda: self.published, self.mailbox.put,
+                                   timeout=self.heartbeat_timeout, configure=self.configure)
+        self.heartbeat.start()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.control.channel.sock, zmq.POLLIN)
+        poller.register(self.mailbox.fd, zmq.POLLIN)
         replica_sock = None
-        next_beat = 0.0
+        next_publish = 0.0
         next_checkpoint = time.monotonic() + self.checkpoint_every if self.checkpoint_every else float("inf")
-        beat_seq = None
-        last_reply = time.monotonic()
         state = P.RUNNING
         while state not in P.FINAL_STATES:
             now = time.monotonic()
-            if now >= next_beat:
-                beat_seq = self.control.channel.send(
-                    {"op": P.HEARTBEAT, "job": self.job_id, "from": self.control.name, "body": self.stats()})
-                next_beat = now + self.heartbeat_interval
+            if now >= next_publish:  # the heartbeat thread sends what we publish, never reads our stores
+                self.published = self.stats()
+                next_publish = now + self.heartbeat_interval / 2
             if now >= next_checkpoint:
                 self.save_checkpoint()
                 next_checkpoint = now + self.checkpoint_every
-            if now - last_reply > self.coordinator_timeout:
-                log.error("coordinator at %s silent for %.1f s: shutting down", self.control.address,
-                          now - last_reply)
-                self.coordinator_lost = True
-                return P.FAILED
             if self.replicator.sock is not replica_sock:  # the backup holder changed
                 if replica_sock is not None:
                     poller.unregister(replica_sock)
                 replica_sock = self.replicator.sock
                 if replica_sock is not None:
                     poller.register(replica_sock, zmq.POLLIN)
-            events = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
+            events = dict(poller.poll(max(1, int((next_publish - time.monotonic()) * 1000))))
+            if self.mailbox.fd in events:
+                for body in self.mailbox.take():
+                    state = self._on_heartbeat_reply(body)
+                    if state in P.FINAL_STATES:
+                        break
             if replica_sock is not None and replica_sock in events:
                 self.replicator.on_acks()
             if self.sock in events:
@@ -186,19 +193,15 @@ class Shard:
                     if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than zmq.Again
                         break
                 self.faults.at_step(self.store.updates_applied)
-            if self.control.channel.sock in events:
-                try:
-                    msg = recv(self.control.channel.sock, router=False, flags=zmq.NOBLOCK)
-                except (zmq.Again, WireError):
-                    continue
-                if msg.seq == beat_seq and msg.op == P.OK:
-                    last_reply = time.monotonic()
-                    state = self._on_heartbeat_reply(msg.body())
-                elif msg.op == P.ERROR:
-                    log.error("the coordinator refused our heartbeat: %s", msg.header.get("reason"))
         return state
 
     def _on_heartbeat_reply(self, body: dict) -> str:
+        if body.get("lost"):
+            log.error("%s: shutting down", body["reason"])
+            self.coordinator_lost = True
+            return P.FAILED
+        if body.get("state") == "unreachable":  # a beat went unanswered: carry on meanwhile
+            return P.RUNNING
         if body.get("workers") is not None:
             for store in (*self.stores.values(), *self.backups.values()):
                 store.set_live(body["workers"])
@@ -240,7 +243,7 @@ class Shard:
             return
         lo, hi = h["lo"], h["hi"]
         store = self._store_for(lo, hi)
-        role, rank = _sender(h["from"])
+        role, rank = P.role_of(h["from"])
         if role == P.WORKER and rank >= self.max_workers:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
@@ -249,7 +252,7 @@ class Shard:
         if msg.op in (P.PUSH, P.PUSH_PULL):
             if store is self.store and not self.backup_known:
                 raise WireError("this shard's backup is not attached yet; ask again", retry=True)
-            grad, keys = self._gradient(msg, role, lo, hi)
+            grad, keys = self.incoming.gradient(msg, lo, hi)
             try:
                 new = store.push(rank, clock, lo, hi, grad, h.get("read_version"), keys)
             except StalePush as exc:
@@ -279,11 +282,6 @@ class Shard:
         served = ", ".join(f"[{s.lo}, {s.hi})" for s in self.stores.values())
         raise WireError(f"range [{lo}, {hi}) is outside this shard's range {served}")
 
-    def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans | None]:
-        if role != P.WORKER:
-            raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
-        return self.incoming.gradient(msg, lo, hi)
-
     def _respond(self, held: int | None, send) -> None:
         """Reply now, or once the backup has acknowledged the push (replication)."""
         if held is None:
@@ -294,14 +292,12 @@ class Shard:
     def _replicated(self, msg: Message) -> None:
         """Apply a push our primary forwarded to the backup we hold, then acknowledge it."""
         h = msg.header
-        if _sender(h["from"])[0] != P.SHARD:
-            raise WireError(f"{h['from']!r} may not replicate: only shards do")
         store = self.backups.get(h["range"])
         if store is None:
             raise WireError(f"this shard holds no backup of range {h['range']}")
         if not store.lo <= h["lo"] <= h["hi"] <= store.hi:
             raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
-        grad, keys = self._gradient(msg, P.WORKER, h["lo"], h["hi"])
+        grad, keys = self.incoming.gradient(msg, h["lo"], h["hi"])
         try:
             store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
         except StalePush as exc:
@@ -334,7 +330,7 @@ class Shard:
 
     def _serve_parked(self) -> None:
         for key, (msg, clock, wanted) in list(self.parked.items()):
-            _, rank = _sender(msg.header["from"])
+            _, rank = P.role_of(msg.header["from"])
             store = self._store_for(msg.header["lo"], msg.header["hi"])
             if store.can_read(rank, clock):
                 del self.parked[key]
@@ -366,16 +362,15 @@ class Shard:
                  self.rank, state, s.pushes_applied, s.duplicates, s.updates_applied, self.pulls_served, self.errors)
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat.join(timeout=5)
+        self.mailbox.close()
         if self.replicator is not None:
             self.replicator.close()
         self.incoming.close()
         self.sock.close(0)
         self.control.close()
-
-
-def _sender(name: str) -> tuple[str, int]:
-    role, _, rank = name.rpartition("-")
-    return (role, int(rank)) if rank.isdigit() else (name, -1)
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,

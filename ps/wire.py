@@ -172,6 +172,9 @@ def decode(frames: Sequence[Any], max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) 
         raise WireError(f"unknown operation {op!r}")
     _check_fields(header, COMMON_FIELDS)
     _check_fields(header, OP_FIELDS.get(op, {}))
+    allowed = P.SENDERS[op]
+    if allowed is not None and P.role_of(header["from"])[0] not in allowed:
+        raise WireError(f"{header['from']!r} may not send {op!r}: only {' and '.join(sorted(allowed))}s do")
     arrays = _arrays(header.get("arrays", []), frames[1:])
     return Message(header, arrays)
 
@@ -300,11 +303,13 @@ class Channel:
         return seq
 
     def receive(self, seq: int, timeout: float) -> Message:
-        """The reply to request `seq`; older replies (answers to timed-out requests) are dropped."""
+        """The reply to request `seq`; older replies (answers to timed-out requests) are dropped.
+        Past the deadline the socket is still read once: a process that was stopped (SIGSTOP)
+        finds there the reply that came while it slept, rather than timing out on it."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.sock.poll(int(remaining * 1000) + 1):
                 raise TimeoutError(f"no reply from {self.name} at {self.address} within {timeout:g} s")
             msg = recv(self.sock, router=False, max_bytes=self.max_bytes)
             if msg.seq == seq:

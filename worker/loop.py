@@ -23,8 +23,8 @@ import time
 import numpy as np
 
 from downpour.model import optim
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.faults import FaultPlan
 
 from .job import build_job
 from .objective import batch_loss

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import zmq
 
-from downpour.ps.client import ControlClient, Heartbeat, ShardClient
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.client import ShardClient
+from downpour.ps.control import ControlClient, Heartbeat
+from downpour.ps.faults import FaultPlan
 from downpour.ps.layout import Layout, layout_from_dict
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ class Session:
         self.clock = 0
         self.step = 0
         self._changed = threading.Condition()
-        self._unreachable_since: float | None = None
-        self._unreachable_limit = cluster["heartbeat_timeout"] * 3
         self.heartbeat = Heartbeat(self.ctx, coordinator, self.job_id, self.name,
                                    cluster["heartbeat_interval"], self._beat_body, self._on_beat,
                                    timeout=cluster["heartbeat_timeout"], configure=configure)
@@ -65,13 +64,9 @@ class Session:
 
     def _on_beat(self, body: dict) -> None:
         with self._changed:
-            if body.get("state") == "unreachable":
-                self._unreachable_since = self._unreachable_since or time.monotonic()
-                if time.monotonic() - self._unreachable_since > self._unreachable_limit:
-                    self.state, self.reason = P.FAILED, f"coordinator unreachable: {body.get('error')}"
-                    self.coordinator_lost = True
-            else:
-                self._unreachable_since = None
+            if body.get("lost"):  # the heartbeat gave the coordinator up
+                self.state, self.reason, self.coordinator_lost = P.FAILED, body["reason"], True
+            elif body.get("state") != "unreachable":  # a missed beat or two: wait and see
                 self.state = body["state"]
                 self.reason = body.get("reason", "")
                 if body.get("shards"):

@@ -35,9 +35,9 @@ import zmq
 from .. import protocol as P
 from .. import shm, spans
 from ..compression import Compressor, wire_bytes
+from ..faults import FaultPlan
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
-from .faults import FaultPlan
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
 

@@ -1,7 +1,18 @@
-"""The control plane, client side: a node's line to the coordinator."""
+"""The control plane: every node's line to the coordinator, and its heartbeat.
+
+Both sides import this module: the shards (server side) and the workers and the evaluator
+(worker side) register, beat and leave the same way. `ControlClient` makes one round trip per
+request; `Heartbeat` beats on a thread of its own, for every role alike, and is the one place
+that decides when the coordinator is lost: when its beats have gone unanswered for
+`LOST_AFTER` heartbeat timeouts. A node's main loop gets each reply through `on_reply` (a
+worker's session takes it under a lock; a shard, whose loop polls sockets, through a
+`Mailbox`).
+"""
 from __future__ import annotations
 
 import logging
+import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -10,10 +21,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .. import protocol as P
-from ..wire import Channel, Message, RemoteError
+from . import protocol as P
+from .wire import Channel, Message, RemoteError, WireError
 
 log = logging.getLogger(__name__)
+
+# Heartbeat timeouts of unanswered beats before a node gives the coordinator up and ends: long
+# enough to ride out a coordinator that stalls for longer than the timeout it declares others
+# dead by, short enough that nothing outlives a coordinator that is gone.
+LOST_AFTER = 3
 
 
 class ControlClient:
@@ -98,7 +114,11 @@ class ControlClient:
 
 class Heartbeat(threading.Thread):
     """Sends a heartbeat every `interval` seconds on a socket of its own (ZeroMQ sockets are
-    not thread-safe) and hands each reply to `on_reply`; the node's main loop stays busy."""
+    not thread-safe) and hands each reply body to `on_reply`; the node's main loop stays busy.
+
+    A beat that fails hands on `{"state": "unreachable", "error": ...}`; once beats have failed
+    for `LOST_AFTER` x `timeout` seconds, `{"state": "failed", "lost": True, "reason": ...}`:
+    the node should end, its coordinator is gone."""
 
     def __init__(self, ctx: zmq.Context, address: str, job: str, name: str, interval: float,
                  body: Callable[[], dict], on_reply: Callable[[dict], None], timeout: float = 30.0,
@@ -110,30 +130,82 @@ class Heartbeat(threading.Thread):
         self.body = body
         self.on_reply = on_reply
         self.timeout = timeout
+        self.lost_after = LOST_AFTER * timeout
         self.stopped = threading.Event()
         self.last_reply = time.monotonic()
+        self.failing_since: float | None = None
+        self.silent_until = 0.0  # `hold`: a stall fault silences us
         self.paused: Callable[[], bool] = lambda: False  # a `partition` fault silences us
+
+    def hold(self, seconds: float) -> None:
+        """Send nothing for `seconds` (the node is stalled on purpose)."""
+        self.silent_until = max(self.silent_until, time.monotonic() + seconds)
 
     def run(self) -> None:
         try:
             while not self.stopped.is_set():
-                if self.paused():
-                    self.stopped.wait(self.interval)
+                if self.paused() or time.monotonic() < self.silent_until:
+                    self.stopped.wait(min(self.interval, 0.05))
                     continue
-                try:
-                    seq = self.channel.send(dict(self.header, body=self.body()))
-                    msg = self.channel.receive(seq, timeout=self.timeout)
-                    if msg.op == P.OK:
-                        self.last_reply = time.monotonic()
-                        self.on_reply(msg.body())
-                    else:
-                        log.warning("heartbeat refused: %s", msg.header.get("reason"))
-                except (TimeoutError, RemoteError) as exc:
-                    log.warning("heartbeat: %s", exc)
-                    self.on_reply({"state": "unreachable", "error": str(exc)})
+                self.on_reply(self.beat())
                 self.stopped.wait(self.interval)
         finally:
             self.channel.close()
 
+    def beat(self) -> dict:
+        """One heartbeat round trip: the reply's body, or what to make of its failure."""
+        sent = time.monotonic()
+        try:
+            msg = self.channel.receive(self.channel.send(dict(self.header, body=self.body())), timeout=self.timeout)
+            if msg.op == P.OK:
+                self.last_reply, self.failing_since = time.monotonic(), None
+                return msg.body()
+            error = f"refused: {msg.header.get('reason')}"
+        except (TimeoutError, WireError) as exc:
+            error = str(exc)
+        log.warning("heartbeat: %s", error)
+        self.failing_since = self.failing_since or sent
+        silent = time.monotonic() - self.failing_since
+        if silent >= self.lost_after:
+            return {"state": P.FAILED, "lost": True,
+                    "reason": f"coordinator at {self.channel.address} silent for {silent:.1f} s ({error})"}
+        return {"state": "unreachable", "error": error}
+
     def stop(self) -> None:
         self.stopped.set()
+
+
+class Mailbox:
+    """Heartbeat replies handed from the heartbeat thread to a loop that polls ZeroMQ sockets:
+    a queue, and a pipe whose read end (`fd`) the loop polls beside its sockets to wake up."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.fd, self._wake = os.pipe()
+        os.set_blocking(self.fd, False)
+        os.set_blocking(self._wake, False)
+
+    def put(self, item: Any) -> None:
+        self._queue.put(item)
+        try:
+            os.write(self._wake, b"\0")
+        except BlockingIOError:  # the loop has wake-ups waiting already
+            pass
+
+    def take(self) -> list:
+        """Everything put since the last call, oldest first."""
+        try:
+            while os.read(self.fd, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self._wake)
