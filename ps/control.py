@@ -22,7 +22,7 @@ import numpy as np
 import zmq
 
 from . import protocol as P
-from .wire import Channel, Message, RemoteError, WireError
+from .wire import Channel, Message, RemoteError, WireError, raise_for_error
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,29 @@ class ControlClient:
         self.name = role  # becomes "role-rank" once registered
         self.job = ""
         self.channel = Channel(ctx, address, "coordinator", max_bytes, configure)
+        # Called while a reply is awaited, every half second: it raises to stop waiting (a
+        # node whose heartbeat has given the coordinator up must not wait out `timeout`).
+        self.give_up: Callable[[], None] | None = None
 
     def _request(self, op: str, body: dict | None = None, timeout: float | None = None,
                  arrays: Sequence[np.ndarray] = (), **fields: Any) -> Message:
         header = {"op": op, "job": self.job, "from": self.name, **fields}
         if body is not None:
             header["body"] = body
-        return self.channel.request(header, arrays, timeout=timeout or self.timeout)
+        deadline = time.monotonic() + (timeout or self.timeout)
+        seq = self.channel.send(header, arrays)
+        while True:
+            try:
+                msg = self.channel.receive(seq, timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"no reply from the coordinator at {self.address} within "
+                                       f"{timeout or self.timeout:g} s") from None
+                if self.give_up is not None:
+                    self.give_up()
+        raise_for_error(msg, self.channel)
+        return msg
 
     def register(self, body: dict, startup_timeout: float = 60.0) -> Message:
         """Join the job, retrying until the coordinator answers or `startup_timeout` passes."""

@@ -22,9 +22,9 @@ import zmq
 
 from . import export, reports
 from . import protocol as P
+from .faults import FaultPlan
 from .layout import make_layout
-from .membership import ALIVE, DEAD, LEFT, Membership, Node, Refused
-from .replication import backup_of
+from .membership import ALIVE, Membership, Node, Refused
 from .wire import Message, WireError, bind_socket, recv, reply, reply_error
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class Coordinator:
         self.max_bytes = int(config["cluster"]["max_message_mb"] * (1 << 20))
         self.heartbeat_timeout = config["cluster"]["heartbeat_timeout"]
         self.members = Membership(config, time.monotonic())
+        self.faults = FaultPlan(config["faults"], P.COORDINATOR, 0, config["seed"])
         self.results: dict = {}
         self.latest: dict[str, dict] = {}  # the newest report of each worker
         self.started = time.time()
@@ -89,10 +90,9 @@ class Coordinator:
                 "layout": self.layout.to_dict(), "workers": list(range(n)),
                 "world": max(n, node.rank + 1) if role == P.WORKER else n}
         arrays = ()
-        if role == P.SHARD:
-            ranges = [node.rank] + ([backup_of(node.rank, self.members.num_shards)]
-                                    if self.members.replication > 1 else [])
-            arrays = tuple(self.initial[slice(*self.layout.ranges[r])] for r in ranges)
+        if role == P.SHARD:  # the ranges it serves (its own, unless promoted away), at their initial weights
+            info["serve"] = self.members.ranges.orders(node.rank, {})["serve"]
+            arrays = tuple(self.initial[slice(*self.layout.ranges[int(r)])] for r in info["serve"])
         reply(self.sock, msg, body=info, arrays=arrays)
 
     def _stop(self, msg: Message) -> None:
@@ -124,7 +124,7 @@ class Coordinator:
         self.members.finish(P.DONE_STATE, self.members.reason or "finished", time.monotonic())
 
     def _leave(self, msg: Message) -> None:
-        self.members.leave(self._sender(msg), msg.body())
+        self.members.leave(self._sender(msg), msg.body(), time.monotonic())
         reply(self.sock, msg)
 
     def _export(self, msg: Message) -> None:
@@ -165,15 +165,16 @@ class Coordinator:
     def status(self) -> dict:
         m = self.members
         now = time.monotonic()
-        shards = m.members(P.SHARD, (ALIVE, DEAD, LEFT))
+        updates, pushes = m.per_range("ranges"), m.per_range("range_pushes")
         ended = None if m.ended is None else self.started + (m.ended - m.started)
         return {"job_id": self.job_id, "name": self.config["name"], "state": m.state, "reason": m.reason,
                 "elapsed": round((ended or time.time()) - self.started, 3),
                 "consistency": self.config["consistency"]["mode"],
                 "steps_per_worker": self.config["train"]["steps"],
                 # A model update counts once every range has applied it (whoever serves the range).
-                "updates_applied": min(m.updates_per_range(), default=0),
-                "pushes_applied": min((n.stats.get("pushes", 0) for n in shards), default=0),
+                "updates_applied": min(updates, default=0), "pushes_applied": min(pushes, default=0),
+                "updates_per_range": updates, "pushes_per_range": pushes,
+                "ranges": m.ranges.table(now),
                 "pushes_sent": sum(n.stats.get("clock", 0) for n in m.nodes.values() if n.role == P.WORKER),
                 "nodes": [{"name": n.name, "role": n.role, "rank": n.rank, "address": n.address,
                            "state": n.state, "last_heartbeat": round(now - n.last_seen, 3),
@@ -185,7 +186,7 @@ class Coordinator:
         if self.run_dir is not None:
             m = self.members
             reports.write_summary(self.run_dir / "summary.json", self.status(), self.config, self.results,
-                                  m.updates_per_range(), sum(m.rolled_back.values()), m.events)
+                                  sum(m.rolled_back.values()), m.events)
 
     # ---- the loop ------------------------------------------------------------------------
     def serve(self) -> int:
@@ -200,9 +201,11 @@ class Coordinator:
                 nodes_out = all(n.state != ALIVE for n in self.members.nodes.values())
                 if nodes_out or time.monotonic() > linger_until:
                     break
-            if poller.poll(100):
+            self.faults.stall(self.members.min_worker_clock())
+            ready = poller.poll(100)
+            self.members.tick(time.monotonic())  # first: it excuses a gap in our own running
+            if ready:
                 self._drain()
-            self.members.tick(time.monotonic())
             self._settle()
         self.write_summary()
         return 0 if self.state == P.DONE_STATE else 1

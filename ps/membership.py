@@ -8,9 +8,16 @@ messages, calls these methods, and sends what they return.
 
 Nodes register and get a rank; their heartbeats keep them alive; one silent for longer than
 `cluster.heartbeat_timeout` (`startup_timeout` before its first heartbeat) is declared dead,
-and one that speaks again after that rejoins. The job starts running once every shard, the
-evaluator and `workers.count + workers.external` workers have registered, finishes once every
-worker is done, and fails when it can no longer go on.
+and one that speaks again after that rejoins. Which shard serves and backs up each range, at
+which epoch, is `ranges.Ranges`, settled again whenever a shard dies, rejoins or reports on its
+backups. The job starts running once every shard, the evaluator and `workers.count +
+workers.external` workers have registered (and, with replication, every range has a ready
+backup), finishes once every worker is done, and fails when it can no longer go on: every
+worker dead, or a range's only copy (or the evaluator) gone for longer than
+`heartbeat_timeout + startup_timeout` without coming back.
+
+A coordinator that was itself stopped (a stall, SIGSTOP, a swapped-out machine) holds nobody's
+silence during that time against them: `tick` notices the gap in its own clock and excuses it.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from typing import Any
 
 from . import protocol as P
 from . import reports
-from .replication import holder_of_backup
+from .ranges import Ranges
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ class Membership:
         self.ended: float | None = None
         self.checkpoint_requests = 0
         self.rolled_back: dict[str, int] = {}  # shard -> updates lost to its restart
+        self.ranges = Ranges(self.num_shards, self.replication)
+        self.last_tick = now
 
     # ---- who is there --------------------------------------------------------------------
     def members(self, role: str, states: tuple[str, ...] = (ALIVE,)) -> list[Node]:
@@ -107,6 +116,8 @@ class Membership:
         self.nodes[name] = node
         self.event("registered" if previous is None else "re-registered", node, now)
         log.info("%s registered%s", name, f" at {node.address}" if node.address else "")
+        if role == P.SHARD:
+            self._place(now)
         self._check_progress(now)
         return node, previous is not None
 
@@ -132,12 +143,19 @@ class Membership:
     def beat(self, name: str, stats: dict, now: float) -> Node:
         """A heartbeat: the node is alive (again, if it had been declared dead)."""
         node = self.node(name, now)
+        node.beats += 1
+        self.update_stats(node, stats)
         if node.state == DEAD:
             log.warning("%s is back after being declared dead", node.name)
             node.state = ALIVE
             self.event("rejoined", node, now)
-        node.beats += 1
-        self.update_stats(node, stats)
+            if node.role == P.SHARD:
+                self._place(now)
+        if node.role == P.SHARD and node.state == ALIVE:
+            held = {int(r): (gen, synced) for r, (gen, synced) in node.stats.get("backups", {}).items()}
+            for change in self.ranges.backup_report(node.rank, held, now):
+                self._range_event(change, now)
+            self._check_progress(now)
         return node
 
     def update_stats(self, node: Node, stats: dict) -> None:
@@ -155,11 +173,13 @@ class Membership:
         self.event("finished", node, now)
         self._check_progress(now)
 
-    def leave(self, node: Node, stats: dict) -> None:
+    def leave(self, node: Node, stats: dict, now: float) -> None:
         """A node ends in order (a shard with its final counts)."""
         self.update_stats(node, stats)
         if node.state == ALIVE:  # a finished worker stays "finished"
             node.state = LEFT
+            if node.role == P.SHARD:
+                self._place(now)
 
     def early_stop(self, node: Node, reason: str, clock: Any, now: float) -> None:
         """The evaluator has seen enough: the workers stop, then it scores the final weights."""
@@ -175,36 +195,75 @@ class Membership:
     # ---- the job's life ------------------------------------------------------------------
     def tick(self, now: float) -> None:
         """Declare the silent dead and move the job on; call it often (every 0.1 s)."""
+        self._excuse_own_stall(now)
+        died = False
         for node in list(self.nodes.values()):
             # Until its first heartbeat a node is still starting up (loading data, compiling).
             limit = self.heartbeat_timeout if node.beats else self.startup_timeout
             if node.state == ALIVE and now - node.last_seen > limit:
                 self._declare_dead(node, now)
-        live = {n.rank: n.address for n in self.members(P.SHARD)}
-        for node in self.members(P.SHARD, (DEAD,)):
-            if self.server_of(node.rank, live) is not None:
-                continue  # its backup took over
-            # A dead shard may come back (restarted from its checkpoint): wait a while for it.
-            if now - node.last_seen > self.heartbeat_timeout + self.startup_timeout:
-                self.finish(P.FAILED, f"{node.name} at {node.address} died and did not come back "
-                                      f"within {self.startup_timeout:g} s", now)
+                died = died or node.role == P.SHARD
+        if died:
+            self._place(now)
+        for name in [f"{P.SHARD}-{r.primary}" for r in self.ranges] + [f"{P.EVALUATOR}-0"]:
+            self._wait_for(self.nodes.get(name), now)  # a range's only copy, the evaluator: may come back
         if self.state == P.STARTING and now - self.started > self.startup_timeout:
             self.finish(P.FAILED, f"start-up timed out after {self.startup_timeout:g} s: {self._missing()}", now)
         self._check_progress(now)
+
+    def _excuse_own_stall(self, now: float) -> None:
+        """If we ourselves did not run for a while, nobody's silence in that time counts."""
+        gap, self.last_tick = now - self.last_tick, now
+        if gap <= self.heartbeat_timeout / 2:
+            return
+        for node in self.nodes.values():
+            node.last_seen = max(node.last_seen, min(now, node.last_seen + gap))
+        log.warning("the coordinator did not run for %.1f s: that silence is held against nobody", gap)
+        self.events.append({"time": round(now - self.started, 3), "event": "coordinator_stalled",
+                            "node": "coordinator-0", "seconds": round(gap, 3)})
 
     def _declare_dead(self, node: Node, now: float) -> None:
         node.state = DEAD
         silent = now - node.last_seen
         self.event("dead", node, now, silent_seconds=round(silent, 3))
         log.warning("%s declared dead: no heartbeat for %.1f s", node.name, silent)
-        if node.role == P.EVALUATOR:
-            self.finish(P.FAILED, "the evaluator died", now)
+
+    def _wait_for(self, node: Node | None, now: float) -> None:
+        """A dead node nobody can stand in for fails the job once it has had time to come back
+        (restarted from its checkpoint, or continued after a stall)."""
+        if node is None or node.state != DEAD or self.state in P.FINAL_STATES:
+            return
+        if now - node.last_seen > self.heartbeat_timeout + self.startup_timeout:
+            self.finish(P.FAILED, f"{node.name} at {node.address or 'its address'} died and did not come back "
+                                  f"within {self.startup_timeout:g} s", now)
+
+    def _place(self, now: float) -> None:
+        """Settle who serves and backs up each range, now that the live shards have changed."""
+        if self.state in P.FINAL_STATES:
+            return
+        live = {n.rank for n in self.members(P.SHARD)}
+        for change in self.ranges.settle(live, now):
+            self._range_event(change, now)
+
+    def _range_event(self, change: dict, now: float) -> None:
+        what, shard = change.pop("event"), change.pop("shard")
+        self.event(what, f"{P.SHARD}-{shard}", now, **change)
+        rng = change["range"]
+        if what == "promoted":
+            log.warning("range %d: shard-%d promoted at epoch %d (shard-%d deposed)", rng, shard, change["epoch"],
+                        change["deposed"])
+        elif what == "backup_lost":
+            log.warning("range %d: its backup shard-%d is gone: running unreplicated", rng, shard)
+        else:
+            log.info("range %d: shard-%d %s", rng, shard, "assigned as its backup" if what == "backup_assigned"
+                     else "holds its state: a ready backup")
 
     def _check_progress(self, now: float) -> None:
         if self.state == P.STARTING:
             if (len(self.members(P.SHARD)) == self.num_shards and len(self.members(P.EVALUATOR)) == 1
-                    and len(self.members(P.WORKER)) >= self.num_workers):
+                    and len(self.members(P.WORKER)) >= self.num_workers and self.ranges.all_ready()):
                 self.state = P.RUNNING
+                self.ranges.start(now)
                 log.info("all %d shards, %d workers and the evaluator registered: running",
                          self.num_shards, self.num_workers)
         elif self.state == P.RUNNING and not self.members(P.WORKER):
@@ -229,62 +288,47 @@ class Membership:
         if self.state in P.FINAL_STATES:
             return
         self.state, self.reason, self.ended = state, reason, now
+        self.ranges.stop(now)
         (log.info if state == P.DONE_STATE else log.error)("job %s: %s", state, reason)
 
-    def event(self, what: str, node: Node, now: float, **extra: Any) -> None:
-        self.events.append({"time": round(now - self.started, 3), "event": what, "node": node.name, **extra})
+    def event(self, what: str, node: Node | str, now: float, **extra: Any) -> None:
+        name = node if isinstance(node, str) else node.name
+        self.events.append({"time": round(now - self.started, 3), "event": what, "node": name, **extra})
 
     # ---- who serves what -----------------------------------------------------------------
-    def shard_addresses(self) -> list[str] | None:
-        """Who serves each range: its shard, or (replication) the live holder of its backup."""
-        live = {n.rank: n.address for n in self.members(P.SHARD)}
-        out = []
-        for r in range(self.num_shards):
-            server = self.server_of(r, live)
-            if server is None:
-                return None
-            out.append(live[server])
-        return out
-
-    def server_of(self, rng: int, live: dict[int, str]) -> int | None:
-        if rng in live:
-            return rng
-        holder = holder_of_backup(rng, self.num_shards)
-        if self.replication > 1 and holder in live and self.nodes.get(f"{P.SHARD}-{rng}") is not None:
-            return holder
-        return None
+    def shard_addresses(self) -> dict[int, str]:
+        return {n.rank: n.address for n in self.members(P.SHARD)}
 
     def heartbeat_reply(self, node: Node) -> dict:
         """What a node learns from each heartbeat: the job's state, the live workers and their
-        slowest clock, where the shards are, and (a shard, with replication) its orders."""
-        # During start-up the live set is still filling: say nothing, or shards would drop
-        # the workers they were told to expect, or a primary would start without its backup.
+        slowest clock, each range's primary and epoch, and (a shard) its orders."""
+        # During start-up the live set is still filling: say nothing, or shards would drop the
+        # workers they were told to expect. The shards' orders go out at once: the backups
+        # take their ranges' state before the job runs.
         starting = self.state == P.STARTING
-        replicated = node.role == P.SHARD and self.replication > 1 and not starting
-        extra = self._replica_orders(node) if replicated else {}
-        return {**extra, "state": self.state, "workers": None if starting else self.live_workers(),
-                "checkpoint": self.checkpoint_requests, "clock": self.min_worker_clock(),
-                "shards": None if starting else self.shard_addresses(), "reason": self.reason}
-
-    def _replica_orders(self, node: Node) -> dict:
-        """Tell a shard which ranges to serve (its own, plus a dead neighbour's it holds the
-        backup of) and where its own range's backup lives (None once that holder is dead)."""
-        live = {n.rank: n.address for n in self.members(P.SHARD)}
-        serve = [r for r in range(self.num_shards) if self.server_of(r, live) == node.rank]
-        holder = holder_of_backup(node.rank, self.num_shards)
-        return {"serve": serve, "replicate_to": live.get(holder) if holder != node.rank else None}
+        addresses = self.shard_addresses()
+        routes = None if starting else self.ranges.routes(addresses)
+        reply = {"state": self.state, "workers": None if starting else self.live_workers(),
+                 "checkpoint": self.checkpoint_requests, "clock": self.min_worker_clock(),
+                 "shards": routes and routes[0], "epochs": routes and routes[1], "reason": self.reason}
+        if node.role == P.SHARD:
+            reply.update(self.ranges.orders(node.rank, addresses))
+        return reply
 
     # ---- figures -------------------------------------------------------------------------
-    def updates_per_range(self) -> list[int]:
-        """Each range's update count, from whichever shard served it last (a promoted backup
-        carries on the count of the primary it replaced)."""
-        counts = [0] * self.num_shards
-        for n in self.nodes.values():
-            if n.role == P.SHARD:
-                for r, updates in n.stats.get("ranges", {}).items():
-                    if int(r) < self.num_shards:
-                        counts[int(r)] = max(counts[int(r)], updates)
-        return counts
+    def per_range(self, figure: str) -> list[int]:
+        """A figure each shard reports per range it serves ("ranges": updates, "range_pushes":
+        pushes), taken from the range's primary (a promoted backup carries on the count of the
+        primary it replaced; a deposed primary's word no longer counts)."""
+        out = []
+        for rng in self.ranges:
+            node = self.nodes.get(f"{P.SHARD}-{rng.primary}")
+            told = node.stats.get(figure, {}) if node is not None else {}
+            if str(rng.index) not in told:  # not yet reported by a newly promoted primary
+                told = {str(rng.index): max((n.stats.get(figure, {}).get(str(rng.index), 0)
+                                             for n in self.members(P.SHARD, (ALIVE, DEAD, LEFT))), default=0)}
+            out.append(told[str(rng.index)])
+        return out
 
     def min_worker_clock(self) -> int:
         return min((n.stats.get("clock", 0) for n in self.members(P.WORKER)), default=0)

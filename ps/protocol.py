@@ -2,6 +2,11 @@
 
 Control plane (nodes <-> coordinator) and data plane (workers <-> shards) share the framing
 in `wire.py` but use disjoint operations, so a shard rejects a control message and vice versa.
+
+Every data-plane request may carry the `epoch` of its range as its sender believes it (see
+`ps/ranges.py`); replication always does. A shard refuses one at another epoch than its own,
+with `retry` (ask the coordinator again, then resend) or, to a primary it has replaced,
+`deposed`.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ PULL = "pull"              # read a key range
 PUSH = "push"              # send a gradient for a key range
 PUSH_PULL = "push_pull"    # both in one round trip: apply the gradient, then read
 REPLICATE = "replicate"    # shard to shard: a push the primary applied, for the backup to apply
-DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL, REPLICATE})
+STATE = "state"            # shard to shard: part of a range's whole state, for a new backup to start from
+DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL, REPLICATE, STATE})
 
 # Replies.
 OK = "ok"
@@ -46,7 +52,7 @@ SENDERS: dict[str, frozenset[str] | None] = {
     RESULT: frozenset({EVALUATOR}),
     PULL: None,
     PUSH: frozenset({WORKER}), PUSH_PULL: frozenset({WORKER}),
-    REPLICATE: frozenset({SHARD}),
+    REPLICATE: frozenset({SHARD}), STATE: frozenset({SHARD}),
     OK: None, ERROR: None,
 }
 

@@ -82,7 +82,7 @@ def encode(header: dict, arrays: Sequence[np.ndarray | SharedFrame] = ()) -> lis
             a = a.array
         else:
             a = np.ascontiguousarray(a)
-            frames.append(memoryview(a).cast("B"))
+            frames.append(memoryview(a if a.ndim == 1 else a.reshape(-1)).cast("B"))  # (0, 4) casts only flat
         described.append([_NAMES.get(a.dtype) or a.dtype.name, list(a.shape)])
     header = dict(header)
     header["v"] = P.VERSION
@@ -172,6 +172,9 @@ def decode(frames: Sequence[Any], max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) 
         raise WireError(f"unknown operation {op!r}")
     _check_fields(header, COMMON_FIELDS)
     _check_fields(header, OP_FIELDS.get(op, {}))
+    present = {k: v for k, v in OPTIONAL_FIELDS.items() if k in header}
+    if present:
+        _check_fields(header, present)
     allowed = P.SENDERS[op]
     if allowed is not None and P.role_of(header["from"])[0] not in allowed:
         raise WireError(f"{header['from']!r} may not send {op!r}: only {' and '.join(sorted(allowed))}s do")
@@ -232,11 +235,18 @@ _DATA = {
     "hi": (_nonneg_int, "a non-negative integer"),
 }
 _NODE = {"job": (_short_str, "a job id string"), "from": (_short_str, "a sender name")}
+_PEER = {**_DATA, "range": (_nonneg_int, "a range number"), "epoch": (_nonneg_int, "an epoch"),
+         "gen": (_nonneg_int, "a backup assignment number")}
+# Checked only when present.
+OPTIONAL_FIELDS = {"epoch": (_nonneg_int, "a non-negative integer (the range's epoch)")}
 OP_FIELDS: dict[str, dict] = {
     P.PULL: _DATA,
     P.PUSH: _DATA,
     P.PUSH_PULL: _DATA,
-    P.REPLICATE: {**_DATA, "range": (_nonneg_int, "a range number"), "worker": (_nonneg_int, "a worker rank")},
+    P.REPLICATE: {**_PEER, "worker": (_nonneg_int, "a worker rank")},
+    P.STATE: {**_PEER, "part": (_nonneg_int, "a part number"), "parts": (lambda n: _is_int(n) and 0 < n <= 1024,
+                                                                        "a number of parts from 1 to 1024"),
+              "name": (_short_str, "an array name")},
     P.REGISTER: {"role": (lambda r: isinstance(r, str) and r in P.ROLES, f"one of {sorted(P.ROLES)}"),
                  "body": (lambda b: isinstance(b, dict), "a map")},
     P.HEARTBEAT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},

@@ -70,8 +70,7 @@ def test_the_job_runs_once_every_shard_the_evaluator_and_the_expected_workers_ha
 def test_a_start_up_that_never_completes_fails_naming_who_is_missing():
     m = Membership(config(), 0.0)
     m.register(P.SHARD, {"rank": 0}, 0.0)
-    m.beat("shard-0", {}, STARTUP)
-    m.tick(STARTUP + 0.1)
+    advance(m, 0.0, STARTUP + 0.5)
     assert m.state == P.FAILED and "waiting for shard 1;" in m.reason and "evaluator 0" in m.reason
 
 
@@ -98,9 +97,9 @@ def test_liveness_follows_each_nodes_own_last_word():
 def test_a_node_that_never_beat_is_given_the_start_up_timeout():
     m = Membership(config(), 0.0)
     m.register(P.WORKER, {}, 0.0)
-    m.tick(TIMEOUT + 1)
+    t = advance(m, 0.0, TIMEOUT + 1, silent=("worker-0",))
     assert m.nodes["worker-0"].state == ALIVE
-    m.tick(STARTUP + 1)
+    advance(m, t, STARTUP + 1, silent=("worker-0",))
     assert m.nodes["worker-0"].state == DEAD
 
 
@@ -121,10 +120,24 @@ def test_when_every_worker_dies_the_job_fails():
     assert m.state == P.FAILED and m.reason == "every worker died"
 
 
-def test_the_evaluator_dying_fails_the_job():
+def test_a_dead_evaluator_is_waited_for_and_fails_the_job_only_if_it_does_not_come_back():
     m = running()
-    advance(m, 0.0, TIMEOUT + 0.5, silent=("evaluator-0",))
-    assert m.state == P.FAILED and "evaluator" in m.reason
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("evaluator-0",))
+    assert m.nodes["evaluator-0"].state == DEAD and m.state == P.RUNNING     # a stall: it may come back
+    m.beat("evaluator-0", {}, t)
+    assert m.nodes["evaluator-0"].state == ALIVE
+    t = advance(m, t, t + TIMEOUT + STARTUP + 1.0, silent=("evaluator-0",))
+    assert m.state == P.FAILED and "evaluator-0" in m.reason and "did not come back" in m.reason
+
+
+def test_a_coordinator_that_did_not_run_holds_nobodys_silence_against_them():
+    m = running()
+    t = advance(m, 0.0, 1.0)
+    m.tick(t + 5 * TIMEOUT)                                  # stopped for longer than anybody's timeout
+    assert all(n.state == ALIVE for n in m.nodes.values())
+    assert m.events[-1]["event"] == "coordinator_stalled" and m.events[-1]["seconds"] == 5 * TIMEOUT
+    advance(m, t + 5 * TIMEOUT, t + 7 * TIMEOUT, silent=("worker-1",))   # after it, silence counts again
+    assert m.nodes["worker-1"].state == DEAD and m.nodes["worker-0"].state == ALIVE
 
 
 def test_a_dead_shard_without_a_backup_is_waited_for_then_fails_the_job():
@@ -165,3 +178,128 @@ def test_unknown_senders_must_register_first_and_a_finished_job_takes_nobody():
     m.finish(P.STOPPED, "stopped by request", 1.0)
     with pytest.raises(Refused, match="the job is over"):
         m.register(P.WORKER, {}, 1.0)
+
+
+# ---- replication: epochs, promotion, fencing, restored backups ------------------------------------
+
+def report(m, shard, now, synced=True):
+    """`shard` tells the coordinator which backups it holds, as its orders say it does."""
+    orders = m.heartbeat_reply(m.nodes[f"shard-{shard}"])["backups"]
+    m.beat(f"shard-{shard}", {"backups": {r: [o["gen"], synced] for r, o in orders.items()}}, now)
+
+
+def replicated(shards=2, now=0.0):
+    """A replicated job whose backups have all taken their ranges' state: running."""
+    m = Membership(config(shards, replication=2), now)
+    for r in range(shards):
+        m.register(P.SHARD, {"rank": r, "address": f"tcp://s{r}"}, now)
+    m.register(P.EVALUATOR, {}, now)
+    for _ in range(2):
+        m.register(P.WORKER, {}, now)
+    beat_all(m, now)
+    for r in range(shards):
+        report(m, r, now)
+    assert m.state == P.RUNNING
+    return m
+
+
+def orders(m, shard):
+    reply = m.heartbeat_reply(m.nodes[f"shard-{shard}"])
+    return {k: reply[k] for k in ("serve", "replicate", "backups")}
+
+
+def test_with_replication_the_job_runs_once_every_range_has_a_ready_backup():
+    m = Membership(config(replication=2), 0.0)
+    for r in range(2):
+        m.register(P.SHARD, {"rank": r, "address": f"tcp://s{r}"}, 0.0)
+    m.register(P.EVALUATOR, {}, 0.0)
+    m.register(P.WORKER, {}, 0.0)
+    m.register(P.WORKER, {}, 0.0)
+    assert m.state == P.STARTING
+    # shard-1 backs up range 0; shard-0 is told to replicate only once shard-1 has heard of it
+    assert orders(m, 1)["backups"] == {"0": {"gen": m.ranges[0].gen, "epoch": 1}}
+    assert orders(m, 0)["replicate"] == {"0": None}
+    report(m, 1, 0.1, synced=False)
+    assert orders(m, 0)["replicate"] == {"0": {"to": "tcp://s1", "gen": m.ranges[0].gen}}
+    report(m, 1, 0.2)
+    report(m, 0, 0.2)
+    assert m.state == P.RUNNING
+    assert [r["backup_state"] for r in m.ranges.table(0.3)] == ["ready", "ready"]
+
+
+def test_a_stalled_primary_is_deposed_and_its_ready_backup_serves_the_range_at_a_new_epoch():
+    m = replicated()
+    advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    assert m.nodes["shard-0"].state == DEAD
+    assert orders(m, 1) == {"serve": {"0": 2, "1": 1}, "replicate": {"0": None, "1": None}, "backups": {}}
+    reply = m.heartbeat_reply(m.nodes["worker-0"])
+    assert reply["shards"] == ["tcp://s1", "tcp://s1"] and reply["epochs"] == [2, 1]
+    promoted = [e for e in m.events if e["event"] == "promoted"]
+    assert promoted == [{"time": promoted[0]["time"], "event": "promoted", "node": "shard-1", "range": 0,
+                         "epoch": 2, "deposed": 0}]
+
+
+def test_a_deposed_primary_that_comes_back_is_told_it_serves_nothing_and_rejoins_as_the_backup():
+    m = replicated()
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    m.beat("shard-0", {}, t)                                 # SIGCONT: its first word to the coordinator
+    assert m.nodes["shard-0"].state == ALIVE
+    mine = orders(m, 0)
+    assert mine["serve"] == {} and set(mine["backups"]) == {"0", "1"}
+    assert orders(m, 1)["replicate"] == {"0": None, "1": None}     # not before shard-0 has heard
+    report(m, 0, t + 0.1, synced=False)
+    assert {r: o["to"] for r, o in orders(m, 1)["replicate"].items()} == {"0": "tcp://s0", "1": "tcp://s0"}
+    report(m, 0, t + 1.0)
+    table = m.ranges.table(t + 1.0)
+    assert [(r["primary"], r["backup"], r["backup_state"], r["epoch"]) for r in table] == \
+        [("shard-1", "shard-0", "ready", 2), ("shard-1", "shard-0", "ready", 1)]
+    # unreplicated from the moment shard-0 was declared dead (at t) until it held both states again
+    assert [r["unreplicated_seconds"] for r in table] == [pytest.approx(1.0), pytest.approx(1.0)]
+
+
+def test_after_replication_is_restored_a_second_failure_promotes_again():
+    m = replicated()
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    m.beat("shard-0", {}, t)
+    report(m, 0, t)
+    t = advance(m, t, t + TIMEOUT + 0.5, silent=("shard-1",))    # kill -9 of the new primary
+    assert m.nodes["shard-1"].state == DEAD and m.state == P.RUNNING
+    assert orders(m, 0)["serve"] == {"0": 3, "1": 2}
+    assert m.heartbeat_reply(m.nodes["worker-0"])["epochs"] == [3, 2]
+
+
+def test_a_backup_that_does_not_hold_the_state_yet_is_never_promoted():
+    m = replicated()
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    m.beat("shard-0", {}, t)
+    report(m, 0, t, synced=False)                            # still waiting for range 0's state
+    t = advance(m, t, t + TIMEOUT + 0.5, silent=("shard-1",))
+    assert orders(m, 0)["serve"] == {}                       # no copy to promote: range 0 is down
+    assert m.heartbeat_reply(m.nodes["worker-0"])["shards"] is None
+    advance(m, t, t + STARTUP + TIMEOUT, silent=("shard-1",))
+    assert m.state == P.FAILED and "shard-1" in m.reason
+
+
+def test_a_report_about_an_earlier_assignment_is_not_taken_for_the_present_one():
+    m = replicated()
+    old_gen = m.ranges[0].gen
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-1",))  # the backup of range 0 stalls: dropped
+    assert m.ranges[0].backup is None
+    m.beat("shard-1", {"backups": {"0": [old_gen, True]}}, t)   # back, still holding its stale copy
+    assert m.ranges[0].backup == 1 and m.ranges[0].gen != old_gen
+    assert m.ranges[0].backup_state == "assigned"            # the stale copy counts for nothing
+
+
+def test_a_shard_restarted_after_losing_its_range_is_given_nothing_to_serve():
+    m = replicated()
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    node, restart = m.register(P.SHARD, {"rank": 0, "address": "tcp://s0-again"}, t)
+    assert restart and orders(m, 0)["serve"] == {} and set(orders(m, 0)["backups"]) == {"0", "1"}
+
+
+def test_without_replication_a_range_keeps_its_primary_and_its_epoch_through_a_stall():
+    m = running()
+    t = advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-0",))
+    m.beat("shard-0", {}, t)
+    assert orders(m, 0) == {"serve": {"0": 1}, "replicate": {"0": None}, "backups": {}}
+    assert m.ranges.table(t)[0]["unreplicated_seconds"] is None

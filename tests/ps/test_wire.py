@@ -106,7 +106,7 @@ def test_every_operation_says_who_may_send_it():
     (P.REPLICATE, "worker-1"), (P.DONE, "shard-1"), (P.RESULT, "worker-0"), (P.HEARTBEAT, "launcher"),
 ])
 def test_an_operation_from_a_role_that_may_not_send_it_is_refused_naming_both(op, sender):
-    header = pull_header(op=op, **{"from": sender, "range": 0, "worker": 0, "body": {}})
+    header = pull_header(op=op, **{"from": sender, "range": 0, "worker": 0, "epoch": 1, "gen": 1, "body": {}})
     with pytest.raises(WireError, match=f"'{sender}' may not send '{op}'"):
         decode(frames(header))
 
