@@ -20,12 +20,13 @@ import time
 import numpy as np
 
 from . import checkpoint, shm
+from . import protocol as P
 from .backups import Backups
 from .config import planned_updates
 from .incoming import Incoming
 from .layout import Layout
-from .store import ParameterStore
-from .wire import WireError
+from .store import ParameterStore, StalePush
+from .wire import Message, WireError
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,23 @@ class Holdings:
             raise WireError(f"shard {self.rank} serves range {rng} at epoch {mine}: the sender, at epoch "
                             f"{epoch}, was deposed", deposed=True, epoch=mine)
         raise WireError(f"shard {self.rank} serves range {rng} at epoch {mine}, not {epoch}", retry=True)
+
+    def from_primary(self, msg: Message) -> bool:
+        """Take a replicated push or a part of a range's state, for a backup we hold (a
+        WireError says why not). Whether it completed a backup's state."""
+        h = msg.header
+        self.check_peer(h["range"], h["epoch"])
+        if msg.op == P.STATE:
+            return self.backups.state_part(msg, self.make_store)
+        store = self.backups.receiving(msg)
+        if not store.lo <= h["lo"] <= h["hi"] <= store.hi:
+            raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
+        grad, keys = self.incoming.gradient(msg, h["lo"], h["hi"])
+        try:
+            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
+        except StalePush as exc:
+            raise WireError(str(exc)) from None
+        return False
 
     def serve(self, rng: int, epoch: int, store: ParameterStore) -> None:
         self.stores[rng], self.epochs[rng] = store, epoch

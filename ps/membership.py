@@ -239,9 +239,9 @@ class Membership:
 
     def _place(self, now: float) -> None:
         """Settle who serves and backs up each range, now that the live shards have changed."""
-        if self.state in P.FINAL_STATES:
-            return
         live = {n.rank for n in self.members(P.SHARD)}
+        if self.state in P.FINAL_STATES or (self.state == P.STARTING and len(live) < self.num_shards):
+            return  # (start-up: the first placement waits for every shard, so it is the natural ring)
         for change in self.ranges.settle(live, now):
             self._range_event(change, now)
 

@@ -291,22 +291,8 @@ class Shard:
 
     def _from_primary(self, msg: Message) -> None:
         """A replicated push or a part of a range's state, for a backup we hold."""
-        h = msg.header
-        self.holdings.check_peer(h["range"], h["epoch"])
-        backups = self.holdings.backups
-        if msg.op == P.STATE:
-            if backups.state_part(msg, self.holdings.make_store):
-                self.published = self.stats()
-            reply(self.sock, msg)
-            return
-        store = backups.receiving(msg)
-        if not store.lo <= h["lo"] <= h["hi"] <= store.hi:
-            raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
-        grad, keys = self.incoming.gradient(msg, h["lo"], h["hi"])
-        try:
-            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
-        except StalePush as exc:
-            raise WireError(str(exc)) from None
+        if self.holdings.from_primary(msg):
+            self.published = self.stats()  # the coordinator hears at once that the backup is ready
         reply(self.sock, msg)
 
     def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int,

@@ -303,3 +303,11 @@ def test_without_replication_a_range_keeps_its_primary_and_its_epoch_through_a_s
     m.beat("shard-0", {}, t)
     assert orders(m, 0) == {"serve": {"0": 1}, "replicate": {"0": None}, "backups": {}}
     assert m.ranges.table(t)[0]["unreplicated_seconds"] is None
+
+
+def test_a_range_that_lost_its_backup_gets_another_live_shard():
+    m = replicated(shards=3)
+    assert [(r.primary, r.backup) for r in m.ranges] == [(0, 1), (1, 2), (2, 0)]    # each next neighbour
+    advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-2",))
+    # range 1's backup died with shard-2, range 2 was promoted to shard-0: both need a new backup
+    assert [(r.primary, r.backup, r.epoch) for r in m.ranges] == [(0, 1, 1), (1, 0, 1), (0, 1, 2)]
