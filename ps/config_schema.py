@@ -368,6 +368,9 @@ FAULT = variants(
     corrupt=_message_fault(fraction=_FRACTION),
     partition=Section({"role": _ROLE, "rank": integer(0), **_MOMENT, "seconds": number()}, rules=(_ONE_MOMENT,)),
     nan=Section({"role": choice("worker"), "rank": integer(0), "at_step": integer(0)}),  # a NaN gradient
+    # a role answers nothing, heartbeats included, for `seconds`, then goes on (ps/faults.py)
+    stall=Section({"role": choice("coordinator", "shard", "worker", "evaluator"), "rank": integer(0), **_MOMENT,
+                   "seconds": number(low_open=True)}, rules=(_ONE_MOMENT,)),
 )
 
 JOB = Section({

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from downpour.ps.client import protocol as P
+from downpour.ps import protocol as P
 
 from .job import Job, build_job
 from .session import JobEnded, Session

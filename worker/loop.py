@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from downpour.model import optim
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.faults import FaultPlan
 
 from . import overlap
 from .accrued import Accrued

@@ -248,7 +248,7 @@ def test_nesterov_needs_momentum_and_no_dampening():
 def test_bad_fault_specs_are_errors():
     kill = {"kind": "kill", "role": "worker", "rank": 1}
     assert str(error_of(with_(faults=[{"kind": "explode"}]))) == \
-        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, got 'explode'"
+        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, stall, got 'explode'"
     assert str(error_of(with_(faults=[kill]))) == \
         f"faults[0]: expected exactly one of at_step or at_seconds, got {kill!r}"
     assert error_of(with_(faults=[{**kill, "at_step": 1, "at_seconds": 1.0}])).path == "faults[0]"
