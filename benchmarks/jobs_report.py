@@ -3,7 +3,9 @@
 Reads `runs/results/NAME/summary.json` and `config.yaml` (written by `make results`), and
 the published reference from the `# Reference:` line of `configs/NAME.yaml`, so each config
 stays the one place that says what it should reach. Writes `benchmarks/results/jobs.json`
-and the README's table between `<!-- results:start -->` and `<!-- results:end -->`.
+and two tables between `<!-- results:start -->` and `<!-- results:end -->`: README.md's, narrow
+enough to read (each figure beside its target and the published reference), and
+benchmarks/README.md's, with every column (model, data, workers, wall time, updates).
 
 A full-length run takes minutes to most of an hour on a small machine, so the table is kept
 row by row: a config rerun (`make results-NAME`) replaces its own row in jobs.json, and the
@@ -100,30 +102,36 @@ def _figure(row: dict) -> str:
     return f"{row['metric']} **{value:.4f}**" if row["metric"] else f"{value:.4f}"
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """The README's table: one line per config."""
-    lines = ["| config | model | data | consistency | workers×shards | wall time | updates "
-             "| measured | target | published reference | met? |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def markdown_table(rows: list[dict], full: bool = True) -> str:
+    """The results table, one line per config: every column (`full`), or README.md's few."""
+    if full:
+        lines = ["| config | model | data | consistency | workers×shards | wall time | updates "
+                 "| measured | target | published reference | met? |",
+                 "|---|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        lines = ["| config | measured | target | published reference | met? |", "|---|---|---|---|---|"]
     for row in rows:
         met = {True: "yes", False: "**no**", None: "—"}[row["met"]]
-        lines.append(
-            f"| `{row['config']}` | {row['model']} | {row['data']} | {row['consistency']} "
-            f"| {row['workers']}×{row['shards']} | {row['wall_seconds']:.0f} s | {row['updates_applied']} "
-            f"| {_figure(row)} | {row['target']} | {row['reference'] or '—'} | {met} |")
+        run = (f" {row['model']} | {row['data']} | {row['consistency']} | {row['workers']}×{row['shards']} "
+               f"| {row['wall_seconds']:.0f} s | {row['updates_applied']} |") if full else ""
+        lines.append(f"| `{row['config']}` |{run} {_figure(row)} | {row['target']} | {row['reference'] or '—'} "
+                     f"| {met} |")
     lines.append("")
     dates = sorted({row.get("measured", "2026-11-25") for row in rows})
-    lines.append(f"Measured with `{COMMAND}` (or `make results-NAME` for one row) on 2-core machines shared "
-                 f"with other work, {' to '.join(dict.fromkeys([dates[0], dates[-1]]))} "
-                 "(wall times are noisy; the metrics are not).")
+    when = " to ".join(dict.fromkeys([dates[0], dates[-1]]))
+    if full:
+        lines.append(f"Measured with `{COMMAND}` (or `make results-NAME` for one row) on 2-core machines shared "
+                     f"with other work, {when} (wall times are noisy; the metrics are not).")
+    else:
+        lines.append(f"Measured with `{COMMAND}` on 2-core machines, {when}.")
     return "\n".join(lines)
 
 
-def replace_between_markers(text: str, table: str) -> str:
+def replace_between_markers(text: str, table: str, name: str = "README") -> str:
     """`text` with everything between the results markers replaced by `table`."""
     start, end = text.find(START), text.find(END)
     if start < 0 or end < start:
-        raise ValueError(f"README has no {START} ... {END} region")
+        raise ValueError(f"{name} has no {START} ... {END} region")
     return text[: start + len(START)] + "\n" + table + "\n" + text[end:]
 
 
@@ -133,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=pathlib.Path, default=ROOT / "configs")
     parser.add_argument("--json", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "jobs.json")
     parser.add_argument("--readme", type=pathlib.Path, default=ROOT / "README.md")
+    parser.add_argument("--benchmarks-readme", type=pathlib.Path, default=ROOT / "benchmarks" / "README.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     fresh = collect(args.results, args.configs)
@@ -143,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": COMMAND, "jobs": rows}, indent=2) + "\n")
-    args.readme.write_text(replace_between_markers(args.readme.read_text(), markdown_table(rows)))
-    log.info("%d jobs -> %s and %s", len(rows), args.json, args.readme)
+    for readme, full in ((args.readme, False), (args.benchmarks_readme, True)):
+        readme.write_text(replace_between_markers(readme.read_text(), markdown_table(rows, full), str(readme)))
+    log.info("%d jobs -> %s, %s and %s", len(rows), args.json, args.readme, args.benchmarks_readme)
     return 0
 
 

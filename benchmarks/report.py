@@ -1,6 +1,6 @@
-"""Render the benchmarks' results into the README's performance section.
+"""Render the benchmarks' results into benchmarks/README.md's performance tables.
 
-    python benchmarks/report.py [--readme README.md] [--results benchmarks/results] [--check]
+    python benchmarks/report.py [--readme benchmarks/README.md] [--results benchmarks/results] [--check]
 
 Every `benchmarks/results/NAME.json` with a renderer in `RENDERERS` becomes one Markdown block,
 each figure next to its reference and its target, and the blocks replace whatever stands
@@ -97,7 +97,7 @@ def render_wire(record: dict[str, Any]) -> str:
                          f"| {f['downpour_gb_per_s']:.2f} | {f['raw_gb_per_s']:.2f} | {share} | {verdict} | {local} |")
     lines += ["", f"downpour: {figures['downpour_side']}; raw: {figures['raw_side']}. "
               + (f"Shared memory: {figures['shm_side']}. " if "shm_side" in figures else "")
-              + "Reference (issue #6): ZeroMQ over loopback moves 4 MiB frames at 2.4–4 GB/s.",
+              + "Reference (the project's brief): ZeroMQ over loopback moves 4 MiB frames at 2.4–4 GB/s.",
               "", _conditions(record)]
     return "\n".join(lines)
 
@@ -146,7 +146,7 @@ def render_cluster(record: dict[str, Any]) -> str:
         lines += ["", f"The target row ({target['model']}, {target['workers']} workers, 1 shard) part by part: "
                   + "; ".join(parts) + "."]
     lines += ["", f"Targets (MLP, 2 workers, 1 shard): ≥ {target['min_share_of_ceiling']:.0%} of the ceiling and "
-              f"≥ {target['min_times_ray']:g}× Ray. References (issue #6, this kind of machine): ceiling ≈ 480 "
+              f"≥ {target['min_times_ray']:g}× Ray. References (the project's brief, this kind of machine): ceiling ≈ 480 "
               "updates/s for 2 workers, naive pyzmq PS ≈ 180, Ray actor PS ≈ 107.", "", _conditions(record)]
     return "\n".join(lines)
 
@@ -271,7 +271,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
 }
 
 
-# Results that other scripts render: jobs.json is the README's results table (jobs_report.py).
+# Results that other scripts render: jobs.json is the results table (jobs_report.py).
 RENDERED_ELSEWHERE = {"jobs"}
 
 
@@ -300,7 +300,7 @@ def replace_region(text: str, body: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=pathlib.Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=pathlib.Path, default=ROOT / "benchmarks" / "README.md")
     parser.add_argument("--results", type=pathlib.Path, default=common.RESULTS)
     parser.add_argument("--check", action="store_true", help="only check the README is up to date")
     args = parser.parse_args(argv)

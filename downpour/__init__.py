@@ -1,7 +1,46 @@
 """downpour: a distributed parameter-server training system.
 
-`import downpour` is the public face: `launch` a local cluster, `train` in one process,
-`connect` to a job's shards from your own training loop. The packages beneath are
-`downpour.model` (the autodiff engine), `downpour.ps` (the system) and `downpour.worker`
-(one worker's training loop).
+`import downpour` is the public face: `launch` a local cluster (a `Job`), `train` in one
+process, `connect` to a job's shards from your own training loop (a `Client`). The packages
+beneath are `downpour.model` (the autodiff engine), `downpour.ps` (the system) and
+`downpour.worker` (one worker's training loop); the `downpour` command line is built on this face.
+
+The names are imported on first use, so that `python -P -m downpour ROLE`, which every process
+of a job runs, starts no slower for them.
 """
+from __future__ import annotations
+
+import importlib
+from importlib import metadata as _metadata
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from downpour.ps.config_schema import ConfigError
+    from downpour.worker.session import JobEnded
+
+    from .client import Client, connect
+    from .control import JobError
+    from .job import Job, launch
+    from .local import train
+
+_WHERE = {"launch": ".job", "Job": ".job", "train": ".local", "connect": ".client", "Client": ".client",
+          "JobError": ".control", "ConfigError": "downpour.ps.config_schema", "JobEnded": "downpour.worker.session"}
+
+try:
+    __version__ = _metadata.version("downpour")
+except _metadata.PackageNotFoundError:  # a checkout that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["launch", "Job", "train", "connect", "Client", "ConfigError", "JobError", "JobEnded", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'downpour' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_WHERE))

@@ -56,6 +56,12 @@ def array_module(*arrays) -> types.ModuleType:
     return numpy
 
 
+def writable(a):
+    """`a` as an array that ufuncs may write into with `out=`: NumPy hands back the results of
+    arithmetic on 0-d arrays as scalars (`np.float64`), which cannot be written in place."""
+    return numpy.asarray(a) if isinstance(a, numpy.generic) else a
+
+
 def to_numpy(a) -> numpy.ndarray:
     """A host (NumPy) copy of `a`, or `a` itself when it already lives on the host."""
     if _cupy is not None and isinstance(a, _cupy.ndarray):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, writable
 from .registry import Context, Op, register, samples
 
 
@@ -126,7 +126,7 @@ class Div(Op):
         grad_a = grad / ctx.b  # d(a/b)/db = -(a/b)/b, so the b-gradient reuses grad/b
         grad_b = None
         if ctx.needs_input_grad[1]:
-            grad_b = grad_a * ctx.out
+            grad_b = writable(grad_a * ctx.out)
             array_module(grad_b).negative(grad_b, out=grad_b)
         return (grad_a if ctx.needs_input_grad[0] else None), grad_b
 
@@ -317,7 +317,7 @@ class Tanh(Op):
     @staticmethod
     def backward(ctx: Context, grad):
         out = ctx.out
-        g = out * out
+        g = writable(out * out)
         array_module(g).subtract(1, g, out=g)
         g *= grad
         return (g,)
@@ -330,7 +330,7 @@ class Tanh(Op):
 def stable_sigmoid(a: Any) -> Any:
     """1 / (1 + exp(-a)) without overflow: exp only ever sees -|a|."""
     xp = array_module(a)
-    e = xp.abs(a)
+    e = writable(xp.abs(a))
     xp.negative(e, out=e)
     xp.exp(e, out=e)
     denominator = e + 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, writable
 from .ops import stable_sigmoid
 from .ops_shape import scatter_add_rows
 from .registry import Context, Op, register, samples
@@ -90,7 +90,7 @@ class LogSoftmax(Op):
     @staticmethod
     def backward(ctx: Context, grad):
         xp = array_module(grad)
-        g = xp.exp(ctx.out)
+        g = writable(xp.exp(ctx.out))
         g *= grad.sum(axis=ctx.axis, keepdims=True)
         xp.subtract(grad, g, out=g)
         return (g,)
@@ -205,7 +205,7 @@ class BCEWithLogits(Op):
         losses = xp.log1p(xp.exp(-xp.abs(x)))
         losses += xp.maximum(x, 0)
         losses -= x * y
-        ctx.x, ctx.y, ctx.reduction, ctx.count = x, y, reduction, losses.size
+        ctx.x, ctx.y, ctx.reduction, ctx.count, ctx.shape = x, y, reduction, losses.size, losses.shape
         return _reduce(losses, reduction)
 
     @staticmethod
@@ -216,8 +216,8 @@ class BCEWithLogits(Op):
         if need_x:
             grad_x = stable_sigmoid(ctx.x) - ctx.y
             grad_x *= scale
-        if need_y:
-            grad_y = -ctx.x * scale
+        if need_y:  # in the broadcast shape, even where x alone is smaller (a 0-d logit)
+            grad_y = array_module(ctx.x).broadcast_to(-ctx.x * scale, ctx.shape)
         return grad_x, grad_y
 
     @samples

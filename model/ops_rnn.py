@@ -23,8 +23,10 @@ from . import rnn_loops as loops
 from .registry import Context, Op, register, samples
 
 
-def _unpack(arrays: tuple, n_states: int) -> tuple:
-    """Split op inputs into x, the initial states, the two weights and the biases (or None)."""
+def _unpack(arrays: tuple, n_states: int, gates: int) -> tuple:
+    """Split op inputs into x, the initial states, the two weights and the biases (or None),
+    checking every shape against x (T,B,I) and h0 (B,H): a weight of the wrong shape is an
+    error here, not a wrong result or a failure deep in the backward pass."""
     if len(arrays) not in (n_states + 3, n_states + 5):
         raise ValueError(
             f"expected x, {n_states} initial state(s), weight_ih, weight_hh[, bias_ih, bias_hh]: "
@@ -33,10 +35,17 @@ def _unpack(arrays: tuple, n_states: int) -> tuple:
     x, states = arrays[0], arrays[1:1 + n_states]
     w_ih, w_hh, *biases = arrays[1 + n_states:]
     b_ih, b_hh = biases if biases else (None, None)
-    if x.ndim != 3 or w_ih.shape[1] != x.shape[2] or w_hh.shape[1] != states[0].shape[-1]:
+    fits = x.ndim == 3 and states[0].ndim == 2 and states[0].shape[0] == x.shape[1]
+    if fits:
+        (_, batch, n_in), hidden = x.shape, states[0].shape[1]
+        fits = (all(s.shape == (batch, hidden) for s in states)
+                and w_ih.shape == (gates * hidden, n_in) and w_hh.shape == (gates * hidden, hidden)
+                and all(b.shape == (gates * hidden,) for b in biases))
+    if not fits:
         raise ValueError(
             f"shapes do not fit: x {x.shape} (T,B,I), h0 {states[0].shape} (B,H), "
-            f"weight_ih {w_ih.shape}, weight_hh {w_hh.shape}"
+            f"weight_ih {w_ih.shape} ({gates}H,I), weight_hh {w_hh.shape} ({gates}H,H), "
+            f"biases {[b.shape for b in biases]} ({gates}H,)"
         )
     return x, states, w_ih, w_hh, b_ih, b_hh
 
@@ -86,11 +95,12 @@ def _parameter_grads(ctx: Context, d_pre_x: Any, d_pre_h: Any, n_states: int) ->
 
 
 def _rnn_samples(rng, n_states: int, gates: int) -> Iterable[tuple[tuple, dict]]:
-    """Small float64 cases of three steps and of one, each with and without biases."""
+    """Small float64 cases of three steps, of one, and of one element everywhere, each with and
+    without biases."""
     def w(*shape):
         return rng.uniform(-0.6, 0.6, shape)
 
-    for steps, batch, n_in, hidden in ((3, 2, 3, 4), (1, 3, 2, 2)):
+    for steps, batch, n_in, hidden in ((3, 2, 3, 4), (1, 3, 2, 2), (1, 1, 1, 1)):
         x = rng.standard_normal((steps, batch, n_in))
         states = tuple(rng.standard_normal((batch, hidden)) * 0.5 for _ in range(n_states))
         weights = (w(gates * hidden, n_in), w(gates * hidden, hidden))
@@ -105,7 +115,7 @@ class _ElmanRNN(Op):
 
     @classmethod
     def forward(cls, ctx: Context, *arrays: Any) -> Any:
-        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1)
+        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1, 1)
         xp = backend.array_module(x)
         bias = None if b_ih is None else b_ih + b_hh
         proj = _project_inputs(x, w_ih, bias)
@@ -161,7 +171,7 @@ class GRU(Op):
 
     @staticmethod
     def forward(ctx: Context, *arrays: Any) -> Any:
-        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1)
+        x, (h0,), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 1, 3)
         xp = backend.array_module(x)
         steps, hidden = x.shape[0], h0.shape[-1]
         scale = cells.gate_scale("gru", hidden, xp, x.dtype)
@@ -225,7 +235,7 @@ class LSTM(Op):
 
     @staticmethod
     def forward(ctx: Context, *arrays: Any) -> Any:
-        x, (h0, c0), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 2)
+        x, (h0, c0), w_ih, w_hh, b_ih, b_hh = _unpack(arrays, 2, 4)
         xp = backend.array_module(x)
         (steps, batch, n_in), hidden = x.shape, h0.shape[-1]
         k = gemm.padded(hidden + n_in)  # the column of ones (bias), zero padding before it

@@ -47,6 +47,8 @@ class Transpose(Op):
         if axes is None:
             ctx.inverse = None
             return a.transpose()
+        if len(axes) != a.ndim:
+            raise ValueError(f"transpose: axes {tuple(axes)} do not permute the {a.ndim} axes of shape {a.shape}")
         axes = tuple(int(x) % a.ndim for x in axes)
         ctx.inverse = tuple(np.argsort(axes))
         return a.transpose(axes)

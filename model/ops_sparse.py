@@ -95,7 +95,7 @@ class EmbeddingBag(Op):
 
     @samples
     def samples(rng):
-        ids = np.array([4, 0, 4, 2, 2, 2, 1])       # repeated ids, within a bag and across bags
+        ids = np.array([0, 4, 4, 2, 2, 2, 1])       # repeated ids, within a bag and across bags
         offsets = np.array([0, 3, 3, 6])            # bag 1 is empty, the last bag has one id
         for mode in MODES:
             yield (ids, offsets, rng.standard_normal((5, 3))), {"mode": mode}

@@ -10,7 +10,6 @@ import logging
 import pathlib
 import signal
 import sys
-import time
 
 import click
 
@@ -40,15 +39,13 @@ def _check_model(cfg: dict) -> list:
                                    "(set data.validation, e.g. 0.1)")
     if cfg["eval"]["early_stopping"] and not cfg["eval"]["every"]:
         raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
-    from downpour.worker import datasets, models
-    from downpour.worker.job import load_data
+    from downpour.worker import datasets, models, plugins
+    from downpour.worker.job import initial_parameters
     try:
-        data = load_data(cfg)
-        params = models.initial_parameters(cfg["model"], models.data_info(data), cfg["seed"],
-                                           by_rows=cfg["compression"]["rows"])
+        params = initial_parameters(cfg)
         _check_memory(cfg, params)
         return params
-    except (models.ModelConfigError, datasets.DatasetError, ValueError) as err:
+    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError, ValueError) as err:
         raise click.ClickException(str(err)) from None
 
 
@@ -110,9 +107,16 @@ def main() -> None:
               help="Resume the job in this run directory from its shards' last checkpoints.")
 @SET
 @click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--parent-fd", type=int, hidden=True,
+              help="(downpour.launch) A pipe from the launching process: when it closes, stop the job.")
 def launch(config: str | None, run_dir: str | None, resume: str | None, overrides: tuple[str, ...],
-           quiet: bool) -> None:
-    """Run a job on a local cluster: coordinator, shards, evaluator and workers as processes."""
+           quiet: bool, parent_fd: int | None) -> None:
+    """Run a job on a local cluster: coordinator, shards, evaluator and workers as processes.
+
+    This is the launcher process itself; from Python, `downpour.launch` starts it in the background."""
+    from downpour import job as api_job
+    from downpour import weights
+
     from . import launcher
     from .progress import Progress
     _setup_logging()
@@ -121,9 +125,18 @@ def launch(config: str | None, run_dir: str | None, resume: str | None, override
     if resume:
         config, run_dir = str(pathlib.Path(resume) / "config.yaml"), resume
     cfg = _load(config, overrides)
+    if resume:  # no checkpoint is an error, not a fresh start
+        try:
+            weights.check_resumable(resume, cfg)
+        except api_job.JobError as err:
+            raise click.ClickException(str(err)) from None
     _check_model(cfg)
     _check_device(cfg["device"])
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    if parent_fd is not None:
+        if run_dir is None:
+            raise click.UsageError("--parent-fd needs --run-dir")
+        api_job.watch_parent(parent_fd, run_dir)
     progress = None if quiet else Progress(cfg)
     code, path = launcher.launch(cfg, run_dir, progress, resume=resume is not None)
     if progress:
@@ -240,25 +253,14 @@ def _role(run, *args) -> int:
         return 1
 
 
-def _address(target: str) -> str:
-    if target.startswith("tcp://"):
-        return target
-    path = pathlib.Path(target) / "coordinator.addr"
-    if not path.exists():
-        raise click.ClickException(f"{target}: not a run directory with a running coordinator (no {path.name})")
-    return path.read_text().strip()
-
-
-def _control(target: str, keys_dir: str | None):
-    """A control line to a job's coordinator; a run directory's own keys are used if it has them."""
-    import zmq
-
-    from .client import ControlClient
-    if keys_dir is None and not target.startswith("tcp://") and (pathlib.Path(target) / "keys").is_dir():
-        keys_dir = str(pathlib.Path(target) / "keys")
-    configure = _client_configure(keys_dir)
-    ctx = zmq.Context()
-    return ctx, ControlClient(ctx, _address(target), "client", timeout=5.0, configure=configure)
+def _api(call, *args, **kwargs):
+    """Call the API (downpour.control, downpour.weights); its errors become one clear line."""
+    from downpour.control import JobError
+    from downpour.ps.checkpoint import CheckpointError
+    try:
+        return call(*args, **kwargs)
+    except (JobError, CheckpointError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 @main.command()
@@ -266,16 +268,12 @@ def _control(target: str, keys_dir: str | None):
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
 @KEYS
 def status(target: str, as_json: bool, keys_dir: str | None) -> None:
-    """Show a job's nodes and progress (TARGET: a run directory or tcp://HOST:PORT)."""
+    """Show a job's nodes and progress (TARGET: a run directory or tcp://HOST:PORT); for a run
+    that is over, how it ended."""
+    from downpour import control
+
     from .progress import status_table
-    ctx, client = _control(target, keys_dir)
-    try:
-        st = client.status()
-    except TimeoutError as err:
-        raise click.ClickException(str(err)) from None
-    finally:
-        client.close()
-        ctx.term()
+    st = _api(control.status, target, keys_dir)
     click.echo(json.dumps(st, indent=2) if as_json else status_table(st))
 
 
@@ -284,14 +282,8 @@ def status(target: str, as_json: bool, keys_dir: str | None) -> None:
 @KEYS
 def stop(target: str, keys_dir: str | None) -> None:
     """Stop a running job gracefully (shards checkpoint, every process ends)."""
-    ctx, client = _control(target, keys_dir)
-    try:
-        st = client.stop("stopped by `downpour stop`")
-    except TimeoutError as err:
-        raise click.ClickException(str(err)) from None
-    finally:
-        client.close()
-        ctx.term()
+    from downpour import control
+    st = _api(control.stop, target, "stopped by `downpour stop`", keys_dir)
     click.echo(f"job {st['state']}")
 
 
@@ -303,22 +295,30 @@ def _run_dir(path: str) -> pathlib.Path:
 
 
 def _weights(run_dir: pathlib.Path) -> dict:
-    from . import export
-    path = run_dir / "model" / "weights.npz"
-    if not path.exists():
-        raise click.ClickException(f"{run_dir}: no exported weights (model/weights.npz); did the job finish?")
-    return export.load(path)
+    """The run's final weights: the evaluated ones, else every shard's last checkpoint."""
+    from downpour import weights
+    final = _api(weights.final, run_dir)
+    for line in final.provenance:
+        click.echo(f"weights: {line}", err=True)
+    return final.named
 
 
 @main.command("export")
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--format", "fmt", type=click.Choice(["npz", "safetensors"]), default="npz", show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write (default RUN_DIR/model/weights.FORMAT).")
-def export_cmd(run_dir: str, fmt: str, out: str | None) -> None:
-    """Export a run's trained weights by PyTorch parameter name (npz or safetensors)."""
-    from . import export
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write (default RUN_DIR/model/weights.FORMAT; model/checkpoints.FORMAT for "
+                   "--source checkpoints of a run that has evaluated weights).")
+@click.option("--source", type=click.Choice(["auto", "evaluated", "checkpoints"]), default="auto", show_default=True,
+              help="auto: the weights the evaluator scored if the run finished, else every shard's last checkpoint.")
+def export_cmd(run_dir: str, fmt: str, out: str | None, source: str) -> None:
+    """Export a run's weights by PyTorch parameter name (npz or safetensors), whatever way it
+    ended (finished, stopped, crashed, killed): says where each shard's weights come from."""
+    from downpour import weights
     path = _run_dir(run_dir)
-    target = export.save(out or path / "model" / f"weights.{fmt}", _weights(path), fmt)
+    target, provenance = _api(weights.export_run, path, fmt, out, source)
+    for line in provenance:
+        click.echo(f"weights: {line}", err=True)
     click.echo(str(target))
 
 
@@ -328,14 +328,19 @@ def export_cmd(run_dir: str, fmt: str, out: str | None) -> None:
 @click.option("--split", type=click.Choice(["test", "val"]), default="test", show_default=True)
 def eval_cmd(run_dir: str, data: str | None, split: str) -> None:
     """Score a run's exported weights on a data set's test (or validation) split."""
+    from downpour.worker import datasets, models, plugins
     from downpour.worker.job import build_job
-    from downpour.worker.objective import evaluate
     path = _run_dir(run_dir)
-    overrides = (f"data.dataset={data}",) if data else ()
-    cfg = _load(str(path / "config.yaml"), overrides)
-    job = build_job(cfg)
+    cfg = _load(str(path / "config.yaml"), ())
+    if data:  # another named data set, in place of the job's named one or its factory
+        kept = {k: v for k, v in cfg["data"].items() if k in ("validation", "seq_len", "limit_train", "max_chars")}
+        cfg = _load(str(path / "config.yaml"), (f"data={json.dumps({**kept, 'dataset': data})}",))
+    try:
+        job = build_job(cfg)
+    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError) as err:
+        raise click.ClickException(str(err)) from None
     job.net.load_state_dict(_weights(path))
-    metrics = evaluate(job.net, job.data, split)
+    metrics = job.evaluate(split)
     click.echo(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
 
@@ -356,14 +361,8 @@ def plot_cmd(run_dir: str, out: str | None) -> None:
 @KEYS
 def checkpoint(target: str, keys_dir: str | None) -> None:
     """Ask every shard of a running job to write its checkpoint now."""
-    ctx, client = _control(target, keys_dir)
-    try:
-        client.checkpoint()
-    except TimeoutError as err:
-        raise click.ClickException(str(err)) from None
-    finally:
-        client.close()
-        ctx.term()
+    from downpour import control
+    _api(control.checkpoint, target, keys_dir)
     click.echo("checkpoint requested")
 
 
@@ -388,8 +387,11 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
     cfg = _load(config, overrides)
     params = _check_model(cfg)
     size = sum(a.size for _, a in params)
-    click.echo(f"{config}: ok ({cfg['model']['type']} with {size:,} parameters on {cfg['data']['dataset']}, "
-               f"{cfg['workers']['count']} workers, {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
+    model = cfg["model"].get("type") or cfg["model"]["factory"]
+    data = cfg["data"].get("dataset") or cfg["data"]["factory"]
+    external = f" + {cfg['workers']['external']} external" if cfg["workers"]["external"] else ""
+    click.echo(f"{config}: ok ({model} with {size:,} parameters on {data}, {cfg['workers']['count']} workers"
+               f"{external}, {cfg['shards']['count']} shards, {cfg['consistency']['mode']})")
 
 
 @main.command()
@@ -397,12 +399,11 @@ def validate(config: str, overrides: tuple[str, ...]) -> None:
 @SET
 def train(config: str, overrides: tuple[str, ...]) -> None:
     """Train in this one process (no cluster): the reference a distributed run is compared with."""
-    from downpour.worker.local import train_local
+    import downpour
     _setup_logging()
     cfg = _load(config, overrides)
-    started = time.perf_counter()
-    _, metrics = train_local(cfg)
-    click.echo(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" ({time.perf_counter() - started:.1f} s)")
+    done = downpour.train(cfg)
+    click.echo(", ".join(f"{k} {v:.4f}" for k, v in done["metrics"].items()) + f" ({done['wall_seconds']:.1f} s)")
 
 
 if __name__ == "__main__":

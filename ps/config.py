@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from downpour.ps.config_schema import JOB, ConfigError, Nullable, Section, join
+from downpour.ps.config_schema import JOB, PLUGIN_SETTINGS, ConfigError, Nullable, Section, join
 
 __all__ = ["ConfigError", "load", "resolve", "apply_overrides", "dump", "get"]
 
@@ -87,7 +87,7 @@ def _parse_yaml(text: str, source: str) -> Any:
         raise ConfigError(source, text, "valid YAML", f"invalid YAML{where}: {reason}") from err
 
 
-def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
+def load(path: str | os.PathLike, overrides: Sequence[str] | Mapping[str, Any] = ()) -> dict:
     """Read a job config file, apply `--set` overrides, validate it and fill in every default."""
     source = str(path)
     try:
@@ -100,25 +100,60 @@ def load(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, raw, JOB.expected)
-    return resolve(raw, overrides)
+    return resolve(raw, overrides, base=Path(os.path.abspath(path)).parent)
 
 
-def resolve(raw: Mapping, overrides: Sequence[str] = ()) -> dict:
-    """Apply overrides to a raw config mapping, validate it and fill in every default."""
+def resolve(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any] = (),
+            base: str | os.PathLike | None = None) -> dict:
+    """Apply overrides to a raw config mapping, validate it and fill in every default.
+
+    The files of a user's code (`model: {factory: mynet.py:build}`) are made absolute against
+    `base` (the config file's directory; the working directory when None): the resolved config
+    travels to every role, which finds them at that path, whatever its own directory.
+    """
     if not isinstance(raw, Mapping):
         raise ConfigError("config", raw, JOB.expected)
     resolved = JOB.resolve(apply_overrides(raw, overrides), "")
+    for dotted in PLUGIN_SETTINGS:
+        section, _, key = dotted.rpartition(".")
+        holder = get(resolved, section) if section else resolved
+        if holder.get(key) is not None:
+            holder[key] = anchor_plugin(holder[key], Path.cwd() if base is None else Path(base))
     log.debug("resolved job config %r", resolved["name"])
     return resolved
 
 
-def apply_overrides(raw: Mapping, overrides: Sequence[str]) -> dict:
+def split_plugin(ref: str) -> tuple[str, str, bool]:
+    """`FILE.py:NAME` or `package.module:NAME` as (file or module, NAME, whether a file)."""
+    target, _, name = ref.rpartition(":")
+    return target, name, target.endswith(".py")
+
+
+def anchor_plugin(ref: str, base: Path) -> str:
+    """A `FILE.py:NAME` with FILE made absolute against `base` (`~` expanded); a module's
+    `package.module:NAME` as it is."""
+    target, name, is_file = split_plugin(ref)
+    if not is_file:
+        return ref
+    path = Path(target).expanduser()
+    return f"{os.path.normpath(path if path.is_absolute() else base / path)}:{name}"
+
+
+def apply_overrides(raw: Mapping, overrides: Sequence[str] | Mapping[str, Any]) -> dict:
     """A copy of `raw` with each `dotted.key=value` set; values are parsed as YAML.
 
     `model.hidden=[256,128]` sets a list; a key inside a section given in shorthand
-    (`workers: 2`, then `workers.restart=on-failure`) expands the shorthand first.
+    (`workers: 2`, then `workers.restart=on-failure`) expands the shorthand first. A mapping
+    of dotted keys to values (the Python API's form) sets the values as they are, unparsed.
     """
     config = copy.deepcopy(dict(raw))
+    if isinstance(overrides, Mapping):
+        for dotted, value in overrides.items():
+            keys = [key.strip() for key in dotted.split(".")] if isinstance(dotted, str) else []
+            if not keys or not all(keys):
+                raise ConfigError("overrides", dotted, "a dotted key such as 'consistency.mode'")
+            _set(config, keys, copy.deepcopy(value))
+        return config
     for override in [overrides] if isinstance(overrides, str) else overrides:
         keys, value = _parse_override(override)
         _set(config, keys, value)
@@ -198,7 +233,8 @@ def get(cfg: Mapping, dotted: str, default: Any = _MISSING) -> Any:
 def planned_updates(cfg: Mapping) -> int:
     """How many updates each shard range will apply if every worker runs all its steps: the
     span of a learning-rate schedule. BSP applies one averaged update per clock; async and SSP
-    one per push."""
+    one per push. External workers are counted as if they push as often as the built-in ones."""
     t = cfg["train"]
     pushes = -(-t["steps"] // t["push_every"])
-    return pushes if cfg["consistency"]["mode"] == "bsp" else pushes * cfg["workers"]["count"]
+    workers = cfg["workers"]["count"] + cfg["workers"].get("external", 0)
+    return pushes if cfg["consistency"]["mode"] == "bsp" else pushes * workers

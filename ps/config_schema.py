@@ -192,6 +192,24 @@ class Variants:
 
 
 @dataclass(frozen=True)
+class Either:
+    """One of two sections, picked by whether `key` is given: a user's `factory` (whose other
+    keys are its keyword arguments) or a built-in (`model.type`, `data.dataset`)."""
+
+    key: str
+    given: Section
+    otherwise: Section
+    expected: str = "a mapping"
+
+    def resolve(self, value: Any, path: str) -> dict:
+        chosen = self.given if isinstance(value, dict) and self.key in value else self.otherwise
+        return chosen.resolve(value, path)
+
+    def fill(self, path: str) -> dict:
+        return self.otherwise.fill(path)
+
+
+@dataclass(frozen=True)
 class ListOf:
     """A list of settings of one shape (the fault schedule); empty by default."""
 
@@ -209,7 +227,7 @@ class ListOf:
         return []
 
 
-Node = Field | Nullable | Section | Variants | ListOf
+Node = Field | Nullable | Section | Variants | Either | ListOf
 
 
 # -- leaf kinds ---------------------------------------------------------------------------------
@@ -273,6 +291,23 @@ def variants(tag: str, default: Any, common: dict[str, Node], **options: Section
     tag_field = choice(*options, default=default)
     return Variants(tag, {name: Section({tag: tag_field, **common, **option.fields}, rules=option.rules)
                           for name, option in options.items()})
+
+
+_PLUGIN_FORM = re.compile(r"(?:.+\.py|[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):[A-Za-z_]\w*")
+
+
+def plugin(name: str) -> Field:
+    """A user's code: `FILE.py:NAME` (a file, relative to the config file's directory unless
+    absolute; `ps.config` makes it absolute) or `package.module:NAME` (an importable module)."""
+    return Field(f"FILE.py:{name} or package.module:{name}",
+                 lambda value: isinstance(value, str) and bool(_PLUGIN_FORM.fullmatch(value.strip())),
+                 convert=str.strip)
+
+
+def factory(builtin: str, fields: dict[str, Node], why: str) -> Section:
+    """A section naming a user's factory: its other keys are the factory's keyword arguments."""
+    return Section(fields, free_form=True, rules=(
+        Rule(builtin, lambda section: builtin not in section, f"no {builtin} with factory ({why})"),))
 
 
 # -- the table ----------------------------------------------------------------------------------
@@ -342,6 +377,9 @@ FAULT = variants(
     corrupt=_message_fault(fraction=_FRACTION),
     partition=Section({"role": _ROLE, "rank": integer(0), **_MOMENT, "seconds": number()}, rules=(_ONE_MOMENT,)),
     nan=Section({"role": choice("worker"), "rank": integer(0), "at_step": integer(0)}),  # a NaN gradient
+    # a role answers nothing, heartbeats included, for `seconds`, then goes on (ps/faults.py)
+    stall=Section({"role": choice("coordinator", "shard", "worker", "evaluator"), "rank": integer(0), **_MOMENT,
+                   "seconds": number(low_open=True)}, rules=(_ONE_MOMENT,)),
 )
 
 JOB = Section({
@@ -349,10 +387,15 @@ JOB = Section({
     "seed": integer(0, default=0),
     "device": choice("cpu", "cuda", default="cpu"),
     "workers": Section({
-        "count": integer(1, default=2),
+        "count": integer(0, default=2),  # built-in workers, started by the launcher
+        # workers the job waits for that a user runs (downpour.connect(..., worker=True)); at most
+        # protocol.MAX_EXTRA_WORKERS, the ranks a shard accepts beyond workers.count
+        "external": Field("an integer in [0, 64]", lambda value: _is_int(value) and 0 <= value <= 64, 0),
         "restart": choice("never", "on-failure", default="never"),
         "max_restarts": integer(0, default=3),
-    }, shorthand="count"),
+    }, shorthand="count", rules=(
+        Rule("count", lambda workers: workers["count"] > 0 or workers["external"] > 0,
+             "a positive integer (0 only with workers.external > 0)"),)),
     "shards": Section({
         "count": integer(1, default=1),
         "replication": choice(1, 2, default=1),
@@ -365,7 +408,11 @@ JOB = Section({
         "mode": choice("async", "ssp", "bsp", default="async"),
         "staleness": integer(0, default=2),
     }),
-    "data": Section({
+    "data": Either("factory", factory("dataset", {  # load(**other keys) -> splits: worker/datasets/custom.py
+        "factory": plugin("load"),
+        "validation": number(0.0, high=1.0),
+        "limit_train": Nullable(integer(1)),
+    }, "the factory gives the data"), Section({
         "dataset": DATASET,
         "validation": number(0.0, high=1.0),
         "seq_len": integer(1, default=64),
@@ -380,8 +427,10 @@ JOB = Section({
             "values": choice("l2", "count", "binary", default="l2"),
         }, rules=(Rule("n_max", lambda f: f["n_min"] <= f["n_max"] <= 16,
                        lambda f: f"an integer in [n_min, 16] = [{f['n_min']}, 16]"),)),
-    }),
-    "model": Section({"type": text()}, free_form=True),
+    })),
+    "model": Either("factory", factory("type", {"factory": plugin("build")}, "the factory builds the model"),
+                    Section({"type": text()}, free_form=True)),  # build(**other keys) -> nn.Module
+    "loss": Nullable(plugin("loss")),  # loss(output, target) -> 0-d tensor; null: cross-entropy
     "optimizer": OPTIMIZER,
     "train": Section({
         "steps": integer(1, default=1000),
@@ -418,8 +467,13 @@ JOB = Section({
     }, rules=(Rule("heartbeat_timeout", lambda c: c["heartbeat_timeout"] > c["heartbeat_interval"],
                    lambda c: f"a number greater than heartbeat_interval ({c['heartbeat_interval']:g})"),)),
     "checkpoint": Section({
-        "every_seconds": number(0.0),
-        "keep": integer(1, default=2),
+        # Each shard overwrites its one checkpoint file (atomically) every this many seconds from
+        # the moment it starts serving, which is before training starts: the first checkpoint
+        # lands within 30 s of the start, and a crash, a kill -9 or a lost machine costs at most
+        # 30 s of training. One write (weights and update-rule state, fsynced) took 11 to 43 ms
+        # for the shipped configs' shards (jargon_lstm's 4.2 MB the longest), about 0.1% of the
+        # interval. 0: only when the job ends or is stopped, and on `downpour checkpoint`.
+        "every_seconds": number(30.0),
     }),
     "compression": Section({  # of pushes, see ps/compression.py
         "codec": choice("none", "fp16", "topk", "onebit", "twobit", "sparse", default="none"),
@@ -430,3 +484,5 @@ JOB = Section({
     }, shorthand="codec"),
     "faults": ListOf(FAULT),
 }, expected="a mapping of settings")
+
+PLUGIN_SETTINGS = ("model.factory", "data.factory", "loss")  # a user's code: `ps.config` anchors their files

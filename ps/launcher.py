@@ -23,7 +23,7 @@ import zmq
 
 from . import config as job_config
 from . import security
-from .client import ControlClient
+from .control import ControlClient
 from .role_env import role_env
 
 log = logging.getLogger(__name__)
@@ -237,6 +237,7 @@ def launch(cfg: dict, run_dir: str | None = None, progress: Callable[[dict], Non
             cluster.stop_job("the launcher failed")
             raise
         code = cluster.coordinator.proc.poll() if cluster.coordinator.proc else None
+    (path / "coordinator.addr").unlink(missing_ok=True)  # no coordinator answers there any more
     if interrupted:
         return 130, path
     return (0 if code == 0 else 1), path

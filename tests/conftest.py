@@ -44,23 +44,23 @@ class Jobs:
         self.run_dirs: list[pathlib.Path] = []
 
     def start(self, config: str | pathlib.Path | None, *overrides: str, name: str | None = None,
-              resume: pathlib.Path | None = None) -> tuple[subprocess.Popen, pathlib.Path]:
-        """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background."""
+              resume: pathlib.Path | None = None, cwd: pathlib.Path = ROOT) -> tuple[subprocess.Popen, pathlib.Path]:
+        """`downpour launch CONFIG` (or `downpour launch --resume RUN_DIR`) in the background, from `cwd`."""
         run_dir = resume or self.tmp_path / (name or f"run{len(self.run_dirs)}")
         target = ["--resume", str(run_dir)] if resume else [str(config), "--run-dir", str(run_dir)]
         cmd = [sys.executable, "-P", "-m", "downpour", "launch", *target, "--quiet"]
         for o in overrides:
             cmd += ["--set", o]
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=role_env(), start_new_session=True)
         self.launchers.append(proc)
         self.run_dirs.append(run_dir)
         return proc, run_dir
 
     def run(self, config: str | pathlib.Path | None, *overrides: str, timeout: float = 180, name: str | None = None,
-            resume: pathlib.Path | None = None) -> dict:
+            resume: pathlib.Path | None = None, cwd: pathlib.Path = ROOT) -> dict:
         """Run a job to the end; return its summary.json (with `_run_dir` and `_output` added)."""
-        proc, run_dir = self.start(config, *overrides, name=name, resume=resume)
+        proc, run_dir = self.start(config, *overrides, name=name, resume=resume, cwd=cwd)
         return self.finish(proc, run_dir, timeout)
 
     def finish(self, proc: subprocess.Popen, run_dir: pathlib.Path, timeout: float = 180) -> dict:
@@ -120,7 +120,7 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
     import zmq
 
     from downpour.ps import config as job_config
-    from downpour.ps.client import ControlClient
+    from downpour.ps.control import ControlClient
     from downpour.worker import models
     from downpour.worker.job import load_data
 

@@ -15,10 +15,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from downpour.ps.client import protocol as P
+from downpour.ps import protocol as P
 
 from .job import Job, build_job
-from .objective import evaluate
 from .session import JobEnded, Session
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,12 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
         best = watch(session, job, client)
         client.pull(0, job.flat.data)
         if best is not None:  # the final weights against the best seen, by the same measure
-            final = evaluate(job.net, job.data, best.split)[best.metric]
+            final = job.evaluate(best.split)[best.metric]
             if not _better(session.config["eval"]["early_stopping"], final, best.value):
                 job.flat.data[:] = best.weights
-        metrics = evaluate(job.net, job.data, "test")
+        metrics = job.evaluate("test")
         if _has_validation(job):
-            metrics.update(evaluate(job.net, job.data, "val"))
+            metrics.update(job.evaluate("val"))
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         session.control.result(metrics, job.flat.data)
         return 0
@@ -53,8 +52,7 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
 
 
 def _has_validation(job: Job) -> bool:
-    data = job.data
-    return len(data.y_val if data.kind == "classification" else data.val_ids) > 0
+    return job.data.has_split("val")
 
 
 class Best(NamedTuple):
@@ -89,7 +87,7 @@ def watch(session: Session, job: Job, client) -> Best | None:
         clock = session.min_clock
         next_clock = clock + every
         client.pull(0, job.flat.data)
-        metrics = evaluate(job.net, job.data, split)
+        metrics = job.evaluate(split)
         session.control.report({"kind": split, "clock": clock, **metrics})
         if not stopping:
             continue

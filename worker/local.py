@@ -14,7 +14,7 @@ from downpour.model import optim
 from downpour.model.optim import schedule
 
 from .job import Job, build_job
-from .objective import batch_loss, evaluate
+from .objective import batch_loss
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def train_local(config: dict, steps: int | None = None, batch_size: int | None =
     started = time.perf_counter()
     for step in range(steps):
         x, y = next(batches)
-        loss = batch_loss(job.net, job.data.kind, x, y)
+        loss = batch_loss(job.net, job.data.kind, x, y, job.loss)
         job.net.zero_grad()
         loss.backward()
         job.flat.gather_grads(out=grad)
@@ -44,6 +44,6 @@ def train_local(config: dict, steps: int | None = None, batch_size: int | None =
         rule.step(job.flat.data, grad)
         if (step + 1) % t["log_every"] == 0:
             log.info("step %d loss %.4f", step + 1, loss.item())
-    metrics = evaluate(job.net, job.data, "test")
+    metrics = job.evaluate("test")
     metrics["wall_seconds"] = time.perf_counter() - started
     return job, metrics

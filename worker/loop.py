@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from downpour.model import optim
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.faults import FaultPlan
 
 from . import overlap
 from .accrued import Accrued
@@ -102,7 +102,7 @@ class Worker:
         cfg, t = session.config, session.config["train"]
         self.session = session
         job = build_job(cfg, session.layout, session.rank)
-        self.net, self.flat, self.kind = job.net, job.flat, job.data.kind
+        self.net, self.flat, self.kind, self.loss = job.net, job.flat, job.data.kind, job.loss
         self.faults = FaultPlan(cfg["faults"], P.WORKER, session.rank, cfg["seed"], session.restarted)
         session.heartbeat.paused = self.faults.partitioned
         self.client = session.shard_client(self.faults)
@@ -151,7 +151,7 @@ class Worker:
     def compute(self, step: int, x: np.ndarray, y: np.ndarray) -> float:
         """The loss of batch (x, y); its gradient joins the accrued ones."""
         self.keys.computed(x)
-        loss = batch_loss(self.net, self.kind, x, y)
+        loss = batch_loss(self.net, self.kind, x, y, self.loss)
         value = self.alarms.check_loss(float(loss.item()), step)
         self.net.zero_grad()
         loss.backward()

@@ -2,7 +2,8 @@
 
 Every builder takes the section's keys as keyword arguments (so a typo is a clear error naming
 the key) plus what the data set says about its inputs. Builders are seeded: every process that
-builds the same job gets the same initial weights.
+builds the same job gets the same initial weights. A user's own model (`model: {factory:
+FILE.py:build, ...}`) is built by `build_factory`, seeded the same way.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from downpour.model import nn
 from downpour.model.backend import array_module
 from downpour.model.tensor import Tensor
 
-from . import sparse_models
+from . import plugins, sparse_models
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
 
@@ -193,8 +194,11 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build(model_cfg: dict, info: dict, seed: int) -> nn.Module:
-    """Build the model a job's `model:` section describes, seeded by the job's seed."""
+def build(model_cfg: dict, info: dict | None, seed: int) -> nn.Module:
+    """Build the model a job's `model:` section describes, seeded by the job's seed: a built-in
+    `type` (which needs the data set's `info`) or a user's `factory`."""
+    if "factory" in model_cfg:
+        return build_factory(model_cfg, seed)
     kind = model_cfg.get("type")
     if kind not in BUILDERS:
         raise ModelConfigError(f"model.type: expected one of {sorted(BUILDERS)}, got {kind!r}")
@@ -206,6 +210,24 @@ def build(model_cfg: dict, info: dict, seed: int) -> nn.Module:
             raise ModelConfigError(f"model.{key}: not used by {kind} (it takes: {', '.join(accepted) or 'nothing'})")
     nn.manual_seed(seed)
     return builder(info, np.random.default_rng([seed, 1]), **kwargs)
+
+
+def build_factory(model_cfg: dict, seed: int) -> nn.Module:
+    """`model: {factory: FILE.py:build, ...}`: `build(**every other key)`, called with the
+    engine's, NumPy's and Python's generators seeded by the job's seed (so every role builds
+    the same initial weights), must return an `nn.Module` with parameters."""
+    ref = model_cfg["factory"]
+    factory = plugins.load(ref, "model.factory")
+    kwargs = {key: value for key, value in model_cfg.items() if key != "factory"}
+    with plugins.seeded(seed):
+        net = plugins.call(factory, ref, "model.factory", **kwargs)
+    if not isinstance(net, nn.Module):
+        raise plugins.PluginError(f"model.factory: {factory.__name__} ({plugins.where(factory)}) returned a "
+                                  f"{type(net).__name__}; expected a downpour.model.nn.Module")
+    if not any(True for _ in net.parameters()):
+        raise plugins.PluginError(f"model.factory: {factory.__name__} ({plugins.where(factory)}) returned "
+                                  f"a {type(net).__name__} without parameters: there is nothing to train")
+    return net
 
 
 def data_info(data: Any) -> dict:

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from downpour.model.flat import FlatParameters
-from downpour.ps.client import spans
+from downpour.ps import spans
 
 from .models import row_tables
 from .partition import Partition

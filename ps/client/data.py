@@ -19,7 +19,10 @@ the wire for it.
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
 once, so a push that got no reply is simply sent again. A request is resent after a retry
 interval that adapts to the measured round-trip time, and re-routed when the coordinator
-says a shard moved (restarted elsewhere, or its backup was promoted).
+says a shard moved (restarted elsewhere, or its backup was promoted). Every request carries its
+range's epoch as the coordinator last gave it (`epochs_now`); a shard serving the range at
+another epoch, or no longer serving it, refuses with a request to ask again, and the request
+goes to wherever the coordinator says the range is now.
 """
 from __future__ import annotations
 
@@ -35,9 +38,9 @@ import zmq
 from .. import protocol as P
 from .. import shm, spans
 from ..compression import Compressor, wire_bytes
+from ..faults import FaultPlan
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
-from .faults import FaultPlan
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
 
@@ -85,6 +88,7 @@ class ShardClient:
     def __init__(self, ctx: zmq.Context, layout: Layout, addresses: Sequence[str], job: str,
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
                  configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
+                 epochs: Sequence[int] | None = None, epochs_now: Callable[[], Sequence[int] | None] | None = None,
                  faults: FaultPlan | None = None, compression: dict | None = None,
                  shared_memory: bool = True, give_up: Callable[[], None] | None = None):
         """`give_up` is called whenever a round trip has waited a retry interval in vain; it
@@ -100,10 +104,12 @@ class ShardClient:
         self.max_bytes = max_bytes
         self.configure = configure
         self.addresses_now = addresses_now
+        self.epochs_now = epochs_now
         self.give_up = give_up
         self.faults = faults
         self.compressor = Compressor(compression or {}, layout.ranges)
         self.addresses = list(addresses)
+        self.epochs: list[int | None] = list(epochs) if epochs is not None else [None] * layout.num_shards
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self._polled: zmq.Poller | None = None
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
@@ -165,6 +171,8 @@ class ShardClient:
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
+            if self.epochs[shard] is not None:
+                header["epoch"] = self.epochs[shard]
             p = _Pending(shard, header, (), set(), now, now + self._retry_after)
             local = self.local[shard] is not None
             if local and out is not None:
@@ -241,6 +249,8 @@ class ShardClient:
                 if moved:
                     poller = self._poller()
                 for p in pending.values():
+                    if p.shard in moved and self.epochs[p.shard] is not None:
+                        p.header["epoch"] = self.epochs[p.shard]
                     if p.retry_at <= now or p.shard in moved:
                         p.attempts += 1
                         p.retry_at = now + self._retry_after * min(2 ** (p.attempts - 1), 16)
@@ -357,20 +367,24 @@ class ShardClient:
         return start // 4
 
     def _reroute(self) -> set[int]:
-        """Follow shards that moved (the coordinator's current map); return the ones that did."""
+        """Follow ranges that moved (the coordinator's current map: a shard restarted elsewhere,
+        or a backup promoted at a new epoch); return the ones that did."""
         if self.addresses_now is None:
             return set()
         current = self.addresses_now()
-        if not current or list(current) == self.addresses:
+        epochs = self.epochs_now() if self.epochs_now is not None else None
+        if not current or len(current) != len(self.addresses):
             return set()
-        moved = {i for i, (a, b) in enumerate(zip(self.addresses, current)) if a != b}
-        self._polled = None
+        epochs = list(epochs) if epochs and len(epochs) == len(current) else self.epochs
+        moved = {i for i in range(len(current)) if (current[i], epochs[i]) != (self.addresses[i], self.epochs[i])}
         for i in moved:
             self.local[i] = None
             self._wire_only.discard(i)
-            self.channels[i].close()
-            self.channels[i] = self._channel(i, current[i])
-        self.addresses = list(current)
+            if current[i] != self.addresses[i]:
+                self._polled = None
+                self.channels[i].close()
+                self.channels[i] = self._channel(i, current[i])
+        self.addresses, self.epochs = list(current), list(epochs)
         return moved
 
     def close(self) -> None:

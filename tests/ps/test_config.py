@@ -32,7 +32,7 @@ def write(tmp_path, text, name="job.yaml"):
 def test_a_minimal_config_gets_every_default_filled_in():
     cfg = resolve(MINIMAL)
     assert cfg["seed"] == 0 and cfg["device"] == "cpu"
-    assert cfg["workers"] == {"count": 2, "restart": "never", "max_restarts": 3}
+    assert cfg["workers"] == {"count": 2, "external": 0, "restart": "never", "max_restarts": 3}
     assert cfg["shards"] == {"count": 1, "replication": 1, "memory_mb": None}
     assert cfg["consistency"] == {"mode": "async", "staleness": 2}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64,
@@ -47,7 +47,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
     assert cfg["cluster"] == {"host": "127.0.0.1", "heartbeat_interval": 0.5, "heartbeat_timeout": 5.0,
                               "startup_timeout": 60.0, "request_timeout": 30.0,
                               "max_message_mb": 512.0, "curve": False, "shared_memory": True}
-    assert cfg["checkpoint"] == {"every_seconds": 0.0, "keep": 2}
+    assert cfg["checkpoint"] == {"every_seconds": 30.0}
     assert cfg["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5, "error_feedback": True,
                                   "rows": False}
     assert cfg["faults"] == []
@@ -55,7 +55,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
 
 def test_shorthand_counts_normalise_to_sections():
     cfg = resolve(with_(workers=4, shards=2))
-    assert cfg["workers"] == {"count": 4, "restart": "never", "max_restarts": 3}
+    assert cfg["workers"] == {"count": 4, "external": 0, "restart": "never", "max_restarts": 3}
     assert cfg["shards"] == {"count": 2, "replication": 1, "memory_mb": None}
 
 
@@ -119,7 +119,7 @@ def test_overrides_set_scalars_nested_keys_and_lists():
 
 def test_an_override_inside_a_shorthand_section_expands_the_shorthand():
     cfg = resolve(with_(workers=2), ["workers.restart=on-failure"])
-    assert cfg["workers"] == {"count": 2, "restart": "on-failure", "max_restarts": 3}
+    assert cfg["workers"] == {"count": 2, "external": 0, "restart": "on-failure", "max_restarts": 3}
 
 
 def test_an_override_creates_missing_and_null_sections():
@@ -191,6 +191,22 @@ def test_unknown_key_without_a_close_match_lists_the_known_keys():
     assert str(err) == "consistency.zzz: unknown key (known keys: mode, staleness)"
 
 
+def test_a_job_may_wait_for_external_workers_and_then_needs_no_built_in_ones():
+    cfg = resolve(with_(workers={"count": 0, "external": 2}))
+    assert (cfg["workers"]["count"], cfg["workers"]["external"]) == (0, 2)
+    assert str(error_of(with_(workers=0))) == \
+        "workers.count: expected a positive integer (0 only with workers.external > 0), got 0"
+    assert str(error_of(with_(workers={"count": 1, "external": -1}))) == \
+        "workers.external: expected an integer in [0, 64], got -1"
+    assert error_of(with_(workers={"external": 65})).path == "workers.external"
+
+
+def test_checkpoints_are_on_by_default_and_keep_is_no_setting():
+    assert resolve(MINIMAL)["checkpoint"]["every_seconds"] == 30.0   # the first within 30 s of the start
+    assert str(error_of(with_(checkpoint={"keep": 2}))) == \
+        "checkpoint.keep: unknown key (known keys: every_seconds)"
+
+
 def test_bad_enum_value_lists_the_choices():
     assert str(error_of(with_(consistency={"mode": "asp"}))) == \
         "consistency.mode: expected one of async, ssp, bsp, got 'asp'"
@@ -241,7 +257,7 @@ def test_nesterov_needs_momentum_and_no_dampening():
 def test_bad_fault_specs_are_errors():
     kill = {"kind": "kill", "role": "worker", "rank": 1}
     assert str(error_of(with_(faults=[{"kind": "explode"}]))) == \
-        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, got 'explode'"
+        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, stall, got 'explode'"
     assert str(error_of(with_(faults=[kill]))) == \
         f"faults[0]: expected exactly one of at_step or at_seconds, got {kill!r}"
     assert error_of(with_(faults=[{**kill, "at_step": 1, "at_seconds": 1.0}])).path == "faults[0]"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from downpour.ps import config as job_config
-from downpour.ps.client import protocol as P
+from downpour.ps import protocol as P
 from downpour.worker import loop, overlap
 from downpour.worker.accrued import Accrued
 from downpour.worker.alarms import Alarms, Garbage

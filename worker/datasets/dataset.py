@@ -169,6 +169,12 @@ class Dataset:
             for i in range(0, len(starts), batch_size)
         )
 
+    def has_split(self, split: str) -> bool:
+        """Whether `split` ("val" or "test") holds anything to evaluate."""
+        if self.kind == "classification":
+            return len(self.y_val if split == "val" else self.y_test) > 0
+        return len(self.val_ids if split == "val" else self.test_ids) > 0
+
     def describe(self) -> str:
         """One line for the logs: what was loaded and how big each split is."""
         if self.kind == "classification":
