@@ -16,7 +16,6 @@ class Accrued:
 
     def __init__(self, buffers: list[np.ndarray], push_every: int):
         self.buffers = buffers
-        self.scratch = np.zeros_like(buffers[0]) if push_every > 1 else None  # the second gradient on
         self.count = 0
         self.turn = 0
 
@@ -29,9 +28,8 @@ class Accrued:
         total = self.current
         if self.count == 0:
             flat.gather_grads(out=total)
-        else:
-            flat.gather_grads(out=self.scratch)
-            total += self.scratch
+        else:  # added where it stands: a table's RowSparse row by row, in the order a job by rows adds it
+            flat.add_grads(total)
         self.count += 1
 
     def poison(self) -> None:

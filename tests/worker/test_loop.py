@@ -125,7 +125,8 @@ def test_the_worker_stops_at_once_when_the_evaluator_ends_training_early():
 
 
 def test_accrued_gradients_alternate_buffers_so_a_push_in_flight_stays_untouched():
-    flat = types.SimpleNamespace(gather_grads=lambda out: out.fill(grads.pop(0)))
+    flat = types.SimpleNamespace(gather_grads=lambda out: out.fill(grads.pop(0)),
+                                 add_grads=lambda out: out.__iadd__(grads.pop(0)))
     grads = [1.0, 3.0, 5.0]
     accrued = Accrued([np.zeros(2, np.float32), np.zeros(2, np.float32)], push_every=2)
     accrued.add(flat)
