@@ -42,6 +42,8 @@ class ParameterStore:
         self.pushes = PushLog()
         self.bsp_sums: dict[int, np.ndarray] = {}
         self.bsp_counts: collections.Counter = collections.Counter()
+        # the keys each pending bsp clock was pushed at, while all its pushes came by rows (else None)
+        self.bsp_keys: dict[int, list[spans.Spans] | None] = {}
         self.pushes_applied = 0
         self.duplicates = 0
         self.updates_applied = 0
@@ -70,7 +72,7 @@ class ParameterStore:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
             if keys is not None and self.rule.steps_by_rows:
-                self._step_at(keys, grad)
+                self._step_at(spans.positions(*keys) - self.lo, grad)
             else:
                 self._step(lo, hi, grad if keys is None else self._spread(lo, hi, keys, grad))
         else:
@@ -81,6 +83,8 @@ class ParameterStore:
                 total[lo - self.lo:hi - self.lo] += grad
             else:
                 total[spans.positions(*keys) - self.lo] += grad
+            held = self.bsp_keys.get(clock, [])
+            self.bsp_keys[clock] = None if keys is None or held is None else [*held, keys]
             self.bsp_counts[clock] += 1
         self.pushes.add(worker, clock, lo, hi)
         self.pushes_applied += 1
@@ -88,11 +92,21 @@ class ParameterStore:
         return True
 
     def apply_completed(self, clocks: list[int]) -> None:
-        """Apply the mean of each completed bsp clock, in clock order."""
+        """Apply the mean of each completed bsp clock, in clock order: at the keys its pushes
+        named, when they all came by rows and the rule steps rows alone (a clock restored from
+        a checkpoint, whose keys are not kept, steps every key)."""
         for c in clocks:
             total = self.bsp_sums.pop(c, None)
             count = self.bsp_counts.pop(c, 0)
-            if total is not None and count:
+            keys = self.bsp_keys.pop(c, None)
+            if total is None or not count:
+                continue
+            if keys and self.rule.steps_by_rows:
+                positions = spans.positions(*spans.union(*keys)) - self.lo
+                values = total[positions]
+                values /= count
+                self._step_at(positions, values)
+            else:
                 total /= count
                 self._step(self.lo, self.hi, total)
 
@@ -109,10 +123,10 @@ class ParameterStore:
         spans.scatter(dense, lo, keys, values)
         return dense
 
-    def _step_at(self, keys: spans.Spans, values: np.ndarray) -> None:
-        """Step only the pushed keys: the rule leaves the others as a zero gradient would."""
+    def _step_at(self, positions: np.ndarray, values: np.ndarray) -> None:
+        """Step only the pushed keys (positions in the range): the rule leaves the others as a
+        zero gradient would (or, lazy, as they are)."""
         self._set_lr()
-        positions = spans.positions(*keys) - self.lo
         self.rule.step_at(self.weights, values, positions)
         self.updates_applied += 1
         self.key_updates += positions.size
@@ -197,6 +211,7 @@ class ParameterStore:
         c.pending = collections.defaultdict(set, {int(k): set(v) for k, v in meta["pending"].items()})
         self.bsp_sums = {int(k[4:]): np.array(v) for k, v in arrays.items() if k.startswith("bsp.")}
         self.bsp_counts = collections.Counter({int(k): v for k, v in meta["bsp_counts"].items()})
+        self.bsp_keys = {}
         self.pushes = PushLog.from_state(meta["push_log"])
         self.updates_applied, self.pushes_applied = meta["updates"], meta["pushes"]
         self.key_updates = meta.get("key_updates", 0)

@@ -82,3 +82,16 @@ def test_a_checkpoint_of_a_table_by_rows_resumes_bit_for_bit_and_reports_its_byt
     np.testing.assert_array_equal(store.weights, restored.weights)
     assert restored.key_updates == store.key_updates
     assert store.nbytes == 3 * 4 * (HI - LO)                          # weights, z and n
+
+
+def test_under_bsp_a_lazy_rule_by_rows_steps_each_clocks_mean_at_the_rows_pushed_only():
+    lazy = _store({"type": "lazy_adam", "lr": 0.01}, mode="bsp")
+    before = lazy.weights.copy()
+    a, b = spans.of_rows(LO, 7, np.array([1, 2])), spans.of_rows(LO, 7, np.array([2, 9]))
+    lazy.push(0, 0, LO, HI, np.ones(14, np.float32), keys=a)
+    assert lazy.updates_applied == 0                    # held until both workers pushed clock 0
+    lazy.push(1, 0, LO, HI, np.ones(14, np.float32), keys=b)
+    assert lazy.updates_applied == 1
+    moved = np.flatnonzero(lazy.weights != before)
+    np.testing.assert_array_equal(moved, spans.positions(*spans.union(a, b)) - LO)
+    assert lazy.key_updates == 3 * 7
