@@ -53,9 +53,10 @@ def test_ftrl_by_rows_applies_exactly_the_updates_of_the_job_moving_the_whole_ta
 
 
 def test_adagrad_by_rows_over_the_wire_applies_exactly_the_updates_of_the_whole_table(jobs):
-    """fasttext (the config's model) with Adagrad; ssp over the sockets, pushing every 2 steps
-    and reading every 3; by rows, a small share of the bytes cross them."""
-    settings = [*SMALL, "consistency.mode=ssp", "cluster.shared_memory=false", "train.push_every=2",
+    """fasttext (the config's model) with Adagrad; bsp over the sockets (each clock's mean
+    stepped at the rows pushed), pushing every 2 steps and reading every 3; by rows, a small
+    share of the bytes cross them."""
+    settings = [*SMALL, "consistency.mode=bsp", "cluster.shared_memory=false", "train.push_every=2",
                 "train.fetch_every=3"]
     by_rows, whole = _pair(jobs, settings)
     _same_updates(by_rows, whole)
