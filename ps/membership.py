@@ -183,6 +183,8 @@ class Membership:
             node.state = LEFT
             if node.role == P.SHARD:
                 self._place(now)
+        if node.role == P.EVALUATOR and self.state not in P.FINAL_STATES:  # it ends the job, or it failed
+            self.finish(P.FAILED, "the evaluator left before the job was over (see its log)", now)
 
     def early_stop(self, node: Node, reason: str, clock: Any, now: float) -> None:
         """The evaluator has seen enough: the workers stop, then it scores the final weights."""

@@ -64,6 +64,7 @@ class Shard:
         self.mailbox = Mailbox()  # heartbeat replies, from the heartbeat thread
         self.heartbeat: Heartbeat | None = None
         self.published: dict = {}  # the figures the next heartbeat carries (made by the serving loop)
+        self.last_orders = 0.0  # when we last followed the coordinator's word (monotonic)
         # per store (by its first key): the snapshot, range and frame of the last read over the wire
         self.frames: dict[int, tuple[np.ndarray, int, int, SharedFrame]] = {}
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
@@ -159,7 +160,7 @@ class Shard:
     def save_checkpoint(self) -> None:
         """Checkpoint the ranges we serve, if the coordinator's word is fresh: a shard that was
         stopped may have been deposed meanwhile, and must not write over its successor's."""
-        if time.monotonic() - self.heartbeat.last_reply < self.heartbeat_timeout:
+        if time.monotonic() - self.last_orders < self.heartbeat_timeout:
             self.holdings.save()
 
     # ---- the coordinator's orders --------------------------------------------------------
@@ -173,6 +174,7 @@ class Shard:
         if body.get("workers") is not None:
             self.holdings.set_live(body["workers"])
         self._follow(body)
+        self.last_orders = time.monotonic()
         if body.get("checkpoint", 0) > self.checkpoint_requests:
             self.checkpoint_requests = body["checkpoint"]
             self.save_checkpoint()

@@ -55,6 +55,7 @@ _NAMES = {np.dtype(name): name for name in P.WIRE_DTYPES}
 _DTYPES = {name: np.dtype(name) for name in P.WIRE_DTYPES}
 _KNOWN_OPS = P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS
 ZERO_COPY_BYTES = zmq.COPY_THRESHOLD  # frames from this size on are sent without a copy
+MAX_EXTENT = 1 << 40  # the largest extent of one array axis on the wire
 
 
 class SharedFrame:
@@ -203,8 +204,9 @@ def _arrays(descriptors: Any, frames: Sequence[Any]) -> list[np.ndarray]:
         dtype, shape = desc
         if dtype not in P.WIRE_DTYPES:
             raise WireError(f"array {i}: dtype {dtype!r} not allowed (expected one of {sorted(P.WIRE_DTYPES)})")
-        if len(shape) > 8 or not all(_is_int(n) and n >= 0 for n in shape):
-            raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints"[:200])
+        # Each extent bounded too: [2**62, 0] holds no bytes, yet NumPy cannot make such an array.
+        if len(shape) > 8 or not all(_is_int(n) and 0 <= n < MAX_EXTENT for n in shape):
+            raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints below {MAX_EXTENT}"[:200])
         dtype = _DTYPES[dtype]
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != len(frame):

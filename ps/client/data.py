@@ -30,7 +30,6 @@ import collections
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
 
 import numpy as np
 import zmq
@@ -41,21 +40,9 @@ from ..compression import Compressor, wire_bytes
 from ..faults import FaultPlan
 from ..layout import Layout
 from ..wire import Channel, Message, RemoteError, WireError, recv
+from .sink import Out, WeightSink, deliver, deliver_spans
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
-
-
-class WeightSink(Protocol):
-    """Where pulled weights can go instead of a flat buffer (`model.flat.FlatParameters` is one)."""
-
-    def receive(self, lo: int, hi: int, weights: np.ndarray, keep: bool = False) -> None:
-        """Take elements [lo, hi) of the model; with `keep`, `weights` may be kept without a copy."""
-
-    def receive_at(self, index: np.ndarray, weights: np.ndarray) -> None:
-        """Take the elements at `index` (sorted, distinct) of the model: a read by rows."""
-
-
-Out = np.ndarray | WeightSink | None
 
 
 @dataclasses.dataclass
@@ -294,12 +281,15 @@ class ShardClient:
         p.seqs.add(ch.send(p.header, p.arrays))
 
     def _accept(self, msg: Message, p: _Pending, out: Out) -> bool:
-        """Take a reply; False if it asks us to try again (the request was garbled on the way)."""
+        """Take a reply; False if it asks us to try again (the request was garbled on the way,
+        or the range has moved: then ask the coordinator's map again soon, without backing off)."""
         lo, hi = self.layout.ranges[p.shard]
         if msg.op == P.ERROR:
             if msg.header.get("local") is False:  # the shard cannot map our memory: use the wire
                 self._wire_only.add(p.shard)
                 self._to_wire(p)
+            if msg.header.get("moved"):
+                p.attempts, p.retry_at = 1, time.monotonic() + self._retry_after
             if msg.header.get("retry"):
                 return False
             raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} replied with an error: "
@@ -316,17 +306,17 @@ class ShardClient:
                 return False
             weights = seg.array[offset:offset + hi - lo]
             if p.read_spans is None:
-                _deliver(out, lo, hi, weights, keep=False)  # it keeps changing
+                deliver(out, lo, hi, weights, keep=False)  # it keeps changing
             else:
-                _deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
+                deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
         elif out is not None:
             n = hi - lo if p.read_spans is None else spans.size(p.read_spans)
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (n,):
                 raise RemoteError(f"shard {p.shard} sent weights of the wrong shape for range [{lo}, {hi})")
             if p.read_spans is None:
-                _deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
+                deliver(out, lo, hi, msg.arrays[0], keep=True)  # a frame nobody else holds
             else:
-                _deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
+                deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
             self.bytes_received += msg.arrays[0].nbytes
         return True
 
@@ -402,23 +392,3 @@ def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
     cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
     part = spans.clip(model_spans, lo, hi)
     return None if spans.covers(part, lo, hi) or part[0].size > spans.MAX_SPANS else part
-
-
-def _deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:
-    if isinstance(out, np.ndarray):
-        np.copyto(out[lo:hi], weights)
-    else:
-        out.receive(lo, hi, weights, keep=keep)
-
-
-def _deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.ndarray, keep: bool) -> None:
-    """Write the keys of `wanted` (packed in `values`): long spans (dense parameters) as
-    ranges, which a sink may keep without a copy, the short ones (rows) through one index."""
-    if isinstance(out, np.ndarray):
-        spans.scatter(out, 0, wanted, values)
-        return
-    slices, keys, at = spans.pieces(wanted, 0)
-    for a, b, o in slices:
-        out.receive(a, b, values[o:o + b - a], keep=keep)
-    if keys.size:
-        out.receive_at(keys, values[at])

@@ -319,3 +319,9 @@ def test_a_range_that_lost_its_backup_gets_another_live_shard():
     advance(m, 0.0, TIMEOUT + 0.5, silent=("shard-2",))
     # range 1's backup died with shard-2, range 2 was promoted to shard-0: both need a new backup
     assert [(r.primary, r.backup, r.epoch) for r in m.ranges] == [(0, 1, 1), (1, 0, 1), (0, 1, 2)]
+
+
+def test_an_evaluator_that_leaves_before_the_job_is_over_fails_it():
+    m = running()
+    m.leave(m.nodes["evaluator-0"], {}, 1.0)
+    assert m.state == P.FAILED and "evaluator left" in m.reason

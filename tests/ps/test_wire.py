@@ -114,3 +114,10 @@ def test_an_operation_from_a_role_that_may_not_send_it_is_refused_naming_both(op
 def test_anybody_may_read_and_ask_for_the_status():
     assert decode(frames(pull_header(**{"from": "client-0"}))).op == P.PULL
     assert decode(frames({"op": P.STATUS, "seq": 1})).op == P.STATUS
+
+
+@pytest.mark.parametrize("shape", [[2 ** 62, 0], [0, 2 ** 40], [-1]])
+def test_an_array_of_no_bytes_but_an_impossible_shape_is_refused(shape):
+    header = msgpack.packb(dict(pull_header(op=P.PUSH), v=P.VERSION, arrays=[["float32", shape]]))
+    with pytest.raises(WireError, match="is not a list of non-negative ints"):
+        decode([header, b""])
