@@ -41,25 +41,14 @@ def _check_model(cfg: dict) -> list:
         raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
     from downpour.worker import datasets, models, plugins
     from downpour.worker.job import initial_parameters
+
+    from .layout import check_job_memory
     try:
         params = initial_parameters(cfg)
-        _check_memory(cfg, params)
+        check_job_memory(cfg, params)
         return params
     except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError, ValueError) as err:
         raise click.ClickException(str(err)) from None
-
-
-def _check_memory(cfg: dict, params: list) -> None:
-    """Every shard's share of the model, with its update rule's state, fits `shards.memory_mb`."""
-    from downpour.model import optim
-    from downpour.model.optim import schedule
-
-    from .layout import check_memory, make_layout
-    shards = cfg["shards"]
-    rule, _ = schedule.split(cfg["optimizer"], 1)
-    buffers = optim.make(rule.pop("type"), **rule).state_buffers
-    check_memory(make_layout([(n, a.shape) for n, a in params], shards["count"]), buffers,
-                 shards["replication"], shards["memory_mb"])
 
 
 def _check_device(device: str) -> None:

@@ -19,6 +19,10 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from downpour.model import optim
+from downpour.model.optim import schedule
 
 ALIGN = 16  # elements (64 bytes, a cache line): range boundaries fall on multiples of this
 
@@ -116,6 +120,15 @@ def check_memory(layout: Layout, state_buffers: int, replication: int, budget_mb
             f"shards.memory_mb: shard {worst} would hold {need[worst] / (1 << 20):.1f} MB (its keys' weights and "
             f"{state_buffers} buffer(s) of update-rule state{', and a backup range' if replication > 1 else ''}), "
             f"over the budget of {budget_mb:g} MB: use shards.count >= {fits}, or a larger budget")
+
+
+def check_job_memory(config: dict, params: Sequence[tuple[str, Any]]) -> None:
+    """`check_memory` for a job: its parameters (name, array) over its shards, with the state
+    of its update rule, against `shards.memory_mb`."""
+    rule, _ = schedule.split(config["optimizer"], 1)
+    shards = config["shards"]
+    check_memory(make_layout([(name, a.shape) for name, a in params], shards["count"]),
+                 optim.make(rule.pop("type"), **rule).state_buffers, shards["replication"], shards["memory_mb"])
 
 
 def layout_from_dict(d: dict) -> Layout:

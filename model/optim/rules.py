@@ -116,8 +116,7 @@ class Rule(abc.ABC):
 
     @property
     def steps_by_rows(self) -> bool:
-        """Whether a push by rows may step its rows alone (`step_at`): exactly the dense step
-        where `zero_is_noop`, and by design for a lazy variant."""
+        """Whether `step_at` may step a push's rows alone: the dense step if `zero_is_noop`, or lazy."""
         return self.zero_is_noop or self.lazy
 
     def step_at(self, param: np.ndarray, grad: np.ndarray, positions: np.ndarray) -> None:
@@ -138,13 +137,11 @@ class Rule(abc.ABC):
             self._state[k][positions] = v
 
     @property
-    def state_buffers(self) -> int:
-        """How many buffers of the parameter's size this rule keeps (0 for plain SGD, 2 for Adam)."""
+    def state_buffers(self) -> int:  # buffers of the parameter's size kept: 0 for plain SGD, 2 for Adam
         return len(self._state_names())
 
     @property
-    def state_nbytes(self) -> int:
-        """Bytes of per-element state this rule holds (what a shard reports of its memory)."""
+    def state_nbytes(self) -> int:  # bytes of that state, once bound (a shard's memory report)
         return sum(int(v.nbytes) for v in self._state.values())
 
     def bind(self, param: np.ndarray) -> None:
@@ -406,8 +403,7 @@ RULES: dict[str, type[Rule]] = {cls.name: cls for cls in (SGD, Adagrad, Adam, Ad
 
 
 def make(type: str, **hparams: Any) -> Rule:
-    """Build a rule by name ('sgd', 'adagrad', 'adam', 'adamw', 'ftrl', 'lazy_adam', ...) with torch's
-    hyper-parameter names (FTRL's are the paper's)."""
+    """Build a rule by name ('sgd', 'adam', 'ftrl', 'lazy_adam', ...) with torch's (FTRL: the paper's) names."""
     cls = RULES.get(str(type).lower())
     if cls is None:
         raise ValueError(f"unknown optimizer {type!r}: expected one of {', '.join(sorted(RULES))}")

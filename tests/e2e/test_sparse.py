@@ -110,3 +110,13 @@ def test_a_shard_killed_under_replication_loses_no_acknowledged_row_update(jobs,
     assert "promoted" in (s["_run_dir"] / "logs" / "shard-1.log").read_text()
     assert s["pushes_sent"] == STEPS and s["updates_per_shard"] == [STEPS, STEPS]
     assert s["metrics"] == ftrl[0]["metrics"]
+
+
+def test_a_job_whose_shards_would_exceed_their_memory_budget_is_refused_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-P", "-m", "downpour", "launch", str(TOPIC), "--run-dir", str(tmp_path / "run"),
+                          "--set", "shards.memory_mb=40"], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and not (tmp_path / "run" / "logs").exists()
+    # 2^20 rows x 16 and Adagrad's sum: 128 MiB over 2 shards, 64 MiB each
+    assert "shards.memory_mb: shard 0 would hold 64.0 MB" in out.stderr and "use shards.count >= 4" in out.stderr
