@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ..sparse import RowSparse
 from . import fused
 
 
@@ -80,7 +81,14 @@ class Rule(abc.ABC):
 
         With `index`, `param` is that slice of the buffer the state was bound to (see `bind`):
         a shard applying a push that covers only part of its range. The rules are elementwise,
-        so only that slice of the state is read and written."""
+        so only that slice of the state is read and written. A table's RowSparse gradient
+        steps its rows alone where the rule allows (`steps_by_rows`), else it is made dense."""
+        if isinstance(grad, RowSparse) and index is None:
+            if self.steps_by_rows:
+                rows = grad.coalesce()
+                self.step_at(param, rows.values.astype(param.dtype, copy=False), rows.rows)
+                return
+            grad = grad.to_dense()
         if param.shape != grad.shape:
             raise ValueError(f"{self.name}: grad shape {grad.shape} != param shape {param.shape}")
         if index is None:

@@ -172,3 +172,25 @@ def test_a_lazy_rule_at_its_rows_is_its_dense_rule_run_on_those_rows_alone():
         lazy_rule.step_at(lazy, g, at)
         alone_rule.step(alone, g)
     np.testing.assert_array_equal(lazy[at], alone)
+
+
+@pytest.mark.parametrize("name,hp", [("ftrl", {"alpha": 0.1, "l1": 0.01}), ("adagrad", {"lr": 0.1}),
+                                     ("adam", {"lr": 0.01})])
+def test_a_rule_takes_a_tables_row_sparse_gradient_as_it_is(name, hp):
+    """Rows alone where a zero gradient changes nothing (repeated rows summed first), the dense
+    step otherwise: the very numbers of the dense gradient's step."""
+    from downpour.model import RowSparse
+
+    previous = optim.set_fused(False)
+    try:
+        rng = np.random.default_rng(6)
+        start = rng.standard_normal((50, 4)).astype(np.float32)
+        by_rows, dense = start.copy(), start.copy()
+        rows_rule, dense_rule = optim.make(name, **hp), optim.make(name, **hp)
+        for _ in range(3):
+            grad = RowSparse(rng.integers(0, 50, 12), rng.standard_normal((12, 4)).astype(np.float32), (50, 4))
+            rows_rule.step(by_rows, grad)
+            dense_rule.step(dense, grad.to_dense())
+        np.testing.assert_array_equal(by_rows, dense)
+    finally:
+        optim.set_fused(previous)
