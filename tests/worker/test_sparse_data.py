@@ -70,6 +70,7 @@ def test_hashed_texts_pick_without_hashing_and_hash_a_pick_like_the_featurizer()
     picked = texts[np.array([True, False, True, False])][1:]
     assert len(picked) == 1 and picked.shape == (1, 1 << 18) and picked._rows is None
     np.testing.assert_array_equal(picked.ids, f(["three"]).ids)
+    np.testing.assert_array_equal(texts[3].ids, f(["four"]).ids)             # an integer picks one text
 
 
 @pytest.fixture(scope="module")

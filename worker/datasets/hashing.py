@@ -94,7 +94,10 @@ class HashedTexts:
         return len(self.texts)
 
     def __getitem__(self, index: Any) -> HashedTexts:
-        return HashedTexts(self.texts[index], self.featurizer)
+        picked = self.texts[index]
+        if not isinstance(picked, np.ndarray):  # one text, by an integer: a batch of one
+            picked = np.array([picked], dtype=object)
+        return HashedTexts(picked, self.featurizer)
 
     def __repr__(self) -> str:
         return f"HashedTexts({len(self)} texts, {self.featurizer})"
