@@ -194,7 +194,7 @@ def render_simulate(record: dict[str, Any]) -> str:
     points = ", ".join(f"{p['workers']}w/{p['shards']}s {p['measured']:.0f} vs {p['predicted']:.0f}"
                        for p in check["points"])
     lines += ["", f"Measured (over the wire) vs predicted on this machine: {points}.", "",
-              "![predicted updates/s](benchmarks/results/simulate.png)", "", _conditions(record)]
+              "![predicted updates/s](results/simulate.png)", "", _conditions(record)]
     return "\n".join(lines)
 
 
@@ -292,7 +292,7 @@ def render_sparse(record: dict[str, Any]) -> str:
     if growth:
         lines += ["", f"Step time by rows at 2^24 buckets against 2^18: **{growth['rows']:.2f}×** over the sockets, "
                       f"{growth['rows_shm']:.2f}× in shared memory (target ≤ 1.5×): the cost follows the rows a batch "
-                      "touches, not the table. Plot: `benchmarks/results/sparse.png`."]
+                      "touches, not the table.", "", "![sparse step time and samples/s by table size](results/sparse.png)"]
     reference = figures.get("reference", {})
     if reference:
         lines += ["", "scikit-learn references, same run: " + ", ".join(
