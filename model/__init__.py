@@ -9,7 +9,9 @@ from . import (  # noqa: F401 - imported to fill the op registry
     nn,  # last: the layers are built on everything above
     ops,
     ops_conv,
+    ops_matmul,
     ops_nn,
+    ops_reduce,
     ops_rnn,
     ops_shape,
     ops_sparse,

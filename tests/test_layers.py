@@ -30,10 +30,10 @@ SERVER_SIDE = ("downpour.ps.shard", "downpour.ps.coordinator", "downpour.ps.stor
                "downpour.ps.ranges", "downpour.ps.incoming", "downpour.ps.dedupe")
 # The client side of ps, which a worker may use: the client package, and the modules both
 # sides share (the control line, heartbeats, fault injection, the wire, protocol constants,
-# spans, the config and its schema, the layout).
+# spans, the config and its schema (table and node types), the layout).
 CLIENT_SIDE = ("downpour.ps.client", "downpour.ps.control", "downpour.ps.heartbeat", "downpour.ps.faults",
                "downpour.ps.wire", "downpour.ps.protocol", "downpour.ps.spans", "downpour.ps.config",
-               "downpour.ps.config_schema", "downpour.ps.layout")
+               "downpour.ps.config_schema", "downpour.ps.schema_nodes", "downpour.ps.layout")
 ENGINE_DEPENDENCIES = {"numpy", "numba", "llvmlite", "cupy", "cupyx"}  # llvmlite ships with numba, cupyx with cupy
 
 # Crossings known today, each to be deleted once the branch named removes it (a test below fails

@@ -25,8 +25,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .base import RULES, Rule, _real, from_state_dict, make
 from .fused import HAVE_NUMBA, set_fused
-from .rules import RULES, SGD, Adagrad, Adam, AdamW, Rule, _real, from_state_dict, make
+from .rules import SGD, Adagrad, Adam, AdamW
 from .schedule import Schedule
 from .sparse_rules import FTRL, LazyAdagrad, LazyAdam, LazyAdamW, LazySGD
 

@@ -34,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import jit
-from .rules import RULES, SGD, Adagrad, Adam, AdamW, Rule, _real
+from .base import RULES, Rule, _real
+from .rules import SGD, Adagrad, Adam, AdamW
 
 _jit = jit.kernel(cache=True, nogil=True, error_model="numpy")
 
