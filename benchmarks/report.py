@@ -193,7 +193,17 @@ def render_simulate(record: dict[str, Any]) -> str:
         lines.append(f"| {shards} | " + " | ".join(f"{row[w]:.0f}" for w in workers) + " |")
     points = ", ".join(f"{p['workers']}w/{p['shards']}s {p['measured']:.0f} vs {p['predicted']:.0f}"
                        for p in check["points"])
-    lines += ["", f"Measured (over the wire) vs predicted on this machine: {points}.", "",
+    lines += ["", f"Measured (over the wire) vs predicted on this machine: {points}."]
+    links = figures.get("links")
+    if links:
+        worst = ", ".join(f"{n} {e:.0%}" for n, e in links["max_abs_error"].items())
+        issue = ", ".join(f"{p['network']} {p['pair']} {p['measured']:,.0f} vs {p['predicted']:,.0f}"
+                          for p in links["issue_points"])
+        lines += ["", f"Link rate learnt from `{links['source']}`: the job's payload gets {links['efficiency']:.0%} of a "
+                      f"link's nominal rate; with that, the model is within {worst} of the {len(links['points'])} "
+                      f"measured codec-pair points (samples/s), and on the reference points measured before "
+                      f"compressed reads: {issue} (max error {links['issue_max_abs_error']:.0%})."]
+    lines += ["",
               "![predicted updates/s](results/simulate.png)", "", _conditions(record)]
     return "\n".join(lines)
 
@@ -302,6 +312,46 @@ def render_sparse(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_multihost(record: dict[str, Any]) -> str:
+    """Samples/s and bytes each way per (push, read) codec pair on six hosts, and time to target."""
+    figures = record["figures"]
+    grid = figures.get("grid") or {}
+    lines = [f"**Compressed pushes and reads on six hosts** (`{figures['job']}`: digits MLP, 2 shards, 2 workers, "
+             f"async; {figures.get('grid_steps', '-')} steps a run; every role on a host of its own behind links "
+             "shaped by `tc tbf`, beside loopback; bytes = the worker hosts' links, MB sent / received)", "",
+             "| push / read | 100 Mbit/s samples/s | MB to shards / to workers | 1 Gbit/s samples/s | loopback "
+             "samples/s | test accuracy (100 Mbit/s) |", "|---|---:|---:|---:|---:|---:|"]
+    for pair in grid.get("100mbit", {}):
+        slow, fast, loop = (grid.get(n, {}).get(pair, {}) for n in ("100mbit", "1gbit", "loopback"))
+        accuracy = f"{slow['test_accuracy']:.3f}" if slow.get("test_accuracy") is not None else "-"
+        lines.append(f"| {pair} | {slow['samples_per_s']:,.0f} | {slow['bytes_to_shards'] / 1e6:,.1f} / "
+                     f"{slow['bytes_to_workers'] / 1e6:,.1f} | {fast.get('samples_per_s', float('nan')):,.0f} | "
+                     f"{loop.get('samples_per_s', float('nan')):,.0f} | {accuracy} |")
+    acceptance = figures.get("acceptance")
+    if acceptance:
+        rounds = len(acceptance["runs"]["none/none"])
+        lines += ["", f"The whole job (1 000 steps) at 100 Mbit/s, {rounds} rounds of the pairs in turn; medians, "
+                      "speed-up against the uncompressed run of the same round:", "",
+                  "| push / read | samples/s | speed-up | needed | test accuracy | vs uncompressed |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for pair, m in acceptance["medians"].items():
+            verdict = acceptance["verdict"].get(pair)
+            needed = f"≥ {verdict['needed']:g}×{_met(verdict['met'])}" if verdict else "-"
+            lines.append(f"| {pair} | {m['samples_per_s']:,.0f} | {m['speedup']:.2f}× | {needed} | "
+                         f"{m['test_accuracy']:.3f} | {-100 * m['accuracy_drop']:+.2f} points |")
+    fashion = figures.get("fashion")
+    if fashion:
+        times = ", ".join(f"{pair} {t:.0f} s" if t is not None else f"{pair} not reached"
+                          for pair, t in fashion["median_seconds_to_target"].items())
+        ratio = f"{fashion['time_ratio']:.2f}" if fashion.get("time_ratio") is not None else "-"
+        lines += ["", f"Fashion-MNIST MLP at 100 Mbit/s, seconds of training to {fashion['target']:.0%} test accuracy "
+                      f"(median of {len(next(iter(fashion['runs'].values())))} runs): {times}; the best pair, "
+                      f"{fashion['best']}, takes {ratio} of the uncompressed time (needed ≤ 1/3"
+                      f"{_met(fashion['met'])})."]
+    lines += ["", "![samples/s per codec pair](results/multihost.png)", "", _conditions(record)]
+    return "\n".join(lines)
+
+
 # Which results file each renderer reads: add a line here for a new benchmark.
 RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "engine": render_engine,
@@ -311,6 +361,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "simulate": render_simulate,
     "compression": render_compression,
     "rows": render_rows,
+    "multihost": render_multihost,
     "sparse": render_sparse,
 }
 

@@ -200,7 +200,13 @@ JOB = Section({
         "threshold": number(0.5, low_open=True),                          # twobit: the t of +-t
         "error_feedback": boolean(True),                                  # topk, onebit, twobit
         "rows": boolean(False),  # embedding tables travel by the rows a batch uses (ps/spans.py)
-    }, shorthand="codec"),
+        # reads: the change since the reader's view, kept on the shard (ps/reads.py)
+        "pull": choice("none", "fp16", "topk", "onebit", "twobit", "sparse", default="none"),
+        "pull_full_every": Nullable(integer(1)),         # every Nth read of a reader is a full one
+        "pull_memory_mb": number(1024.0, low_open=True),  # per shard, for the views; beyond: plain reads
+    }, shorthand="codec", rules=(
+        Rule("pull_full_every", lambda c: c["pull_full_every"] is None or c["pull"] != "none",
+             "null unless compression.pull names a codec"),)),
     "faults": ListOf(FAULT),
 }, expected="a mapping of settings")
 

@@ -40,6 +40,8 @@ def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict,
                "target": _judge(config.get("target") or None, metrics),
                "read_staleness": _merge([s["stats"].get("read_staleness", {}) for s in shards]),
                "push_staleness": _merge([s["stats"].get("push_staleness", {}) for s in shards]),
+               # compressed reads (ps/reads.py): full, change, over_budget (plain reads), view_bytes
+               "reads": _sum([s["stats"].get("reads", {}) for s in shards]),
                "updates_rolled_back": rolled_back,
                "time_to_notice": [e["silent_seconds"] for e in events if e["event"] == "dead"],
                "events": events}
@@ -54,6 +56,14 @@ def _merge(histograms: list[dict]) -> dict:
         for k, v in h.items():
             out[k] = out.get(k, 0) + v
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def _sum(counts: list[dict]) -> dict:
+    out: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _judge(target: dict | None, metrics: dict) -> dict | None:
@@ -75,6 +85,7 @@ _COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock"
            "keys", "bytes", "key_updates")
 _PER_RANGE = ("ranges", "range_pushes")  # {range: count}
 _HISTOGRAMS = ("read_staleness", "push_staleness")
+_READS = ("full", "change", "over_budget", "view_bytes")  # a shard's compressed reads (ps/reads.py)
 
 
 def clean_stats(stats: dict) -> dict:
@@ -90,6 +101,9 @@ def clean_stats(stats: dict) -> dict:
     if isinstance(backups, dict) and len(backups) <= 1024:
         out["backups"] = {k: v for k, v in backups.items() if _digits(k) and isinstance(v, list) and len(v) == 2
                           and is_int(v[0]) and isinstance(v[1], bool)}
+    reads = stats.get("reads")
+    if isinstance(reads, dict):
+        out["reads"] = {k: v for k, v in reads.items() if k in _READS and is_int(v) and 0 <= v < 1 << 62}
     for key in _HISTOGRAMS:
         h = stats.get(key)
         if isinstance(h, dict) and len(h) <= 256:

@@ -28,6 +28,7 @@ from .faults import FaultPlan
 from .holdings import Holdings
 from .incoming import Incoming, header_spans
 from .layout import layout_from_dict
+from .reads import ReaderViews
 from .replication import Replicator
 from .store import ParameterStore, StalePush
 from .wire import Message, SharedFrame, WireError, bind_socket, recv, reply, reply_error
@@ -104,6 +105,7 @@ class Shard:
             raise RuntimeError("the coordinator sent no initial weights for the ranges this shard serves")
         for (rng, epoch), weights in zip(serve.items(), msg.arrays):
             self.holdings.serve(rng, epoch, self.holdings.make_store(rng, weights))
+        self.views = ReaderViews(self.config["compression"])  # compressed reads: each reader's view
         self.replicator = Replicator(self.ctx, self.job_id, self.control.name, self.max_bytes, self.configure)
         if self.resume or info.get("restart"):
             self.holdings.restore()
@@ -173,6 +175,7 @@ class Shard:
             return P.RUNNING
         if body.get("workers") is not None:
             self.holdings.set_live(body["workers"])
+            self.views.retain(body["workers"])
         self._follow(body)
         self.last_orders = time.monotonic()
         if body.get("checkpoint", 0) > self.checkpoint_requests:
@@ -252,6 +255,7 @@ class Shard:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
         wanted = header_spans(h["read_spans"], lo, hi, "read_spans") if "read_spans" in h and msg.op != P.PUSH else None
+        self.views.check(h)  # a read's "view", checked before it may be parked
         held = self._push(msg, rng, store, rank) if msg.op != P.PULL else None
         if msg.op == P.PUSH:
             self._respond(rng, held, msg, lambda: reply(self.sock, msg, version=store.updates_applied))
@@ -300,25 +304,30 @@ class Shard:
     def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int,
               wanted: spans.Spans | None = None) -> None:
         """Answer a read: by shared memory if the reader maps our segment, else the weights
-        of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`)."""
+        of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`), or the change
+        since the reader's view of them (`compression.pull`, ps/reads.py)."""
         h = msg.header
         seg = self.holdings.segments.get((store.lo, store.hi)) if self.incoming.local else None
         if seg is not None and h.get("shm") is True:  # the reader copies from our segment itself
             on_record = store.admit_read(worker, clock)
+            self.views.drop(h["from"], h["lo"], h["hi"])
             reply(self.sock, msg, version=store.updates_applied, clock=on_record, segment=seg.ref,
                   offset=h["lo"] - store.lo)
         else:
-            if wanted is not None:  # some keys only: gathered afresh, so no snapshot is needed
+            change = self.views.answer(h, store.weights, store.lo, wanted)
+            wanted = None if change.whole else wanted  # a full read starts a view: the whole range
+            if change.arrays is not None or wanted is not None:  # encoded or gathered afresh: no snapshot
                 on_record = store.admit_read(worker, clock)
-                weights = spans.gather(store.weights, store.lo, wanted)
+                arrays = change.arrays or (spans.gather(store.weights, store.lo, wanted),)
             else:
                 snapshot, on_record = store.read(worker, clock, h["lo"], h["hi"])
                 frame = self.frames.get(store.lo)  # the last read's frame, shared while it fits
                 if frame is None or frame[0] is not store.snapshot or frame[1:3] != (h["lo"], h["hi"]):
                     frame = self.frames[store.lo] = (store.snapshot, h["lo"], h["hi"], SharedFrame(snapshot))
-                weights = frame[3]
+                arrays = (frame[3],)
             where = {"segment": seg.ref, "offset": h["lo"] - store.lo} if seg is not None else {}
-            reply(self.sock, msg, arrays=(weights,), version=store.updates_applied, clock=on_record, **where)
+            reply(self.sock, msg, arrays=arrays, version=store.updates_applied, clock=on_record, **where,
+                  **change.fields)
         self.pulls_served += 1
 
     def _serve_parked(self) -> None:
@@ -332,7 +341,7 @@ class Shard:
     # ---- state ---------------------------------------------------------------------------
     def stats(self) -> dict:
         return {"rank": self.rank, "address": self.address, "pulls": self.pulls_served, "errors": self.errors,
-                "parked": len(self.parked), **self.holdings.figures()}
+                "parked": len(self.parked), "reads": self.views.stats(), **self.holdings.figures()}
 
     def finish(self, state: str) -> None:
         """Write the final checkpoint (not over a good one when the job failed) and leave, so

@@ -190,3 +190,10 @@ def unpack(raw: object, lo: int, hi: int) -> Spans:
     if starts[0] < lo or stops[-1] > hi:
         raise SpanError(f"spans [{int(starts[0])}, {int(stops[-1])}) reach outside the range [{lo}, {hi})")
     return starts, stops
+
+
+def part(model_spans: Spans, lo: int, hi: int) -> Spans | None:
+    """A shard's part of model-wide spans; None for its whole range: when that is what they
+    cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
+    piece = clip(model_spans, lo, hi)
+    return None if covers(piece, lo, hi) or piece[0].size > MAX_SPANS else piece

@@ -45,6 +45,7 @@ class Session:
         self.layout: Layout = layout_from_dict(info["layout"])
         self.restarted: bool = bool(info.get("restart"))
         self.name = self.control.name
+        self.role = role
         cluster = self.config["cluster"]
         self.control.timeout = cluster["request_timeout"]
         self.control.give_up = self._given_up
@@ -121,11 +122,14 @@ class Session:
         cluster = self.config["cluster"]
         # Wait for a shard at least as long as the coordinator waits for it to come back.
         patience = cluster["request_timeout"] + cluster["heartbeat_timeout"] + cluster["startup_timeout"]
+        compression = self.config["compression"]
+        if self.role != P.WORKER:  # the evaluator scores the weights the shards hold: plain reads
+            compression = {**compression, "pull": "none"}
         client = ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
                            addresses_now=lambda: self.shards, epochs=self.epochs, epochs_now=lambda: self.epochs,
                            faults=faults, configure=self.configure,
-                           compression=self.config["compression"],
+                           compression=compression,
                            shared_memory=cluster["shared_memory"] and self.configure is None,
                            give_up=self.check)
         self._clients.append(client)

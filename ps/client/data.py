@@ -1,28 +1,20 @@
 """The data plane, client side: pull weights from and push gradients to every shard at once.
 
 Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
-shard, not the sum. Gradients leave as views of the caller's buffer (no copy). Pulled weights
-go into a flat buffer (one copy, from the received frame) or into a `WeightSink`, such as the
-worker's `model.flat.FlatParameters`, which keeps the received frames as the parameters'
-memory (no copy at all). Pushes may be compressed
-(`ps/compression.py`), with the error feedback kept here. Every round trip can be
-split in two (`start`, `finish`), so a worker computes its next gradient while the previous
-push and read travel (overlap).
+shard, not the sum. Gradients leave as views of the caller's buffer; pulled weights go into a
+flat buffer or a `WeightSink` (`sink.py`) that keeps the received frames as its memory. Pushes
+may be compressed (`ps/compression.py`, error feedback kept here), and so may reads
+(`compression.pull`, `ps/reads.py`: we keep our view of each range, a read carries the change
+since it). A round trip can be split in two (`start`, `finish`) so compute overlaps it.
 
-With a shard on the same host (`ps/shm.py`) the arrays leave the messages: a pull's reply says
-where the weights are and we copy them from the shard's memory; a push names the place in our
-own gradient buffer (`gradient_buffers`) where the shard reads it. Whether a shard is local is
-learnt, not configured: every reply names the shard's segment, and if we can map it, the next
-requests go through shared memory. A shard that cannot map ours answers so, and we go back to
-the wire for it.
+With a shard on the same host (`ps/shm.py`) only headers travel: whether a shard is local is
+learnt from its replies, and a shard that cannot map our memory says so and we use the wire.
 
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
-once, so a push that got no reply is simply sent again. A request is resent after a retry
-interval that adapts to the measured round-trip time, and re-routed when the coordinator
-says a shard moved (restarted elsewhere, or its backup was promoted). Every request carries its
-range's epoch as the coordinator last gave it (`epochs_now`); a shard serving the range at
-another epoch, or no longer serving it, refuses with a request to ask again, and the request
-goes to wherever the coordinator says the range is now.
+once, so a push that got no reply is simply sent again after a retry interval that adapts to
+the round-trip time. Every request carries its range's epoch as the coordinator last gave it;
+a shard serving the range at another epoch, or no longer serving it, refuses with a request to
+ask again, and the request goes to wherever the coordinator says the range is now.
 """
 from __future__ import annotations
 
@@ -39,6 +31,7 @@ from .. import shm, spans
 from ..compression import Compressor, wire_bytes
 from ..faults import FaultPlan
 from ..layout import Layout
+from ..reads import HeldWeights, StaleView
 from ..wire import Channel, Message, RemoteError, WireError, recv
 from .sink import Out, WeightSink, deliver, deliver_spans
 
@@ -95,6 +88,8 @@ class ShardClient:
         self.give_up = give_up
         self.faults = faults
         self.compressor = Compressor(compression or {}, layout.ranges)
+        compressed_reads = (compression or {}).get("pull", "none") != "none"
+        self.held = HeldWeights(layout.ranges) if compressed_reads else None  # our views (ps/reads.py)
         self.addresses = list(addresses)
         self.epochs: list[int | None] = list(epochs) if epochs is not None else [None] * layout.num_shards
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
@@ -164,14 +159,16 @@ class ShardClient:
             local = self.local[shard] is not None
             if local and out is not None:
                 header["shm"] = True
+            elif out is not None and self.held is not None:  # the change since the view we name
+                header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
-                p.read_spans = _part(read_spans, lo, hi)
+                p.read_spans = spans.part(read_spans, lo, hi)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
                     header["read_spans"] = spans.pack(p.read_spans)
                     self.bytes_sent += len(header["read_spans"])  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
-                p.grad_spans = _part(grad_spans, lo, hi) if grad_spans is not None else None
+                p.grad_spans = spans.part(grad_spans, lo, hi) if grad_spans is not None else None
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
@@ -299,6 +296,10 @@ class ShardClient:
         if isinstance(clock, int):
             self.shard_clocks[p.shard] = clock
         seg = self._map(p.shard, msg.header) if out is not None else None
+        if out is not None and self.held is not None:
+            if "view" in msg.header:
+                return self._take_change(msg, p, out)
+            self.held.drop(p.shard)  # a plain read came (shared memory, or the shard's memory budget)
         if out is not None and not msg.arrays:  # the weights are in the shard's memory
             offset = msg.header.get("offset")
             if seg is None or not isinstance(offset, int) or not 0 <= offset <= seg.count - (hi - lo):
@@ -318,6 +319,24 @@ class ShardClient:
             else:
                 deliver_spans(out, p.read_spans, msg.arrays[0], keep=True)
             self.bytes_received += msg.arrays[0].nbytes
+        return True
+
+    def _take_change(self, msg: Message, p: _Pending, out: np.ndarray | WeightSink) -> bool:
+        """A compressed read (the change since our view, or a full one); a stale view asks for a full read."""
+        try:
+            values, keys, keep = self.held.take(p.shard, msg.header, msg.arrays, p.read_spans)
+        except StaleView:
+            p.header["view"] = 0
+            p.retry_at = time.monotonic()
+            return False
+        except ValueError as err:  # CodecError included
+            raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} sent a read we cannot use: "
+                              f"{err}") from None
+        if keys is None:
+            deliver(out, *self.layout.ranges[p.shard], values, keep=keep)
+        else:
+            deliver_spans(out, keys, values, keep=keep)
+        self.bytes_received += wire_bytes(msg.arrays)
         return True
 
     # ---- shared memory with shards on this host --------------------------------------------
@@ -348,13 +367,7 @@ class ShardClient:
 
     def _offset_in_shared(self, grad: np.ndarray | None) -> int | None:
         """Where `grad` starts in our gradient segment, or None if it is not in there."""
-        if grad is None or self._grads is None:
-            return None
-        base = self._grads.array
-        start = (grad.ctypes.data - base.ctypes.data)
-        if grad.dtype != np.float32 or start % 4 or not 0 <= start // 4 <= base.size - grad.size:
-            return None
-        return start // 4
+        return None if grad is None or self._grads is None else shm.offset_in(self._grads.array, grad)
 
     def _reroute(self) -> set[int]:
         """Follow ranges that moved (the coordinator's current map: a shard restarted elsewhere,
@@ -378,17 +391,10 @@ class ShardClient:
         return moved
 
     def close(self) -> None:
-        """Close every socket and unmap shared memory; closing again does nothing."""
+        """Close every socket and unmap shared memory (again: nothing)."""
         for ch in self.channels:
             ch.close()
         self._attached.close()
         if self._grads is not None:
             self._grads.close()
             self._grads = None
-
-
-def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
-    """A shard's part of model-wide spans; None for its whole range: when that is what they
-    cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
-    part = spans.clip(model_spans, lo, hi)
-    return None if spans.covers(part, lo, hi) or part[0].size > spans.MAX_SPANS else part

@@ -67,6 +67,23 @@ def test_topk_keeps_exactly_the_k_largest_magnitudes_with_sorted_indices():
     np.testing.assert_array_equal(out[idx], grad[idx])        # the kept values travel exactly
 
 
+@pytest.mark.parametrize("shape", ["normal", "mostly zeros", "sorted", "ties"])
+def test_topk_of_a_big_gradient_keeps_exactly_the_k_largest_magnitudes(shape):
+    """From 8 192 values on, topk partitions only the values above a sampled threshold (or all,
+    where that threshold is too high or 0): the values kept are the k largest all the same."""
+    n, k = 60_000, 600
+    grad = gradient(n, seed=3)
+    if shape == "mostly zeros":
+        grad[np.random.default_rng(4).random(n) < 0.995] = 0     # fewer non-zeros than k
+    elif shape == "sorted":
+        grad = np.sort(np.abs(grad))                           # the strided sample sees the order
+    elif shape == "ties":
+        grad = np.round(grad * 200) / 200                      # a few distinct magnitudes
+    _, (idx, values), _ = round_trip("topk", grad, ratio=k / n)
+    assert idx.size == k and np.all(np.diff(idx.astype(np.int64)) > 0)
+    np.testing.assert_array_equal(np.sort(np.abs(values)), np.sort(np.abs(grad))[-k:])
+
+
 @pytest.mark.parametrize("ratio, k", [(1e-9, 1), (0.0011, 2), (1.0, N)])
 def test_topk_sends_at_least_one_value_and_at_most_all(ratio, k):
     grad = gradient()
@@ -286,7 +303,8 @@ def test_hostile_compressed_pushes_only_ever_raise_wire_or_codec_errors():
 def test_the_compression_section_defaults_shorthand_and_errors():
     base = CONFIGS / "digits_logreg.yaml"
     assert config.load(base)["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5,
-                                                "error_feedback": True, "rows": False}
+                                                "error_feedback": True, "rows": False, "pull": "none",
+                                                "pull_full_every": None, "pull_memory_mb": 1024.0}
     assert config.load(base, ["compression=topk"])["compression"]["codec"] == "topk"
     assert config.load(base, ["compression.codec=twobit", "compression.threshold=0.1"])["compression"]["threshold"] == 0.1
     for override, message in [

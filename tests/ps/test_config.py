@@ -49,7 +49,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
                               "max_message_mb": 512.0, "curve": False, "shared_memory": True}
     assert cfg["checkpoint"] == {"every_seconds": 30.0}
     assert cfg["compression"] == {"codec": "none", "ratio": 0.01, "threshold": 0.5, "error_feedback": True,
-                                  "rows": False}
+                                  "rows": False, "pull": "none", "pull_full_every": None, "pull_memory_mb": 1024.0}
     assert cfg["faults"] == []
 
 

@@ -127,7 +127,7 @@ def test_a_push_by_rows_changes_the_store_exactly_as_the_dense_push(optimizer, r
 
 def test_a_client_asks_a_shard_for_its_whole_range_when_the_spans_cover_it_or_would_overflow_a_header():
     from downpour.ps import protocol as P
-    from downpour.ps.client.data import _part
+    _part = S.part
     assert as_list(_part(spans((0, 10), (20, 30)), 5, 25)) == [(5, 10), (20, 25)]
     assert _part(spans((0, 40)), 5, 25) is None
     many = S.of_rows(0, 1, np.arange(0, 4 * (S.MAX_SPANS + 1), 2))     # every other key: no merging
