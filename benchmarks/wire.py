@@ -50,7 +50,8 @@ from benchmarks import common  # noqa: E402
 from downpour.model.flat import FlatParameters  # noqa: E402
 from downpour.model.tensor import Tensor  # noqa: E402
 from downpour.ps import protocol as P  # noqa: E402
-from downpour.ps.client import ControlClient, ShardClient  # noqa: E402
+from downpour.ps.client import ShardClient  # noqa: E402
+from downpour.ps.control import ControlClient  # noqa: E402
 from downpour.ps.layout import layout_from_dict  # noqa: E402
 
 log = logging.getLogger("benchmarks.wire")

@@ -15,7 +15,7 @@ from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from downpour.ps.config_schema import ConfigError
+    from downpour.ps.schema_nodes import ConfigError
     from downpour.worker.session import JobEnded
 
     from .client import Client, connect
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .local import train
 
 _WHERE = {"launch": ".job", "Job": ".job", "train": ".local", "connect": ".client", "Client": ".client",
-          "JobError": ".control", "ConfigError": "downpour.ps.config_schema", "JobEnded": "downpour.worker.session"}
+          "JobError": ".control", "ConfigError": "downpour.ps.schema_nodes", "JobEnded": "downpour.worker.session"}
 
 try:
     __version__ = _metadata.version("downpour")

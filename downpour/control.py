@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 import zmq
 
 from downpour.ps import protocol as P
-from downpour.ps.client import ControlClient
+from downpour.ps.control import ControlClient
 from downpour.ps.wire import RemoteError
 
 Target = str | os.PathLike

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from downpour.ps import config as job_config
-from downpour.ps.config_schema import ConfigError
+from downpour.ps.schema_nodes import ConfigError
 
 Config = str | os.PathLike | Mapping[str, Any]
 Overrides = Sequence[str] | Mapping[str, Any] | None

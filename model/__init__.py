@@ -9,16 +9,21 @@ from . import (  # noqa: F401 - imported to fill the op registry
     nn,  # last: the layers are built on everything above
     ops,
     ops_conv,
+    ops_matmul,
     ops_nn,
+    ops_reduce,
     ops_rnn,
     ops_shape,
+    ops_sparse,
     optim,
 )
 from .gradcheck import GradcheckError, gradcheck
+from .sparse import RowSparse
 from .tensor import Tensor, is_grad_enabled, no_grad, tensor
 
 __all__ = [
     "GradcheckError",
+    "RowSparse",
     "Tensor",
     "functional",
     "gradcheck",

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .sparse import RowSparse
+
 Spec = tuple[str, tuple[int, ...]]
 
 
@@ -188,11 +190,32 @@ class FlatParameters:
             grad = tensor.grad
             if grad is None:
                 view.fill(0)
+            elif isinstance(grad, RowSparse) and grad.shape == shape:
+                view.fill(0)  # the whole table: what moving every key costs (`add_grads` costs less)
+                grad.add_to(view)
             elif np.shape(grad) != shape:
                 raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
             else:
                 np.copyto(view, grad, casting="same_kind")
         return out
+
+    def add_grads(self, out: np.ndarray) -> None:
+        """out += every parameter's `.grad` (a None adds nothing), where a RowSparse adds at its
+        rows only: what it costs follows the rows a batch touched, not the size of the table.
+        A caller that keeps `out` zero outside the rows it last wrote (clearing just those)
+        gathers a batch's gradient with no table-sized pass at all."""
+        if out.shape != (self.size,):
+            raise ValueError(f"out has shape {out.shape}, expected ({self.size},)")
+        for (name, shape), tensor, view in zip(self.specs, self._tensors, self.unflatten(out).values()):
+            grad = tensor.grad
+            if grad is None:
+                continue
+            if np.shape(grad) != shape:
+                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+            if isinstance(grad, RowSparse):
+                grad.add_to(view)
+            else:
+                view += grad
 
     def check_views(self) -> None:
         """Raise if any parameter's `.data` is neither its view into `data` nor the received

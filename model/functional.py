@@ -30,6 +30,10 @@ def _tensor(x: Any) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+def _raw(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
 # ---- layers -------------------------------------------------------------------------------
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """x @ weight.T + bias, weight of shape (out_features, in_features)."""
@@ -83,6 +87,43 @@ def avg_pool2d(
 def embedding(indices: Any, weight: Tensor) -> Tensor:
     """Rows of `weight` (num_embeddings, dim) for integer `indices` of any shape."""
     return Tensor.apply("embedding", indices, weight)
+
+
+def embedding_bag(
+    input: Any,
+    weight: Tensor,
+    offsets: Any = None,
+    mode: str = "mean",
+    per_sample_weights: Any = None,
+    include_last_offset: bool = False,
+) -> Tensor:
+    """Sums or means of bags of rows of `weight` (torch.nn.functional.embedding_bag).
+
+    `input` is 1-D ids cut into bags by `offsets` (bag b starts at offsets[b]; with
+    `include_last_offset`, offsets ends with len(input), as in torch), or 2-D (B, N): B bags
+    of N ids, without offsets. `per_sample_weights` (mode 'sum' only) scale each id's row.
+    The gradient of `weight` is a `RowSparse` of the rows the bags read."""
+    xp = backend.array_module(_tensor(weight).data)
+    ids = xp.asarray(_raw(input))
+    psw = per_sample_weights
+    if ids.ndim == 2:
+        if offsets is not None:
+            raise ValueError("embedding_bag: offsets must be None for 2-D input (each row is one bag)")
+        offsets = xp.arange(0, ids.size, max(ids.shape[1], 1), dtype=np.int64)[:ids.shape[0]]
+        ids = ids.reshape(-1)
+        psw = None if psw is None else _tensor(psw).reshape(-1)
+    elif ids.ndim != 1 or offsets is None:
+        raise ValueError(f"embedding_bag: expected 1-D input with offsets, or 2-D input; got {ids.ndim}-D "
+                         f"input{' without offsets' if offsets is None else ''}")
+    offsets = xp.asarray(_raw(offsets))
+    if include_last_offset:
+        if offsets.size == 0 or int(offsets[-1]) != ids.size:
+            raise ValueError(f"embedding_bag: with include_last_offset the offsets must end with the number "
+                             f"of ids ({ids.size})")
+        offsets = offsets[:-1]
+    if psw is None:
+        return Tensor.apply("embedding_bag", ids, offsets, weight, mode=mode)
+    return Tensor.apply("embedding_bag", ids, offsets, weight, psw, mode=mode)
 
 
 def layer_norm(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import backend
+from .sparse import RowSparse
 from .tensor import Tensor, no_grad
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def _analytic_gradients(fn, inputs: tuple, checked: list[int], rng) -> tuple[dic
     for k in checked:
         t = inputs[k]
         grad = xp.zeros(t.shape) if t.grad is None else t.grad
+        if isinstance(grad, RowSparse):
+            grad = grad.to_dense()
         if grad.shape != t.shape:
             raise GradcheckError(f"input {k}: gradient has shape {grad.shape}, the input {t.shape}")
         analytic[k] = backend.to_numpy(grad).astype(np.float64).reshape(-1)

@@ -1,10 +1,11 @@
-"""The primitive ops behind Tensor's arithmetic: elementwise functions, reductions and matmul.
+"""The primitive elementwise ops behind Tensor's arithmetic and functions (add ... pow, exp ... maximum).
 
 Each op keeps its forward and its vector-Jacobian product side by side (see `registry`).
 Backward functions never write into the `grad` they are given (the engine may hand the same
 array to several inputs); they may write into arrays they made themselves. Broadcasting is
 undone by the engine, so binary ops return gradients in the broadcast shape. The ops that
-only move elements around (reshape, transpose, indexing, joining) are in `ops_shape`.
+only move elements around (reshape, transpose, indexing, joining) are in `ops_shape`; matmul
+is in `ops_matmul`, the reductions over axes (sum, mean, max) in `ops_reduce`.
 """
 from __future__ import annotations
 
@@ -14,20 +15,6 @@ import numpy as np
 
 from .backend import array_module, writable
 from .registry import Context, Op, register, samples
-
-
-def _normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
-    """`axis` (None, int or tuple, possibly negative) as a sorted tuple of positive axes."""
-    if axis is None:
-        return tuple(range(ndim))
-    if isinstance(axis, (int, np.integer)):
-        axis = (axis,)
-    return tuple(sorted(int(a) % ndim if ndim else 0 for a in axis))
-
-
-def _kept_shape(shape: tuple[int, ...], axes: tuple[int, ...]) -> tuple[int, ...]:
-    """The shape a reduction over `axes` has with keepdims=True."""
-    return tuple(1 if i in axes else n for i, n in enumerate(shape))
 
 
 def _rand(rng, *shape: int) -> np.ndarray:
@@ -187,66 +174,6 @@ class Pow(Op):
         yield (_positive(rng, 3, 4), _rand(rng, 3, 4)), {}
         yield (_positive(rng, 2, 3), _rand(rng, 3)), {}
         yield (np.asarray(1.7), _rand(rng, 4)), {}
-
-
-# ---- matmul -------------------------------------------------------------------------------
-@register
-class MatMul(Op):
-    """numpy/torch matmul: 1-D operands are promoted (and the added axis dropped again),
-    leading axes broadcast. A stack of matrices times one matrix runs as one GEMM."""
-
-    name = "matmul"
-
-    @staticmethod
-    def forward(ctx: Context, a, b):
-        ctx.a, ctx.b = a, b
-        if a.ndim > 2 and b.ndim == 2:
-            return (a.reshape(-1, a.shape[-1]) @ b).reshape(*a.shape[:-1], b.shape[-1])
-        return a @ b
-
-    @staticmethod
-    def backward(ctx: Context, grad):
-        a, b = ctx.a, ctx.b
-        need_a, need_b = ctx.needs_input_grad
-        xp = array_module(a, b)
-        if a.ndim == 1 and b.ndim == 1:
-            return (grad * b if need_a else None), (grad * a if need_b else None)
-        if b.ndim == 2 and a.ndim >= 2:  # the common case: one GEMM per gradient
-            g2 = grad.reshape(-1, grad.shape[-1])
-            grad_a = (g2 @ b.T).reshape(a.shape) if need_a else None
-            grad_b = a.reshape(-1, a.shape[-1]).T @ g2 if need_b else None
-            return grad_a, grad_b
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        g = grad
-        if a.ndim == 1:
-            g = xp.expand_dims(g, -2)
-        if b.ndim == 1:
-            g = xp.expand_dims(g, -1)
-        grad_a = grad_b = None
-        if need_a:
-            grad_a = g @ xp.swapaxes(b2, -1, -2)
-            if a.ndim == 1:
-                grad_a = grad_a[..., 0, :]
-        if need_b:
-            grad_b = xp.swapaxes(a2, -1, -2) @ g
-            if b.ndim == 1:
-                grad_b = grad_b[..., 0]
-        return grad_a, grad_b
-
-    @samples
-    def samples(rng):
-        yield (_rand(rng, 3, 4), _rand(rng, 4, 2)), {}
-        yield (_rand(rng, 4), _rand(rng, 4)), {}
-        yield (_rand(rng, 4), _rand(rng, 4, 3)), {}
-        yield (_rand(rng, 3, 4), _rand(rng, 4)), {}
-        yield (_rand(rng, 2, 3, 4), _rand(rng, 4, 5)), {}
-        yield (_rand(rng, 2, 3, 4), _rand(rng, 2, 4, 2)), {}
-        yield (_rand(rng, 2, 1, 3, 4), _rand(rng, 3, 4, 2)), {}
-        yield (_rand(rng, 2, 3, 4), _rand(rng, 4)), {}
-        yield (_rand(rng, 4), _rand(rng, 2, 4, 3)), {}
-        yield (_rand(rng, 3, 4), _rand(rng, 2, 4, 5)), {}
-
 
 # ---- elementwise functions ----------------------------------------------------------------
 @register
@@ -432,76 +359,3 @@ class Maximum(Op):
         yield (_rand(rng, 3, 4), _rand(rng, 3, 4)), {}
         yield (_rand(rng, 3, 4), _rand(rng, 4)), {}
 
-
-# ---- reductions ---------------------------------------------------------------------------
-def _spread(grad, ctx: Context):
-    """A reduction's output gradient broadcast back over the reduced axes (a read-only view)."""
-    return array_module(grad).broadcast_to(grad.reshape(ctx.kept_shape), ctx.shape)
-
-
-def _reduction_samples(rng):
-    yield (_rand(rng, 3, 4),), {"axis": None, "keepdims": False}
-    yield (_rand(rng, 3, 4),), {"axis": 1, "keepdims": False}
-    yield (_rand(rng, 3, 4),), {"axis": 0, "keepdims": True}
-    yield (_rand(rng, 2, 3, 4),), {"axis": (0, -1), "keepdims": False}
-    yield (_rand(rng, 2, 3, 4),), {"axis": (1, 2), "keepdims": True}
-
-
-@register
-class Sum(Op):
-    name = "sum"
-
-    @staticmethod
-    def forward(ctx: Context, a, axis=None, keepdims=False):
-        ctx.shape = a.shape
-        ctx.kept_shape = _kept_shape(a.shape, _normalize_axes(axis, a.ndim))
-        return a.sum(axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def backward(ctx: Context, grad):
-        return (_spread(grad, ctx),)
-
-    samples = samples(_reduction_samples)
-
-
-@register
-class Mean(Op):
-    name = "mean"
-
-    @staticmethod
-    def forward(ctx: Context, a, axis=None, keepdims=False):
-        axes = _normalize_axes(axis, a.ndim)
-        ctx.shape, ctx.kept_shape = a.shape, _kept_shape(a.shape, axes)
-        ctx.count = int(np.prod([a.shape[i] for i in axes]))
-        return a.mean(axis=axis, keepdims=keepdims)
-
-    @staticmethod
-    def backward(ctx: Context, grad):
-        return (_spread(grad * (1.0 / ctx.count), ctx),)
-
-    samples = samples(_reduction_samples)
-
-
-@register
-class Max(Op):
-    """Maximum over axes with torch.amax's gradient: tied maxima share it evenly."""
-
-    name = "max"
-
-    @staticmethod
-    def forward(ctx: Context, a, axis=None, keepdims=False):
-        axes = _normalize_axes(axis, a.ndim)
-        kept = a.max(axis=axes, keepdims=True)
-        ctx.a, ctx.kept = a, kept
-        return kept if keepdims else kept.reshape([n for i, n in enumerate(a.shape) if i not in axes])
-
-    @staticmethod
-    def backward(ctx: Context, grad):
-        a, kept = ctx.a, ctx.kept
-        is_max = a == kept
-        axes = tuple(i for i, n in enumerate(kept.shape) if n == 1 and a.shape[i] != 1)
-        ties = is_max.sum(axis=axes, keepdims=True).astype(a.dtype)
-        share = grad.reshape(kept.shape) / ties
-        return (is_max * share,)
-
-    samples = samples(_reduction_samples)

@@ -1,7 +1,7 @@
 """The Tensor: an array of the active backend plus the op that made it.
 
-`backward()` walks the recorded tape in reverse topological order. Gradients are reduced to
-each operand's shape (un-broadcast) and accumulated here, and only here, so ops stay simple.
+`Tensor.apply` runs a registered op and records it; `backward()` hands the tape to the engine's
+walk in `autograd`, which alone un-broadcasts and accumulates gradients, so ops stay simple.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backend
+from . import autograd, backend
 from .registry import OPS, Context, Op
 
 _grad_enabled = True
@@ -30,19 +30,6 @@ def no_grad() -> Iterator[None]:
 
 def is_grad_enabled() -> bool:
     return _grad_enabled
-
-
-def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
-    """Sum `grad` over the axes along which an operand of `shape` was broadcast."""
-    if grad.shape == shape:
-        return grad
-    extra = grad.ndim - len(shape)
-    if extra > 0:
-        grad = grad.sum(axis=tuple(range(extra)))
-    axes = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
-    if axes:
-        grad = grad.sum(axis=axes, keepdims=True)
-    return grad if grad.shape == shape else grad.reshape(shape)
 
 
 def _as_array(data: Any, dtype: Any = None) -> Any:
@@ -154,26 +141,7 @@ class Tensor:
         elif isinstance(grad, Tensor):
             grad = grad.data
         root = xp.asarray(grad, dtype=self.dtype).reshape(self.shape)
-        grads: dict[int, Any] = {id(self): root}
-        handed_out = {id(_owner(root))}  # leaves must never share (or own) the caller's array
-        for node in reversed(_topological_order(self)):
-            g = grads.pop(id(node), None)
-            if g is None:
-                continue
-            if node._op is None:
-                _accumulate_leaf(node, g, handed_out)
-                continue
-            input_grads = node._op.backward(node._ctx, g)
-            for parent, needed, pg in zip(node._parents, node._ctx.needs_input_grad, input_grads):
-                if not needed or pg is None:
-                    continue
-                pg = unbroadcast(pg, parent.shape)
-                if pg.dtype != parent.dtype:
-                    pg = pg.astype(parent.dtype)
-                seen = grads.get(id(parent))
-                grads[id(parent)] = pg if seen is None else seen + pg
-            if not retain_graph:
-                node._op, node._ctx, node._parents = _Released, None, ()
+        autograd.backward(self, root, retain_graph)
 
     # ---- arithmetic -------------------------------------------------------------------
     def __add__(self, other: Any) -> Tensor:
@@ -288,45 +256,6 @@ def _wrap(data: Any) -> Tensor:
     return out
 
 
-class _Released(Op):
-    """Stands in for the op of a node whose graph a previous backward already freed."""
-
-    name = "released"
-
-    @staticmethod
-    def backward(ctx: Context, grad: Any) -> tuple:
-        raise RuntimeError(
-            "backward through a graph a second time: its buffers were freed by the first "
-            "backward (pass retain_graph=True to the first call to keep them)"
-        )
-
-
-def _owner(a: Any) -> Any:
-    """The array that owns `a`'s memory (itself when it is not a view)."""
-    base = getattr(a, "base", None)
-    return a if base is None else base
-
-
-def _accumulate_leaf(leaf: Tensor, g: Any, handed_out: set[int]) -> None:
-    """Add `g` to a leaf's `.grad`, which must be a writable array shared with no other leaf.
-
-    Ops may hand the same array to several inputs (add) or a read-only broadcast view (sum);
-    such gradients are copied here, once, so optimizers may update `.grad` in place.
-    """
-    if leaf.grad is not None:
-        if getattr(leaf.grad.flags, "writeable", True) and leaf.grad.dtype == g.dtype:
-            leaf.grad += g
-        else:
-            leaf.grad = leaf.grad + g
-        return
-    owner = _owner(g)
-    if isinstance(g, np.generic) or not getattr(g.flags, "writeable", True) or id(owner) in handed_out:
-        g = backend.array_module(g).array(g)
-        owner = g
-    handed_out.add(id(owner))
-    leaf.grad = g
-
-
 def _is_scalar(x: Any) -> bool:
     return isinstance(x, (int, float, np.generic)) or getattr(x, "ndim", None) == 0
 
@@ -370,25 +299,6 @@ def _index(index: Any) -> Any:
     if isinstance(index, tuple):
         return tuple(i.data if isinstance(i, Tensor) else i for i in index)
     return index
-
-
-def _topological_order(root: Tensor) -> list[Tensor]:
-    order: list[Tensor] = []
-    visited: set[int] = set()
-    stack: list[tuple[Tensor, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in visited:
-            continue
-        visited.add(id(node))
-        stack.append((node, True))
-        for parent in node._parents:
-            if parent.requires_grad and id(parent) not in visited:
-                stack.append((parent, False))
-    return order
 
 
 def tensor(data: Any, requires_grad: bool = False, dtype: Any = None) -> Tensor:

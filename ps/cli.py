@@ -41,9 +41,13 @@ def _check_model(cfg: dict) -> list:
         raise click.ClickException("eval.early_stopping: needs eval.every > 0 (clocks between evaluations)")
     from downpour.worker import datasets, models, plugins
     from downpour.worker.job import initial_parameters
+
+    from .layout import check_job_memory
     try:
-        return initial_parameters(cfg)
-    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError) as err:
+        params = initial_parameters(cfg)
+        check_job_memory(cfg, params)
+        return params
+    except (models.ModelConfigError, datasets.DatasetError, plugins.PluginError, ValueError) as err:
         raise click.ClickException(str(err)) from None
 
 

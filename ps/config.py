@@ -22,7 +22,8 @@ from typing import Any
 
 import yaml
 
-from downpour.ps.config_schema import JOB, PLUGIN_SETTINGS, ConfigError, Nullable, Section, join
+from downpour.ps.config_schema import JOB, PLUGIN_SETTINGS
+from downpour.ps.schema_nodes import ConfigError, Nullable, Section, join
 
 __all__ = ["ConfigError", "load", "resolve", "apply_overrides", "dump", "get"]
 

@@ -9,6 +9,8 @@ nor drops a push it acknowledged before the checkpoint.
 """
 from __future__ import annotations
 
+import numpy as np
+
 WINDOW = 1024
 
 
@@ -42,4 +44,17 @@ class PushLog:
         for w, ids in state.items():
             for clock, lo, hi in ids:
                 log.add(int(w), clock, lo, hi)
+        return log
+
+    def to_array(self) -> np.ndarray:
+        """The log as one int64 array of (worker, clock, lo, hi) rows: what a backup receives
+        with a range's state (a header would outgrow its limit with many workers)."""
+        rows = [(w, c, lo, hi) for w, ids in self.recent.items() for c, lo, hi in ids]
+        return np.array(rows, np.int64).reshape(-1, 4)
+
+    @classmethod
+    def from_array(cls, rows: np.ndarray, window: int = WINDOW) -> PushLog:
+        log = cls(window)
+        for w, clock, lo, hi in np.asarray(rows, np.int64).reshape(-1, 4).tolist():
+            log.add(w, clock, lo, hi)
         return log

@@ -23,7 +23,7 @@ import zmq
 
 from . import config as job_config
 from . import security
-from .client import ControlClient
+from .control import ControlClient
 from .role_env import role_env
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,13 @@ Ranges are balanced by bytes, not by tensors, so one big embedding or weight mat
 several shards and no shard gets more than its share plus one alignment unit. The layout is a
 pure function of the parameter spec and the shard count: every process computes the same one,
 and the fingerprint lets them check that they did.
+
+A table larger than one shard's memory budget (`shards.memory_mb`) is therefore split across
+shards like any tensor; `check_memory` refuses, before anything starts, a job whose shards
+would hold more than the budget (weights, the update rule's state, a backup range), naming
+the shard count that fits. Hashed features spread a batch's rows uniformly over a table, so
+ranges balanced by bytes also balance the rows the batches touch (summary.json's
+`key_updates_per_shard` shows it for a run).
 """
 from __future__ import annotations
 
@@ -12,6 +19,10 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+from downpour.model import optim
+from downpour.model.optim import schedule
 
 ALIGN = 16  # elements (64 bytes, a cache line): range boundaries fall on multiples of this
 
@@ -85,6 +96,39 @@ def make_layout(params: Iterable[ParamSpec | tuple], num_shards: int, align: int
     cuts = [0] + [min(total, _round(total * i / num_shards, align)) for i in range(1, num_shards)] + [total]
     ranges = tuple((cuts[i], cuts[i + 1]) for i in range(num_shards))
     return Layout(specs, tuple(offsets), ranges)
+
+
+def shard_bytes(layout: Layout, state_buffers: int, replication: int = 1) -> list[int]:
+    """What each shard holds: its range's float32 weights and `state_buffers` buffers of update
+    rule state like them; with replication 2, the range it backs up (the one before it) too."""
+    sizes = [hi - lo for lo, hi in layout.ranges]
+    held = [n + (sizes[(rank - 1) % len(sizes)] if replication > 1 else 0) for rank, n in enumerate(sizes)]
+    return [4 * (1 + state_buffers) * n for n in held]
+
+
+def check_memory(layout: Layout, state_buffers: int, replication: int, budget_mb: float | None) -> None:
+    """Raise ValueError, naming `shards.memory_mb`, if a shard would hold more than the budget."""
+    if budget_mb is None:
+        return
+    need = shard_bytes(layout, state_buffers, replication)
+    worst = max(range(len(need)), key=need.__getitem__)
+    budget = budget_mb * (1 << 20)
+    if need[worst] > budget:
+        total = sum(need)
+        fits = max(layout.num_shards + 1, math.ceil(total / budget))
+        raise ValueError(
+            f"shards.memory_mb: shard {worst} would hold {need[worst] / (1 << 20):.1f} MB (its keys' weights and "
+            f"{state_buffers} buffer(s) of update-rule state{', and a backup range' if replication > 1 else ''}), "
+            f"over the budget of {budget_mb:g} MB: use shards.count >= {fits}, or a larger budget")
+
+
+def check_job_memory(config: dict, params: Sequence[tuple[str, Any]]) -> None:
+    """`check_memory` for a job: its parameters (name, array) over its shards, with the state
+    of its update rule, against `shards.memory_mb`."""
+    rule, _ = schedule.split(config["optimizer"], 1)
+    shards = config["shards"]
+    check_memory(make_layout([(name, a.shape) for name, a in params], shards["count"]),
+                 optim.make(rule.pop("type"), **rule).state_buffers, shards["replication"], shards["memory_mb"])
 
 
 def layout_from_dict(d: dict) -> Layout:

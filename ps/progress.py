@@ -57,15 +57,28 @@ class Progress:
 
 def status_table(status: dict) -> str:
     """`downpour status`: the job, then one row per node."""
-    rows = [("NODE", "ADDRESS", "STATE", "HEARTBEAT", "STEP", "CLOCK", "UPDATES", "LOSS")]
+    rows = [("NODE", "ADDRESS", "STATE", "HEARTBEAT", "STEP", "CLOCK", "UPDATES", "KEYS", "MB", "KEY UPDATES", "LOSS")]
     for n in status.get("nodes", []):
         stats, latest = n.get("stats", {}), n.get("latest", {})
         rows.append((n["name"], n.get("address") or "-", n["state"], f"{n['last_heartbeat']:.1f}s ago",
-                     str(stats.get("step", "-")), str(stats.get("clock", "-")),
-                     str(stats.get("updates", "-")), f"{latest['loss']:.4f}" if "loss" in latest else "-"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+                     str(stats.get("step", "-")), str(stats.get("clock", "-")), str(stats.get("updates", "-")),
+                     str(stats.get("keys", "-")), f"{stats['bytes'] / 1e6:.1f}" if "bytes" in stats else "-",
+                     str(stats.get("key_updates", "-")), f"{latest['loss']:.4f}" if "loss" in latest else "-"))
     lines = [f"job {status.get('job_id')} ({status.get('consistency')}): {status.get('state')}"
              + (f" - {status['reason']}" if status.get("reason") else ""),
              summary_line(status), ""]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines += _aligned(rows)
+    if status.get("ranges"):  # who serves each key range, who backs it up, at which epoch
+        ranges = [("RANGE", "PRIMARY", "EPOCH", "BACKUP", "UNREPLICATED")]
+        for r in status["ranges"]:
+            backup = f"{r['backup']} ({r['backup_state']})" if r.get("backup") else "-"
+            alone = r.get("unreplicated_seconds")
+            ranges.append((str(r["range"]), r["primary"], str(r["epoch"]), backup,
+                           "-" if alone is None else f"{alone:.1f}s"))
+        lines += [""] + _aligned(ranges)
     return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

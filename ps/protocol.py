@@ -2,6 +2,11 @@
 
 Control plane (nodes <-> coordinator) and data plane (workers <-> shards) share the framing
 in `wire.py` but use disjoint operations, so a shard rejects a control message and vice versa.
+
+Every data-plane request may carry the `epoch` of its range as its sender believes it (see
+`ps/ranges.py`); replication always does. A shard refuses one at another epoch than its own,
+with `retry` (ask the coordinator again, then resend) or, to a primary it has replaced,
+`deposed`.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ PULL = "pull"              # read a key range
 PUSH = "push"              # send a gradient for a key range
 PUSH_PULL = "push_pull"    # both in one round trip: apply the gradient, then read
 REPLICATE = "replicate"    # shard to shard: a push the primary applied, for the backup to apply
-DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL, REPLICATE})
+STATE = "state"            # shard to shard: part of a range's whole state, for a new backup to start from
+DATA_OPS = frozenset({PULL, PUSH, PUSH_PULL, REPLICATE, STATE})
 
 # Replies.
 OK = "ok"
@@ -34,6 +40,28 @@ REPLY_OPS = frozenset({OK, ERROR})
 # Roles.
 COORDINATOR, SHARD, WORKER, EVALUATOR = "coordinator", "shard", "worker", "evaluator"
 ROLES = frozenset({SHARD, WORKER, EVALUATOR})  # the roles that register with the coordinator
+
+# Who may send which operation: the role in the sender's name ("worker-3" is a worker), or
+# None where anybody may (a registration names its role in its own field, checked by the wire;
+# reads come from workers, the evaluator and tools alike). `wire.decode` checks it once.
+SENDERS: dict[str, frozenset[str] | None] = {
+    REGISTER: None, STATUS: None, STOP: None, CHECKPOINT: None,
+    HEARTBEAT: ROLES, LEAVE: ROLES,
+    REPORT: frozenset({WORKER, EVALUATOR}),
+    DONE: frozenset({WORKER}),
+    RESULT: frozenset({EVALUATOR}),
+    PULL: None,
+    PUSH: frozenset({WORKER}), PUSH_PULL: frozenset({WORKER}),
+    REPLICATE: frozenset({SHARD}), STATE: frozenset({SHARD}),
+    OK: None, ERROR: None,
+}
+
+
+def role_of(name: str) -> tuple[str, int]:
+    """A sender's role and rank from its name ("worker-3" -> ("worker", 3)); rank -1 if none."""
+    role, _, rank = name.rpartition("-")
+    return (role, int(rank)) if rank.isascii() and rank.isdigit() and len(rank) < 19 else (name, -1)
+
 
 # Job states as the coordinator reports them.
 STARTING, RUNNING, FINISHING, DONE_STATE, FAILED, STOPPED = (
@@ -46,8 +74,8 @@ MAX_FRAMES = 64
 MAX_NAME_CHARS = 256
 DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 MAX_EXTRA_WORKERS = 64     # workers beyond `workers.count` that may join a job (elastic)
-MAX_SPANS = 1 << 14        # key spans per header field (ps/spans.py), 16 bytes each: a read's
-                           # and a push's fit one header together
+MAX_SPANS = 1 << 15        # key spans per header field (ps/spans.py), at most 12 bytes each: a
+                           # read's and a push's fit one header together
 
 # Array dtypes that may travel on the wire (compressed gradients: float16, uint8 bit-packed codes,
 # uint32 top-k indices; see ps/compression.py).

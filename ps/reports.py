@@ -14,9 +14,11 @@ from typing import Any
 from . import protocol as P
 
 
-def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict, updates_per_range: list[int],
-                  rolled_back: int, events: list[dict]) -> None:
-    """The run's `summary.json`, from the coordinator's `status()` and what it has gathered."""
+def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict, rolled_back: int,
+                  events: list[dict]) -> None:
+    """The run's `summary.json`, from the coordinator's `status()` and what it has gathered.
+    Per range: the updates and pushes its primary applied, and (`ranges`) its primary, backup,
+    epoch and the seconds it ran without a ready backup (null without replication)."""
     shards = [n for n in status["nodes"] if n["role"] == P.SHARD]
     metrics = {k: v for k, v in results.items() if isinstance(v, (int, float))}
     summary = {"status": status["state"], "reason": status["reason"], "job_id": status["job_id"],
@@ -26,7 +28,13 @@ def write_summary(path: pathlib.Path, status: dict, config: dict, results: dict,
                "shards": config["shards"]["count"],
                "updates_applied": status["updates_applied"], "pushes_applied": status["pushes_applied"],
                "pushes_sent": status["pushes_sent"],
-               "updates_per_shard": updates_per_range,
+               "updates_per_shard": status["updates_per_range"], "pushes_per_range": status["pushes_per_range"],
+               "ranges": status["ranges"],
+               # what each shard holds and steps: a table trained by rows should spread its
+               # touched keys evenly (key_updates: keys stepped, summed over updates)
+               "keys_per_shard": [s["stats"].get("keys", 0) for s in shards],
+               "bytes_per_shard": [s["stats"].get("bytes", 0) for s in shards],
+               "key_updates_per_shard": [s["stats"].get("key_updates", 0) for s in shards],
                "duplicates_ignored": [s["stats"].get("duplicates", 0) for s in shards],
                "wall_seconds": status["elapsed"], "metrics": metrics,
                "target": _judge(config.get("target") or None, metrics),
@@ -73,7 +81,9 @@ def is_int(x: Any) -> bool:
 
 
 # What a node may report about itself, and the type each figure must have.
-_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates")
+_COUNTS = ("rank", "pushes", "duplicates", "updates", "pulls", "errors", "clock", "parked", "step", "restored_updates",
+           "keys", "bytes", "key_updates")
+_PER_RANGE = ("ranges", "range_pushes")  # {range: count}
 _HISTOGRAMS = ("read_staleness", "push_staleness")
 _READS = ("full", "change", "over_budget", "view_bytes")  # a shard's compressed reads (ps/reads.py)
 
@@ -83,17 +93,26 @@ def clean_stats(stats: dict) -> dict:
     out: dict[str, Any] = {k: v for k, v in stats.items() if k in _COUNTS and is_int(v) and 0 <= v < 1 << 62}
     if isinstance(stats.get("address"), str):
         out["address"] = stats["address"][:P.MAX_NAME_CHARS]
-    ranges = stats.get("ranges")
-    if isinstance(ranges, dict) and len(ranges) <= 1024:
-        out["ranges"] = {k: v for k, v in ranges.items() if isinstance(k, str) and k.isdigit() and is_int(v) and v >= 0}
+    for key in _PER_RANGE:
+        per_range = stats.get(key)
+        if isinstance(per_range, dict) and len(per_range) <= 1024:
+            out[key] = {k: v for k, v in per_range.items() if _digits(k) and is_int(v) and v >= 0}
+    backups = stats.get("backups")  # {range: [assignment, holds its state]}
+    if isinstance(backups, dict) and len(backups) <= 1024:
+        out["backups"] = {k: v for k, v in backups.items() if _digits(k) and isinstance(v, list) and len(v) == 2
+                          and is_int(v[0]) and isinstance(v[1], bool)}
     reads = stats.get("reads")
     if isinstance(reads, dict):
         out["reads"] = {k: v for k, v in reads.items() if k in _READS and is_int(v) and 0 <= v < 1 << 62}
     for key in _HISTOGRAMS:
         h = stats.get(key)
         if isinstance(h, dict) and len(h) <= 256:
-            out[key] = {k: v for k, v in h.items() if isinstance(k, str) and k.isdigit() and is_int(v) and v >= 0}
+            out[key] = {k: v for k, v in h.items() if _digits(k) and is_int(v) and v >= 0}
     return out
+
+
+def _digits(key: Any) -> bool:
+    return isinstance(key, str) and key.isascii() and key.isdigit() and len(key) < 19
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:

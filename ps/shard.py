@@ -1,10 +1,13 @@
-"""A parameter-server shard: one contiguous key range, its update rule, and the consistency model.
+"""A parameter-server shard: the key ranges it serves, their update rule, and the consistency model.
 
-One thread, one ROUTER socket for the data plane, one DEALER line to the coordinator. The
-arithmetic and bookkeeping live in `store.ParameterStore`; this module is the process around
-it: sockets, heartbeats, parked reads, checkpoints. Reads that the consistency model cannot
-serve yet are parked and answered as soon as an update or a change of membership allows; the
-socket keeps serving everybody else in the meantime.
+One thread serves one ROUTER socket for the data plane; the heartbeat to the coordinator beats
+on a thread of its own (`control.Heartbeat`, as in every role) and hands its replies to the
+serving loop through a `control.Mailbox`. The arithmetic and bookkeeping live in
+`store.ParameterStore`; what the shard holds (ranges at their epochs, backups, checkpoints) in
+`holdings.Holdings`; replication in `replication.py` (primary) and `backups.py` (backup). This
+module is the process around them: sockets, the coordinator's orders, parked reads. Reads that
+the consistency model cannot serve yet are parked and answered as soon as an update or a change
+of membership allows; the socket keeps serving everybody else in the meantime.
 """
 from __future__ import annotations
 
@@ -16,16 +19,17 @@ from typing import Any
 import numpy as np
 import zmq
 
-from . import checkpoint, security, shm, spans
 from . import protocol as P
+from . import security, spans
 from .address import advertised
-from .client.control import ControlClient
-from .client.faults import FaultPlan
-from .config import planned_updates
+from .backups import state_of
+from .control import ControlClient, Heartbeat, Mailbox
+from .faults import FaultPlan
+from .holdings import Holdings
 from .incoming import Incoming, header_spans
 from .layout import layout_from_dict
 from .reads import ReaderViews
-from .replication import Replicator, backup_of
+from .replication import Replicator
 from .store import ParameterStore, StalePush
 from .wire import Message, SharedFrame, WireError, bind_socket, recv, reply, reply_error
 
@@ -55,22 +59,24 @@ class Shard:
         self.parked: dict[tuple[str, int, int], tuple[Message, int, spans.Spans | None]] = {}
         self.pulls_served = 0
         self.errors = 0
-        self.restored_updates: int | None = None
         self.replicator: Replicator | None = None
         self.checkpoint_requests = 0
         self.coordinator_lost = False  # the job ended for us because the coordinator fell silent
+        self.mailbox = Mailbox()  # heartbeat replies, from the heartbeat thread
+        self.heartbeat: Heartbeat | None = None
+        self.published: dict = {}  # the figures the next heartbeat carries (made by the serving loop)
+        self.last_orders = 0.0  # when we last followed the coordinator's word (monotonic)
         # per store (by its first key): the snapshot, range and frame of the last read over the wire
         self.frames: dict[int, tuple[np.ndarray, int, int, SharedFrame]] = {}
         # Shared memory with workers on this host (ps/shm.py): never under CURVE, whose promise
         # is that nothing travels outside the encrypted connections.
-        self.local = keys is None
-        self.segments: dict[tuple[int, int], shm.Segment] = {}  # each store's weights, by its range
-        self.incoming = Incoming(self.local)  # how pushes arrive: frames, codecs, spans, shared memory
+        self.incoming = Incoming(keys is None)  # how pushes arrive: frames, codecs, spans, shared memory
 
     # ---- start-up ------------------------------------------------------------------------
     def join(self, startup_timeout: float = 60.0) -> None:
-        """Register with the coordinator; receive the job, the layout and the initial weights;
-        then, if this shard has a checkpoint of its own (a restart, or `--resume`), reload it."""
+        """Register with the coordinator; receive the job, the layout and the initial weights of
+        the ranges to serve; then, if there are checkpoints of them (a restart, or `--resume`),
+        reload them."""
         body: dict[str, Any] = {"address": self.address}
         if self.requested_rank is not None:
             body["rank"] = self.requested_rank
@@ -80,105 +86,66 @@ class Shard:
         self.job_id = info["job_id"]
         self.config = info["config"]
         self.layout = layout_from_dict(info["layout"])
-        self.lo, self.hi = self.layout.ranges[self.rank]
         cluster = self.config["cluster"]
         self.max_bytes = int(cluster["max_message_mb"] * (1 << 20))
         self.sock.setsockopt(zmq.MAXMSGSIZE, 4 * self.max_bytes)  # hard memory bound per frame
         self.heartbeat_interval = cluster["heartbeat_interval"]
-        self.coordinator_timeout = cluster["heartbeat_timeout"] * 3
+        self.heartbeat_timeout = cluster["heartbeat_timeout"]
         self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
-        self.max_workers = self.config["workers"]["count"] + P.MAX_EXTRA_WORKERS
+        self.max_workers = self.config["workers"]["count"] + self.config["workers"].get("external", 0) \
+            + P.MAX_EXTRA_WORKERS
         self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"],
                                 restarted=bool(info.get("restart")))
-        if not msg.arrays or msg.arrays[0].shape != (self.hi - self.lo,):
-            raise RuntimeError("coordinator sent no initial weights for this shard's range")
-        mode = self.config["consistency"]
-        self.local = self.incoming.local = self.local and cluster["shared_memory"]
-
-        def store(rng: int, weights) -> ParameterStore:
-            lo, hi = self.layout.ranges[rng]
-            buffer = None
-            if self.local:
-                try:
-                    seg = self.segments[(lo, hi)] = shm.Segment.create(hi - lo, f"{self.job_id}-range{rng}")
-                    buffer = seg.array
-                except OSError as exc:  # e.g. a sandbox that forbids memfd_create: the wire still works
-                    log.warning("shard %d: no shared memory (%s); every array goes over the wire", self.rank, exc)
-                    self.local = self.incoming.local = False
-            return ParameterStore(lo, hi, weights, self.config["optimizer"], mode["mode"], mode["staleness"],
-                                  info["workers"], planned_updates(self.config), buffer=buffer)
-
-        self.store = store(self.rank, msg.arrays[0])
+        self.incoming.local = self.incoming.local and cluster["shared_memory"]
+        self.holdings = Holdings(self.rank, self.layout, self.config, self.job_id, info["workers"], self.incoming,
+                                 self.run_dir)
+        serve = {int(r): epoch for r, epoch in info["serve"].items()}
+        shapes = [(hi - lo,) for lo, hi in (self.layout.ranges[r] for r in serve)]
+        if [a.shape for a in msg.arrays] != shapes:
+            raise RuntimeError("the coordinator sent no initial weights for the ranges this shard serves")
+        for (rng, epoch), weights in zip(serve.items(), msg.arrays):
+            self.holdings.serve(rng, epoch, self.holdings.make_store(rng, weights))
         self.views = ReaderViews(self.config["compression"])  # compressed reads: each reader's view
-        self.stores = {self.rank: self.store}   # the ranges this shard serves
-        self.backups: dict[int, ParameterStore] = {}
-        if self.config["shards"]["replication"] > 1:
-            held = backup_of(self.rank, self.layout.num_shards)
-            self.backups[held] = store(held, msg.arrays[1])
         self.replicator = Replicator(self.ctx, self.job_id, self.control.name, self.max_bytes, self.configure)
-        # With replication, pushes wait until the coordinator has named our backup holder (or
-        # said there is none): a push acknowledged before that would live on one process only.
-        self.backup_known = self.config["shards"]["replication"] == 1
-        path = self.checkpoint_path()
-        if path is not None and path.exists() and (self.resume or info.get("restart")):
-            self.restore(path)
-        log.info("shard %d serving keys [%d, %d) (%.2f MB) at %s, %s consistency", self.rank, self.lo,
-                 self.hi, self.store.weights.nbytes / 1e6, self.address, mode["mode"])
-
-    def checkpoint_path(self) -> pathlib.Path | None:
-        return self.run_dir / "checkpoints" / f"shard-{self.rank}.npz" if self.run_dir else None
-
-    def restore(self, path: pathlib.Path) -> None:
-        arrays, meta = checkpoint.load(path)
-        if meta.get("layout") != self.layout.fingerprint():
-            raise RuntimeError(f"checkpoint {path} was written for another model or shard count")
-        self.store.load_state_dict(arrays, meta)
-        self.restored_updates = self.store.updates_applied
-        log.info("shard %d restored from %s: %d updates", self.rank, path, self.restored_updates)
-
-    def save_checkpoint(self) -> None:
-        path = self.checkpoint_path()
-        if path is None:
-            return
-        arrays, meta = self.store.state_dict()
-        meta.update(rank=self.rank, job_id=self.job_id, layout=self.layout.fingerprint(), time=time.time())
-        checkpoint.save(path, arrays, meta)
+        if self.resume or info.get("restart"):
+            self.holdings.restore()
+        served = ", ".join(f"{r} [{s.lo}, {s.hi})" for r, s in self.holdings.stores.items()) or "none (a backup)"
+        log.info("shard %d at %s serving ranges %s, %s consistency", self.rank, self.address, served,
+                 self.config["consistency"]["mode"])
 
     # ---- the loop ------------------------------------------------------------------------
     def serve(self) -> str:
         """Serve until the coordinator declares the job over; return the final job state."""
+        self.published = self.stats()
+        self.heartbeat = Heartbeat(self.ctx, self.control.address, self.job_id, self.control.name,
+                                   self.heartbeat_interval, lambda: self.published, self.mailbox.put,
+                                   timeout=self.heartbeat_timeout, configure=self.configure)
+        self.heartbeat.start()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        poller.register(self.control.channel.sock, zmq.POLLIN)
-        replica_sock = None
-        next_beat = 0.0
+        poller.register(self.mailbox.fd, zmq.POLLIN)
+        backups: dict = {}  # the replication sockets registered with the poller
+        next_publish = 0.0
         next_checkpoint = time.monotonic() + self.checkpoint_every if self.checkpoint_every else float("inf")
-        beat_seq = None
-        last_reply = time.monotonic()
         state = P.RUNNING
         while state not in P.FINAL_STATES:
             now = time.monotonic()
-            if now >= next_beat:
-                beat_seq = self.control.channel.send(
-                    {"op": P.HEARTBEAT, "job": self.job_id, "from": self.control.name, "body": self.stats()})
-                next_beat = now + self.heartbeat_interval
+            if now >= next_publish:  # the heartbeat thread sends what we publish, never reads our stores
+                self.published = self.stats()
+                next_publish = now + self.heartbeat_interval / 2
             if now >= next_checkpoint:
                 self.save_checkpoint()
                 next_checkpoint = now + self.checkpoint_every
-            if now - last_reply > self.coordinator_timeout:
-                log.error("coordinator at %s silent for %.1f s: shutting down", self.control.address,
-                          now - last_reply)
-                self.coordinator_lost = True
-                return P.FAILED
-            if self.replicator.sock is not replica_sock:  # the backup holder changed
-                if replica_sock is not None:
-                    poller.unregister(replica_sock)
-                replica_sock = self.replicator.sock
-                if replica_sock is not None:
-                    poller.register(replica_sock, zmq.POLLIN)
-            events = dict(poller.poll(max(1, int((next_beat - time.monotonic()) * 1000))))
-            if replica_sock is not None and replica_sock in events:
-                self.replicator.on_acks()
+            backups = _follow_sockets(poller, backups, self.replicator.sockets())
+            events = dict(poller.poll(max(1, int((next_publish - time.monotonic()) * 1000))))
+            if self.mailbox.fd in events:
+                for body in self.mailbox.take():
+                    state = self._on_heartbeat_reply(body)
+                    if state in P.FINAL_STATES:
+                        break
+            for sock, link in backups.items():
+                if sock in events and not self.replicator.on_replies(link):
+                    self._stand_down(link.rng, "its backup says the range has moved on to a newer epoch")
             if self.sock in events:
                 for _ in range(256):  # drain a burst, but keep heartbeats on time
                     try:
@@ -187,37 +154,78 @@ class Shard:
                         break
                     if not self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # cheaper than zmq.Again
                         break
-                self.faults.at_step(self.store.updates_applied)
-            if self.control.channel.sock in events:
-                try:
-                    msg = recv(self.control.channel.sock, router=False, flags=zmq.NOBLOCK)
-                except (zmq.Again, WireError):
-                    continue
-                if msg.seq == beat_seq and msg.op == P.OK:
-                    last_reply = time.monotonic()
-                    state = self._on_heartbeat_reply(msg.body())
-                elif msg.op == P.ERROR:
-                    log.error("the coordinator refused our heartbeat: %s", msg.header.get("reason"))
+            step = max((s.updates_applied for s in self.holdings.stores.values()), default=0)
+            self.faults.at_step(step)
+            self.faults.stall(step, self.heartbeat.hold)
         return state
 
+    def save_checkpoint(self) -> None:
+        """Checkpoint the ranges we serve, if the coordinator's word is fresh: a shard that was
+        stopped may have been deposed meanwhile, and must not write over its successor's."""
+        if time.monotonic() - self.last_orders < self.heartbeat_timeout:
+            self.holdings.save()
+
+    # ---- the coordinator's orders --------------------------------------------------------
     def _on_heartbeat_reply(self, body: dict) -> str:
+        if body.get("lost"):
+            log.error("%s: shutting down", body["reason"])
+            self.coordinator_lost = True
+            return P.FAILED
+        if body.get("state") == "unreachable":  # a beat went unanswered: carry on meanwhile
+            return P.RUNNING
         if body.get("workers") is not None:
-            for store in (*self.stores.values(), *self.backups.values()):
-                store.set_live(body["workers"])
+            self.holdings.set_live(body["workers"])
             self.views.retain(body["workers"])
-        for rng in body.get("serve") or ():
-            if rng in self.backups and rng not in self.stores:  # our primary for rng died: take over
-                log.warning("shard %d promoted: now serving range %d from its backup", self.rank, rng)
-                self.stores[rng] = self.backups.pop(rng)
-        if "replicate_to" in body:
-            self.replicator.set_target(body["replicate_to"])
-            self.backup_known = True
+        self._follow(body)
+        self.last_orders = time.monotonic()
         if body.get("checkpoint", 0) > self.checkpoint_requests:
             self.checkpoint_requests = body["checkpoint"]
             self.save_checkpoint()
         self._serve_parked()
         return body.get("state", P.RUNNING)
 
+    def _follow(self, orders: dict) -> None:
+        """Serve what the coordinator says we serve, at its epochs: stand down from the rest,
+        take over what we hold the backup of, keep the backups it names, replicate as it says."""
+        h = self.holdings
+        serve = {int(r): epoch for r, epoch in orders.get("serve", {}).items()}
+        for rng in list(h.stores):
+            if serve.get(rng) != h.epochs[rng]:
+                self._stand_down(rng, "the coordinator says another shard serves it now" if rng not in serve
+                                 else f"the coordinator has it at epoch {serve[rng]}")
+        for rng, epoch in serve.items():
+            if rng not in h.stores:
+                store = h.backups.promote(rng)
+                if store is None:
+                    log.error("shard %d told to serve range %d at epoch %d, but holds no state of it",
+                              self.rank, rng, epoch)
+                    continue
+                log.warning("shard %d promoted: now serving range %d at epoch %d from its backup "
+                            "(%d updates)", self.rank, rng, epoch, store.updates_applied)
+                h.serve(rng, epoch, store)
+        h.backups.follow(orders.get("backups", {}))
+        replicate = orders.get("replicate", {})
+        for rng, epoch in h.epochs.items():
+            self.replicator.follow(rng, replicate.get(str(rng)), epoch, lambda rng=rng: state_of(h.stores[rng]))
+        self.published = self.stats()
+
+    def _stand_down(self, rng: int, why: str) -> None:
+        """Stop serving `rng` at once: its held replies and parked reads are refused, never acknowledged."""
+        if rng not in self.holdings.stores:
+            return
+        self.holdings.stand_down(rng, why)
+        self.replicator.stand_down(rng)
+        for key, (msg, _, _) in list(self.parked.items()):
+            if self.holdings.range_of(msg.header["lo"], msg.header["hi"]) == rng:
+                del self.parked[key]
+                self._refuse_moved(msg, rng)
+        self.published = self.stats()
+
+    def _refuse_moved(self, msg: Message, rng: int) -> None:
+        reply_error(self.sock, msg.envelope, msg.seq, f"shard {self.rank} no longer serves range {rng}: ask the "
+                    f"coordinator which shard does", retry=True, moved=True)
+
+    # ---- the data plane ------------------------------------------------------------------
     def _handle_raw(self) -> None:
         try:
             msg = recv(self.sock, router=True, max_bytes=self.max_bytes, flags=zmq.NOBLOCK)
@@ -231,85 +239,66 @@ class Shard:
             self.errors += 1
             reply_error(self.sock, msg.envelope, msg.seq, str(err), retry=err.retry, **err.fields)
 
-    # ---- the data plane ------------------------------------------------------------------
     def _handle(self, msg: Message) -> None:
         h = msg.header
         if msg.op not in P.DATA_OPS:
             raise WireError(f"operation {msg.op!r} is not served by a shard")
         if h["job"] != self.job_id:
             raise WireError(f"job {h['job']!r} is not this shard's job")
-        if msg.op == P.REPLICATE:
-            self._replicated(msg)
+        if msg.op in (P.REPLICATE, P.STATE):
+            self._from_primary(msg)
             return
         lo, hi = h["lo"], h["hi"]
-        store = self._store_for(lo, hi)
-        role, rank = _sender(h["from"])
+        rng, store = self.holdings.serving(lo, hi, h.get("epoch"))
+        role, rank = P.role_of(h["from"])
         if role == P.WORKER and rank >= self.max_workers:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
         wanted = header_spans(h["read_spans"], lo, hi, "read_spans") if "read_spans" in h and msg.op != P.PUSH else None
         self.views.check(h)  # a read's "view", checked before it may be parked
-        held = None
-        if msg.op in (P.PUSH, P.PUSH_PULL):
-            if store is self.store and not self.backup_known:
-                raise WireError("this shard's backup is not attached yet; ask again", retry=True)
-            grad, keys = self._gradient(msg, role, lo, hi)
-            try:
-                new = store.push(rank, clock, lo, hi, grad, h.get("read_version"), keys)
-            except StalePush as exc:
-                raise WireError(str(exc)) from None
-            if new and store is self.store:
-                borrowed = self.incoming.borrowed(grad) or ("grad_at" in h and keys is None)
-                if borrowed and self.replicator.channel is not None:
-                    grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
-                held = self.replicator.forward(self.rank, rank, clock, lo, hi, grad, h.get("read_version"), keys)
+        held = self._push(msg, rng, store, rank) if msg.op != P.PULL else None
         if msg.op == P.PUSH:
-            self._respond(held, lambda: reply(self.sock, msg, version=store.updates_applied))
+            self._respond(rng, held, msg, lambda: reply(self.sock, msg, version=store.updates_applied))
         else:
             reader = rank if role == P.WORKER else None
             read_clock = clock + 1 if msg.op == P.PUSH_PULL else clock
             if store.can_read(reader, read_clock):
-                self._respond(held, lambda: self._read(msg, store, reader, read_clock, wanted))
+                self._respond(rng, held, msg, lambda: self._read(msg, store, reader, read_clock, wanted))
             elif len(self.parked) >= MAX_PARKED and (h["from"], read_clock, lo) not in self.parked:
                 raise WireError(f"too many reads waiting ({MAX_PARKED}); ask again later", retry=True)
             else:  # a resent read replaces the one it repeats
                 self.parked[(h["from"], read_clock, lo)] = (msg, read_clock, wanted)
         self._serve_parked()
 
-    def _store_for(self, lo: int, hi: int) -> ParameterStore:
-        for store in self.stores.values():
-            if store.lo <= lo <= hi <= store.hi:
-                return store
-        served = ", ".join(f"[{s.lo}, {s.hi})" for s in self.stores.values())
-        raise WireError(f"range [{lo}, {hi}) is outside this shard's range {served}")
+    def _push(self, msg: Message, rng: int, store: ParameterStore, worker: int) -> int | None:
+        """Apply a push (once) and forward it to the range's backup; the replication seq its
+        reply waits on, if any (a push seen before waits on its first copy's, if still held)."""
+        h = msg.header
+        grad, keys = self.incoming.gradient(msg, h["lo"], h["hi"])
+        try:
+            new = store.push(worker, h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
+        except StalePush as exc:
+            raise WireError(str(exc)) from None
+        if not new:
+            return self.replicator.in_flight(rng, worker, h["clock"], h["lo"], h["hi"])
+        if rng in self.replicator.links:
+            borrowed = self.incoming.borrowed(grad) or ("grad_at" in h and keys is None)
+            if borrowed:
+                grad = grad.copy()  # ZeroMQ sends it later: the next push must not overwrite it
+        return self.replicator.forward(rng, worker, h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
 
-    def _gradient(self, msg: Message, role: str, lo: int, hi: int) -> tuple[np.ndarray, spans.Spans | None]:
-        if role != P.WORKER:
-            raise WireError(f"{msg.header['from']!r} may not push: only workers push gradients")
-        return self.incoming.gradient(msg, lo, hi)
-
-    def _respond(self, held: int | None, send) -> None:
-        """Reply now, or once the backup has acknowledged the push (replication)."""
+    def _respond(self, rng: int, held: int | None, msg: Message, send) -> None:
+        """Reply now, or once the backup has acknowledged the push (replication); a reply held
+        for a range we stand down from becomes a refusal."""
         if held is None:
             send()
         else:
-            self.replicator.hold(held, send)
+            self.replicator.hold(rng, held, lambda ok: send() if ok else self._refuse_moved(msg, rng))
 
-    def _replicated(self, msg: Message) -> None:
-        """Apply a push our primary forwarded to the backup we hold, then acknowledge it."""
-        h = msg.header
-        if _sender(h["from"])[0] != P.SHARD:
-            raise WireError(f"{h['from']!r} may not replicate: only shards do")
-        store = self.backups.get(h["range"])
-        if store is None:
-            raise WireError(f"this shard holds no backup of range {h['range']}")
-        if not store.lo <= h["lo"] <= h["hi"] <= store.hi:
-            raise WireError(f"range [{h['lo']}, {h['hi']}) is outside range {h['range']}")
-        grad, keys = self._gradient(msg, P.WORKER, h["lo"], h["hi"])
-        try:
-            store.push(h["worker"], h["clock"], h["lo"], h["hi"], grad, h.get("read_version"), keys)
-        except StalePush as exc:
-            raise WireError(str(exc)) from None
+    def _from_primary(self, msg: Message) -> None:
+        """A replicated push or a part of a range's state, for a backup we hold."""
+        if self.holdings.from_primary(msg):
+            self.published = self.stats()  # the coordinator hears at once that the backup is ready
         reply(self.sock, msg)
 
     def _read(self, msg: Message, store: ParameterStore, worker: int | None, clock: int,
@@ -318,7 +307,7 @@ class Shard:
         of [lo, hi) over the wire, or only the keys `wanted` (`compression.rows`), or the change
         since the reader's view of them (`compression.pull`, ps/reads.py)."""
         h = msg.header
-        seg = self.segments.get((store.lo, store.hi))
+        seg = self.holdings.segments.get((store.lo, store.hi)) if self.incoming.local else None
         if seg is not None and h.get("shm") is True:  # the reader copies from our segment itself
             on_record = store.admit_read(worker, clock)
             self.views.drop(h["from"], h["lo"], h["hi"])
@@ -327,7 +316,7 @@ class Shard:
         else:
             change = self.views.answer(h, store.weights, store.lo, wanted)
             wanted = None if change.whole else wanted  # a full read starts a view: the whole range
-            if change.arrays is not None or wanted is not None:  # encoded or gathered afresh: no snapshot needed
+            if change.arrays is not None or wanted is not None:  # encoded or gathered afresh: no snapshot
                 on_record = store.admit_read(worker, clock)
                 arrays = change.arrays or (spans.gather(store.weights, store.lo, wanted),)
             else:
@@ -343,23 +332,16 @@ class Shard:
 
     def _serve_parked(self) -> None:
         for key, (msg, clock, wanted) in list(self.parked.items()):
-            _, rank = _sender(msg.header["from"])
-            store = self._store_for(msg.header["lo"], msg.header["hi"])
-            if store.can_read(rank, clock):
+            _, rank = P.role_of(msg.header["from"])
+            store = self.holdings.stores.get(self.holdings.range_of(msg.header["lo"], msg.header["hi"]))
+            if store is not None and store.can_read(rank, clock):
                 del self.parked[key]
                 self._read(msg, store, rank, clock, wanted)
 
     # ---- state ---------------------------------------------------------------------------
     def stats(self) -> dict:
-        s = self.store
-        return {"rank": self.rank, "address": self.address, "pushes": s.pushes_applied,
-                "duplicates": s.duplicates, "updates": s.updates_applied, "pulls": self.pulls_served,
-                "errors": self.errors, "clock": s.consistency.min_clock(), "parked": len(self.parked),
-                "restored_updates": self.restored_updates,
-                "ranges": {str(r): st.updates_applied for r, st in self.stores.items()},
-                "reads": self.views.stats(),
-                "read_staleness": {str(k): v for k, v in sorted(s.consistency.staleness_seen.items())},
-                "push_staleness": {str(k): v for k, v in sorted(s.push_staleness.items())}}
+        return {"rank": self.rank, "address": self.address, "pulls": self.pulls_served, "errors": self.errors,
+                "parked": len(self.parked), "reads": self.views.stats(), **self.holdings.figures()}
 
     def finish(self, state: str) -> None:
         """Write the final checkpoint (not over a good one when the job failed) and leave, so
@@ -371,11 +353,16 @@ class Shard:
                 self.control.leave(self.stats())
             except (TimeoutError, RuntimeError) as exc:
                 log.warning("could not say goodbye to the coordinator: %s", exc)
-        s = self.store
-        log.info("shard %d done (%s): %d pushes (%d duplicates ignored), %d updates, %d pulls, %d bad messages",
-                 self.rank, state, s.pushes_applied, s.duplicates, s.updates_applied, self.pulls_served, self.errors)
+        s = self.stats()
+        log.info("shard %d done (%s): ranges %s, %d pushes (%d duplicates ignored), %d updates, %d pulls, "
+                 "%d bad messages", self.rank, state, sorted(self.holdings.stores), s["pushes"], s["duplicates"],
+                 s["updates"], self.pulls_served, self.errors)
 
     def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+            self.heartbeat.join(timeout=5)
+        self.mailbox.close()
         if self.replicator is not None:
             self.replicator.close()
         self.incoming.close()
@@ -383,9 +370,13 @@ class Shard:
         self.control.close()
 
 
-def _sender(name: str) -> tuple[str, int]:
-    role, _, rank = name.rpartition("-")
-    return (role, int(rank)) if rank.isdigit() else (name, -1)
+def _follow_sockets(poller: zmq.Poller, registered: dict, now: dict) -> dict:
+    """Keep the poller on the replication sockets there are now."""
+    for sock in registered.keys() - now.keys():
+        poller.unregister(sock)
+    for sock in now.keys() - registered.keys():
+        poller.register(sock, zmq.POLLIN)
+    return now
 
 
 def run(coordinator: str, bind: str, advertise: str | None = None, rank: int | None = None,

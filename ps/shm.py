@@ -144,3 +144,11 @@ class Attached:
         for seg in self._maps.values():
             seg.close()
         self._maps.clear()
+
+
+def offset_in(base: np.ndarray, arr: np.ndarray) -> int | None:
+    """Where float32 `arr` starts inside float32 `base` (in elements), or None if it is not a view in it."""
+    start = arr.ctypes.data - base.ctypes.data
+    if arr.dtype != np.float32 or start % 4 or not 0 <= start // 4 <= base.size - arr.size:
+        return None
+    return start // 4

@@ -7,9 +7,15 @@ parameter whole, plus the used rows of each table. Those keys are described as s
 
 A set of spans is a pair of int64 arrays `(starts, stops)`: half-open key intervals, sorted,
 disjoint and non-empty. A request carries the spans of the receiving shard's range in its
-header as bytes (little-endian int64 start, stop pairs), and the values of those keys travel
-concatenated in span order in one float32 frame. The shard validates them like any other
-header field (`unpack`), so a bad span list gets an error reply, never an index error.
+header as bytes, and the values of those keys travel concatenated in span order in one
+float32 frame. The shard validates them like any other header field (`unpack`), so a bad span
+list gets an error reply, never an index error.
+
+The header form is compact, because a batch of hashed features touches tens of thousands of
+rows a few keys wide, scattered over the table: each span is two varints (unsigned LEB128,
+7 bits a byte) of zigzag-coded integers, the gap from the previous span's stop (from key 0
+for the first) and the length. A row of 7 keys among 2^22 rows costs about 3 bytes, where
+(start, stop) as int64 would cost 16, more than the 28 bytes of the row's values half over again.
 
 Gathering and scattering copy long spans (dense parameters) as slices and short ones (rows)
 through one computed index, so neither a long span nor a thousand short ones costs a Python
@@ -24,7 +30,8 @@ from . import protocol as P
 Spans = tuple[np.ndarray, np.ndarray]
 LONG = 512                         # spans of at least this many keys are copied as slices
 MAX_SPANS = P.MAX_SPANS
-_PAIR = np.dtype("<i8")
+MAX_VALUE = 1 << 40                # a gap or a length: key spaces are smaller than this
+MAX_VARINT = 6                     # bytes of a zigzag varint below 2 * MAX_VALUE
 
 
 class SpanError(ValueError):
@@ -133,24 +140,60 @@ def scatter(dest: np.ndarray, base: int, spans: Spans, values: np.ndarray) -> No
 
 
 def pack(spans: Spans) -> bytes:
-    """The header form: little-endian int64 (start, stop) pairs."""
-    return np.stack(spans, axis=1).astype(_PAIR, copy=False).tobytes()
+    """The header form: zigzag LEB128 varints of (gap from the previous stop, length) per span."""
+    starts, stops = (np.asarray(a, np.int64) for a in spans)
+    if starts.size == 0:
+        return b""
+    signed = np.empty(2 * starts.size, np.int64)
+    signed[0::2] = starts - np.concatenate(([0], stops[:-1]))
+    signed[1::2] = stops - starts
+    values = ((signed << 1) ^ (signed >> 63)).astype(np.uint64)         # zigzag: small magnitudes, small codes
+    width = np.ones(values.size, np.int64)
+    for k in range(1, 10):
+        width += values >= np.uint64(1 << (7 * k))
+    at = np.arange(int(width.sum()), dtype=np.int64) - np.repeat(np.cumsum(width) - width, width)
+    digits = (np.repeat(values, width) >> (7 * at).astype(np.uint64)) & np.uint64(0x7F)
+    more = at < np.repeat(width, width) - 1
+    return (digits | (more.astype(np.uint64) << np.uint64(7))).astype(np.uint8).tobytes()
 
 
 def unpack(raw: object, lo: int, hi: int) -> Spans:
     """Spans from a header, checked against the range [lo, hi) they must lie in."""
     if not isinstance(raw, bytes):
-        raise SpanError(f"spans: expected bytes of int64 (start, stop) pairs, got {type(raw).__name__}")
-    if len(raw) % 16 or len(raw) // 16 > MAX_SPANS:
-        raise SpanError(f"spans of {len(raw)} bytes: expected a multiple of 16 bytes, "
-                        f"at most {MAX_SPANS} (start, stop) pairs")
-    pairs = np.frombuffer(raw, _PAIR).reshape(-1, 2).astype(np.int64)
-    starts, stops = pairs[:, 0].copy(), pairs[:, 1].copy()
-    if starts.size:
-        if not np.all(stops > starts):
-            raise SpanError("spans: expected every stop greater than its start")
-        if np.any(starts[1:] < stops[:-1]):
-            raise SpanError("spans: expected sorted spans that do not overlap")
-        if starts[0] < lo or stops[-1] > hi:
-            raise SpanError(f"spans [{int(starts[0])}, {int(stops[-1])}) reach outside the range [{lo}, {hi})")
+        raise SpanError(f"spans: expected bytes of varint (gap, length) pairs, got {type(raw).__name__}")
+    if len(raw) > 2 * MAX_VARINT * MAX_SPANS:
+        raise SpanError(f"spans of {len(raw)} bytes: expected at most {MAX_SPANS} (gap, length) pairs")
+    if not raw:
+        return empty()
+    b = np.frombuffer(raw, np.uint8)
+    last = np.flatnonzero(b < 0x80)                                      # the last byte of each varint
+    if b[-1] >= 0x80:
+        raise SpanError(f"spans of {len(raw)} bytes: the last varint is cut off (expected (gap, length) pairs "
+                        "of LEB128 varints)")
+    first = np.concatenate(([0], last[:-1] + 1))
+    width = last - first + 1
+    if width.max() > MAX_VARINT or width.size % 2 or width.size // 2 > MAX_SPANS:
+        raise SpanError(f"spans of {len(raw)} bytes: expected at most {MAX_SPANS} (gap, length) pairs of "
+                        f"LEB128 varints of at most {MAX_VARINT} bytes, got {width.size} varints")
+    at = np.arange(b.size, dtype=np.int64) - np.repeat(first, width)
+    values = np.add.reduceat((b & 0x7F).astype(np.uint64) << (7 * at).astype(np.uint64), first)
+    signed = (values >> np.uint64(1)).astype(np.int64) ^ -(values & np.uint64(1)).astype(np.int64)
+    gaps, lengths = signed[0::2], signed[1::2]
+    if np.any(np.abs(signed) >= MAX_VALUE):
+        raise SpanError(f"spans: a gap or length beyond {MAX_VALUE}: expected keys of the range [{lo}, {hi})")
+    stops = np.cumsum(gaps + lengths)
+    starts = stops - lengths
+    if not np.all(lengths > 0):
+        raise SpanError("spans: expected every stop greater than its start")
+    if np.any(gaps[1:] < 0):
+        raise SpanError("spans: expected sorted spans that do not overlap")
+    if starts[0] < lo or stops[-1] > hi:
+        raise SpanError(f"spans [{int(starts[0])}, {int(stops[-1])}) reach outside the range [{lo}, {hi})")
     return starts, stops
+
+
+def part(model_spans: Spans, lo: int, hi: int) -> Spans | None:
+    """A shard's part of model-wide spans; None for its whole range: when that is what they
+    cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
+    piece = clip(model_spans, lo, hi)
+    return None if covers(piece, lo, hi) or piece[0].size > MAX_SPANS else piece

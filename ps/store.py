@@ -42,9 +42,12 @@ class ParameterStore:
         self.pushes = PushLog()
         self.bsp_sums: dict[int, np.ndarray] = {}
         self.bsp_counts: collections.Counter = collections.Counter()
+        # the keys each pending bsp clock was pushed at, while all its pushes came by rows (else None)
+        self.bsp_keys: dict[int, list[spans.Spans] | None] = {}
         self.pushes_applied = 0
         self.duplicates = 0
         self.updates_applied = 0
+        self.key_updates = 0  # keys stepped, summed over updates: a push by rows counts its keys only
         self.push_staleness: collections.Counter = collections.Counter()
         self._snapshot: tuple[int, np.ndarray] | None = None
         self._scratch = np.empty(0, np.float32)  # pushes by rows spread here when the rule needs every key
@@ -55,8 +58,9 @@ class ParameterStore:
         """Apply (or, in bsp, hold) one push; False if this push id was applied before.
 
         With `keys` (a push by rows), `grad` holds the values of those keys only, packed, and
-        the gradient is zero everywhere else: where the update rule lets a zero change nothing,
-        only those keys are stepped; otherwise the push is spread to [lo, hi) first."""
+        the gradient is zero everywhere else: where the update rule lets a zero change nothing
+        (or is a lazy variant), only those keys are stepped; otherwise the push is spread to
+        [lo, hi) first."""
         if self.pushes.seen(worker, clock, lo, hi):
             self.duplicates += 1
             return False
@@ -67,8 +71,8 @@ class ParameterStore:
         if apply_now:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
-            if keys is not None and self.rule.zero_is_noop:
-                self._step_at(keys, grad)
+            if keys is not None and self.rule.steps_by_rows:
+                self._step_at(spans.positions(*keys) - self.lo, grad)
             else:
                 self._step(lo, hi, grad if keys is None else self._spread(lo, hi, keys, grad))
         else:
@@ -79,6 +83,8 @@ class ParameterStore:
                 total[lo - self.lo:hi - self.lo] += grad
             else:
                 total[spans.positions(*keys) - self.lo] += grad
+            held = self.bsp_keys.get(clock, [])
+            self.bsp_keys[clock] = None if keys is None or held is None else [*held, keys]
             self.bsp_counts[clock] += 1
         self.pushes.add(worker, clock, lo, hi)
         self.pushes_applied += 1
@@ -86,11 +92,21 @@ class ParameterStore:
         return True
 
     def apply_completed(self, clocks: list[int]) -> None:
-        """Apply the mean of each completed bsp clock, in clock order."""
+        """Apply the mean of each completed bsp clock, in clock order: at the keys its pushes
+        named, when they all came by rows and the rule steps rows alone (a clock restored from
+        a checkpoint, whose keys are not kept, steps every key)."""
         for c in clocks:
             total = self.bsp_sums.pop(c, None)
             count = self.bsp_counts.pop(c, 0)
-            if total is not None and count:
+            keys = self.bsp_keys.pop(c, None)
+            if total is None or not count:
+                continue
+            if keys and self.rule.steps_by_rows:
+                positions = spans.positions(*spans.union(*keys)) - self.lo
+                values = total[positions]
+                values /= count
+                self._step_at(positions, values)
+            else:
                 total /= count
                 self._step(self.lo, self.hi, total)
 
@@ -107,11 +123,13 @@ class ParameterStore:
         spans.scatter(dense, lo, keys, values)
         return dense
 
-    def _step_at(self, keys: spans.Spans, values: np.ndarray) -> None:
-        """Step only the pushed keys: the rule leaves the others as a zero gradient would."""
+    def _step_at(self, positions: np.ndarray, values: np.ndarray) -> None:
+        """Step only the pushed keys (positions in the range): the rule leaves the others as a
+        zero gradient would (or, lazy, as they are)."""
         self._set_lr()
-        self.rule.step_at(self.weights, values, spans.positions(*keys) - self.lo)
+        self.rule.step_at(self.weights, values, positions)
         self.updates_applied += 1
+        self.key_updates += positions.size
 
     def _set_lr(self) -> None:
         if self.schedule.kind != "constant":
@@ -125,6 +143,12 @@ class ParameterStore:
             a, b = lo - self.lo, hi - self.lo
             self.rule.step(self.weights[a:b], grad, index=slice(a, b))
         self.updates_applied += 1
+        self.key_updates += hi - lo
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the range's weights and of its update rule's state."""
+        return int(self.weights.nbytes) + self.rule.state_nbytes
 
     # ---- reads ---------------------------------------------------------------------------
     def can_read(self, worker: int | None, clock: int) -> bool:
@@ -163,6 +187,7 @@ class ParameterStore:
         arrays.update({f"bsp.{c}": s for c, s in self.bsp_sums.items()})
         c = self.consistency
         meta = {"lo": self.lo, "hi": self.hi, "updates": self.updates_applied, "pushes": self.pushes_applied,
+                "key_updates": self.key_updates,
                 "rule": {k: v for k, v in rule.items() if not isinstance(v, np.ndarray)},
                 "clocks": {str(w): k for w, k in c.clocks.items()}, "applied_clock": c.applied_clock,
                 "departed": {str(w): k for w, k in c.departed.items()},
@@ -186,8 +211,10 @@ class ParameterStore:
         c.pending = collections.defaultdict(set, {int(k): set(v) for k, v in meta["pending"].items()})
         self.bsp_sums = {int(k[4:]): np.array(v) for k, v in arrays.items() if k.startswith("bsp.")}
         self.bsp_counts = collections.Counter({int(k): v for k, v in meta["bsp_counts"].items()})
+        self.bsp_keys = {}
         self.pushes = PushLog.from_state(meta["push_log"])
         self.updates_applied, self.pushes_applied = meta["updates"], meta["pushes"]
+        self.key_updates = meta.get("key_updates", 0)
         self._snapshot = None
 
 

@@ -55,6 +55,7 @@ _NAMES = {np.dtype(name): name for name in P.WIRE_DTYPES}
 _DTYPES = {name: np.dtype(name) for name in P.WIRE_DTYPES}
 _KNOWN_OPS = P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS
 ZERO_COPY_BYTES = zmq.COPY_THRESHOLD  # frames from this size on are sent without a copy
+MAX_EXTENT = 1 << 40  # the largest extent of one array axis on the wire
 
 
 class SharedFrame:
@@ -82,7 +83,7 @@ def encode(header: dict, arrays: Sequence[np.ndarray | SharedFrame] = ()) -> lis
             a = a.array
         else:
             a = np.ascontiguousarray(a)
-            frames.append(memoryview(a).cast("B"))
+            frames.append(memoryview(a if a.ndim == 1 else a.reshape(-1)).cast("B"))  # (0, 4) casts only flat
         described.append([_NAMES.get(a.dtype) or a.dtype.name, list(a.shape)])
     header = dict(header)
     header["v"] = P.VERSION
@@ -172,6 +173,12 @@ def decode(frames: Sequence[Any], max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES) 
         raise WireError(f"unknown operation {op!r}")
     _check_fields(header, COMMON_FIELDS)
     _check_fields(header, OP_FIELDS.get(op, {}))
+    present = {k: v for k, v in OPTIONAL_FIELDS.items() if k in header}
+    if present:
+        _check_fields(header, present)
+    allowed = P.SENDERS[op]
+    if allowed is not None and P.role_of(header["from"])[0] not in allowed:
+        raise WireError(f"{header['from']!r} may not send {op!r}: only {' and '.join(sorted(allowed))}s do")
     arrays = _arrays(header.get("arrays", []), frames[1:])
     return Message(header, arrays)
 
@@ -197,8 +204,9 @@ def _arrays(descriptors: Any, frames: Sequence[Any]) -> list[np.ndarray]:
         dtype, shape = desc
         if dtype not in P.WIRE_DTYPES:
             raise WireError(f"array {i}: dtype {dtype!r} not allowed (expected one of {sorted(P.WIRE_DTYPES)})")
-        if len(shape) > 8 or not all(_is_int(n) and n >= 0 for n in shape):
-            raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints"[:200])
+        # Each extent bounded too: [2**62, 0] holds no bytes, yet NumPy cannot make such an array.
+        if len(shape) > 8 or not all(_is_int(n) and 0 <= n < MAX_EXTENT for n in shape):
+            raise WireError(f"array {i}: shape {shape!r} is not a list of non-negative ints below {MAX_EXTENT}"[:200])
         dtype = _DTYPES[dtype]
         nbytes = math.prod(shape) * dtype.itemsize
         if nbytes != len(frame):
@@ -229,11 +237,18 @@ _DATA = {
     "hi": (_nonneg_int, "a non-negative integer"),
 }
 _NODE = {"job": (_short_str, "a job id string"), "from": (_short_str, "a sender name")}
+_PEER = {**_DATA, "range": (_nonneg_int, "a range number"), "epoch": (_nonneg_int, "an epoch"),
+         "gen": (_nonneg_int, "a backup assignment number")}
+# Checked only when present.
+OPTIONAL_FIELDS = {"epoch": (_nonneg_int, "a non-negative integer (the range's epoch)")}
 OP_FIELDS: dict[str, dict] = {
     P.PULL: _DATA,
     P.PUSH: _DATA,
     P.PUSH_PULL: _DATA,
-    P.REPLICATE: {**_DATA, "range": (_nonneg_int, "a range number"), "worker": (_nonneg_int, "a worker rank")},
+    P.REPLICATE: {**_PEER, "worker": (_nonneg_int, "a worker rank")},
+    P.STATE: {**_PEER, "part": (_nonneg_int, "a part number"), "parts": (lambda n: _is_int(n) and 0 < n <= 1024,
+                                                                        "a number of parts from 1 to 1024"),
+              "name": (_short_str, "an array name")},
     P.REGISTER: {"role": (lambda r: isinstance(r, str) and r in P.ROLES, f"one of {sorted(P.ROLES)}"),
                  "body": (lambda b: isinstance(b, dict), "a map")},
     P.HEARTBEAT: {**_NODE, "body": (lambda b: isinstance(b, dict), "a map")},
@@ -300,11 +315,13 @@ class Channel:
         return seq
 
     def receive(self, seq: int, timeout: float) -> Message:
-        """The reply to request `seq`; older replies (answers to timed-out requests) are dropped."""
+        """The reply to request `seq`; older replies (answers to timed-out requests) are dropped.
+        Past the deadline the socket is still read once: a process that was stopped (SIGSTOP)
+        finds there the reply that came while it slept, rather than timing out on it."""
         deadline = time.monotonic() + timeout
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self.sock.poll(int(remaining * 1000) + 1):
+            remaining = max(0.0, deadline - time.monotonic())
+            if not self.sock.poll(int(remaining * 1000) + 1):
                 raise TimeoutError(f"no reply from {self.name} at {self.address} within {timeout:g} s")
             msg = recv(self.sock, router=False, max_bytes=self.max_bytes)
             if msg.seq == seq:

@@ -120,7 +120,7 @@ def coordinator_and_shard(tmp_path: pathlib.Path, overrides: list[str], keys=Non
     import zmq
 
     from downpour.ps import config as job_config
-    from downpour.ps.client import ControlClient
+    from downpour.ps.control import ControlClient
     from downpour.worker import models
     from downpour.worker.job import load_data
 

@@ -16,7 +16,6 @@ class Accrued:
 
     def __init__(self, buffers: list[np.ndarray], push_every: int):
         self.buffers = buffers
-        self.scratch = np.zeros_like(buffers[0]) if push_every > 1 else None  # the second gradient on
         self.count = 0
         self.turn = 0
 
@@ -29,20 +28,24 @@ class Accrued:
         total = self.current
         if self.count == 0:
             flat.gather_grads(out=total)
-        else:
-            flat.gather_grads(out=self.scratch)
-            total += self.scratch
+        else:  # added where it stands: a table's RowSparse row by row, in the order a job by rows adds it
+            flat.add_grads(total)
         self.count += 1
 
     def poison(self) -> None:
         """Make the sum NaN (fault injection: rehearse a diverging job)."""
         self.current[0] = np.nan
 
-    def take(self) -> np.ndarray:
-        """The mean of the gradients summed, for a push; the next ones start a new sum."""
+    def take(self, keys=None) -> tuple[np.ndarray, np.ndarray]:
+        """The mean of the gradients summed, for a push, twice: as the buffer to push and as the
+        values its norm is taken of and clipping scales (here the same array; `keys` name what a
+        push by rows carries, `rows.AccruedByRows`). The next gradients start a new sum."""
         grad = self.current
         if self.count > 1:
             grad /= self.count
         self.count = 0
         self.turn = (self.turn + 1) % len(self.buffers)
-        return grad
+        return grad, grad
+
+    def clipped(self, values: np.ndarray) -> None:
+        """Nothing to write back: clipping scaled the buffer itself."""

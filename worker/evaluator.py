@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from downpour.ps.client import protocol as P
+from downpour.ps import protocol as P
 
 from .job import Job, build_job
 from .session import JobEnded, Session
@@ -39,7 +39,7 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
         if _has_validation(job):
             metrics.update(job.evaluate("val"))
         log.info("final metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        session.control.result(metrics, job.flat.data)
+        session.control.result(metrics, _weights_to_send(session, job))
         return 0
     except JobEnded as ended:
         log.warning("evaluator: %s", ended)
@@ -49,6 +49,18 @@ def run(coordinator: str, startup_timeout: float = 60.0, configure=None) -> int:
         return 1
     finally:
         session.close()
+
+
+def _weights_to_send(session: Session, job: Job) -> np.ndarray | None:
+    """The evaluated weights for the coordinator to export, unless they would not fit one
+    message (a table of hundreds of MB): then the checkpoints hold them (`downpour export`)."""
+    limit = session.config["cluster"]["max_message_mb"] * (1 << 20)
+    if job.flat.data.nbytes > limit - (1 << 20):
+        log.warning("the model (%.0f MB) is over cluster.max_message_mb (%g): no model/weights.npz from the "
+                    "evaluator; `downpour export RUN_DIR` assembles it from the checkpoints",
+                    job.flat.data.nbytes / (1 << 20), session.config["cluster"]["max_message_mb"])
+        return None
+    return job.flat.data
 
 
 def _has_validation(job: Job) -> bool:

@@ -36,7 +36,8 @@ def load_data(config: dict) -> datasets.Dataset:
     if "factory" in d:
         return load_factory(d, config["seed"])
     return datasets.load(d["dataset"], validation=d["validation"], seed=config["seed"],
-                         limit_train=d["limit_train"], seq_len=d["seq_len"], max_chars=d["max_chars"])
+                         limit_train=d["limit_train"], seq_len=d["seq_len"], max_chars=d["max_chars"],
+                         features=d["features"])
 
 
 def select_device(device: str) -> None:
@@ -87,7 +88,7 @@ def _try_one_step(config: dict, net, data) -> None:
     that depends on the model's parameters."""
     x, y = next(data.batches(0, 1, min(2, data.train_examples), config["seed"]))
     model_ref = config["model"].get("factory") or config["data"].get("factory") or config["loss"]
-    output = plugins.call(net, model_ref, "model forward", Tensor(x))
+    output = plugins.call(net, model_ref, "model forward", objective.model_input(x))
     loss_ref = config.get("loss")
     loss_fn = objective.job_loss(config)
     setting = "loss" if loss_ref else "the default loss (cross-entropy)"

@@ -39,7 +39,8 @@ def train_local(config: dict, steps: int | None = None, batch_size: int | None =
         job.flat.gather_grads(out=grad)
         if t["clip_norm"]:
             optim.clip_grad_norm_(grad, t["clip_norm"])
-        rule.lr = lr_schedule.lr_at(step)
+        if lr_schedule.kind != "constant":  # as the shards do (ftrl has no rate to set)
+            rule.lr = lr_schedule.lr_at(step)
         rule.step(job.flat.data, grad)
         if (step + 1) % t["log_every"] == 0:
             log.info("step %d loss %.4f", step + 1, loss.item())

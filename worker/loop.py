@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from downpour.model import optim
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.faults import FaultPlan
 
 from . import overlap
 from .accrued import Accrued
@@ -36,7 +36,7 @@ from .job import build_job
 from .objective import batch_loss
 from .partition import Partition
 from .progress import Progress
-from .rows import AllKeys, ByRows, RowPlan
+from .rows import AccruedByRows, AllKeys, ByRows, RowPlan
 from .session import JobEnded, Session
 
 log = logging.getLogger(__name__)
@@ -110,9 +110,13 @@ class Worker:
         self.clip_norm = t["clip_norm"]
         self.trips = overlap.for_job(cfg, self.client)
         self.partition = Partition(job.data, session, t["batch_size"], cfg["seed"])
-        self.keys = (ByRows(RowPlan(self.net, self.flat), self.partition, self.trips.ahead, t["fetch_every"])
-                     if cfg["compression"]["rows"] else AllKeys())
-        self.accrued = Accrued(self.client.gradient_buffers(self.trips.buffers), t["push_every"])
+        buffers = self.client.gradient_buffers(self.trips.buffers)
+        if cfg["compression"]["rows"]:
+            plan = RowPlan(self.net, self.flat)
+            self.keys = ByRows(plan, self.partition, self.trips.ahead, t["fetch_every"])
+            self.accrued = AccruedByRows(buffers, self.flat, plan)
+        else:
+            self.keys, self.accrued = AllKeys(), Accrued(buffers, t["push_every"])
         self.alarms = Alarms(session)
         self.first = self._first_read()
         log.info("%s: steps %d..%d of batch %d on %s (%s%s)", session.name, self.first, t["steps"], t["batch_size"],
@@ -166,19 +170,21 @@ class Worker:
         keys = self.keys.read(step) if fetch else {}
         op, grad = P.PULL, None
         if push:
-            op, grad = P.PUSH_PULL if fetch else P.PUSH, self._outgoing(step)
             keys.update(self.keys.pushed())
+            op, grad = P.PUSH_PULL if fetch else P.PUSH, self._outgoing(step, keys.get("grad_spans"))
         trip = self.client.start(op, self.session.clock, grad, self.flat if fetch else None, **keys)
         if push:
             self.session.clock += 1
         self.trips.send(trip, last=self.cadence.last(step))
 
-    def _outgoing(self, step: int) -> np.ndarray:
-        """The mean of the accrued gradients, checked and clipped: what the push sends."""
-        grad = self.accrued.take()
-        self.alarms.check_norm(grad, step)
+    def _outgoing(self, step: int, keys) -> np.ndarray:
+        """The mean of the accrued gradients, checked and clipped: what the push sends (by rows,
+        only the keys it carries are read and written)."""
+        grad, pushed = self.accrued.take(keys)
+        self.alarms.check_norm(pushed, step)
         if self.clip_norm:
-            optim.clip_grad_norm_(grad, self.clip_norm)
+            optim.clip_grad_norm_(pushed, self.clip_norm)
+            self.accrued.clipped(pushed)
         return grad
 
     def report(self, step: int, loss: float, samples: int) -> None:

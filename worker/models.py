@@ -17,7 +17,7 @@ from downpour.model import nn
 from downpour.model.backend import array_module
 from downpour.model.tensor import Tensor
 
-from . import plugins
+from . import plugins, sparse_models
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: Knuth's multiplicative hash
 
@@ -190,6 +190,7 @@ def seq_gru(info: dict, rng, hidden: int = 64, layers: int = 1) -> nn.Module:
 BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "logreg": logreg, "mlp": mlp, "lenet5": lenet5, "resnet": resnet,
     "char_lstm": char_lstm, "char_gru": char_gru, "seq_gru": seq_gru,
+    "sparse_logreg": sparse_models.sparse_logreg, "fasttext": sparse_models.fasttext,  # hashed features
 }
 
 
@@ -249,5 +250,6 @@ def row_tables(net: nn.Module) -> tuple[str, ...]:
     names = net.row_tables() if hasattr(net, "row_tables") else ()
     if not names:
         raise ModelConfigError(f"compression.rows: the model ({type(net).__name__}) has no embedding table "
-                               "to read by rows: expected a char_lstm or char_gru model, or compression.rows false")
+                               "to read by rows: expected a char_lstm, char_gru, sparse_logreg or fasttext model, "
+                               "or compression.rows false")
     return tuple(names)

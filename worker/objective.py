@@ -20,6 +20,12 @@ from . import plugins
 Loss = Callable[[Tensor, np.ndarray], Tensor]
 
 
+def model_input(x):
+    """What the model is called with: a Tensor of the batch's array, or, for sparse data, the
+    batch's rows as they are (CSR: `ids`, `offsets`, `values`, worker/datasets/hashing.py)."""
+    return x if hasattr(x, "offsets") else Tensor(x)
+
+
 def _class_axis(output_shape: tuple[int, ...], target_shape: tuple[int, ...]) -> int | None:
     """Where the output holds the class scores of integer targets: the last axis ((N, C)
     against (N,), or (N, L, V) against (N, L) as the engine's batch-first recurrent layers give
@@ -57,7 +63,7 @@ def job_loss(config: dict) -> Loss:
 def batch_loss(net, kind: str, x: np.ndarray, y: np.ndarray, loss: Loss | None = None) -> Tensor:
     """The loss of a batch: the job's `loss`, or cross-entropy over examples (or over characters
     for a language model: the default reads which from the shapes, so `kind` no longer decides)."""
-    return (loss or cross_entropy)(net(Tensor(x)), y)
+    return (loss or cross_entropy)(net(model_input(x)), y)
 
 
 def evaluate(net, data, split: str = "test", batch_size: int = 500, loss: Loss | None = None) -> dict:
@@ -70,7 +76,7 @@ def evaluate(net, data, split: str = "test", batch_size: int = 500, loss: Loss |
     total_loss, count, correct, scored, labels = 0.0, 0, 0, 0, True
     with no_grad():
         for x, y in data.eval_batches(split, batch_size):
-            output = net(Tensor(x))
+            output = net(model_input(x))
             if data.kind == "language_model":  # score the window, not the context before it
                 output = output[:, -y.shape[1]:]
             total_loss += float(loss(output, y).item()) * len(y)

@@ -11,6 +11,13 @@ on the shard, exactly as before; where a zero changes nothing, the shard skips t
 
 The training loop asks a `keys` object for the keys of each read and push: `AllKeys` (no keys
 named: every key moves) or `ByRows`.
+
+The gradients travel at the cost of the rows too (`AccruedByRows`): the engine hands a table's
+gradient over as a RowSparse (`model/sparse.py`), added into the outgoing buffer at its rows
+only, and the mean over `push_every` steps, the norm and the clipping read and write only the
+keys the push carries. The buffers are table-sized (the client and shared memory address a
+gradient by key) but allocated once; each remembers the keys it last carried and clears just
+those before it sums again, so no step pays for the whole table.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from downpour.model.flat import FlatParameters
-from downpour.ps.client import spans
+from downpour.ps import spans
 
 from .models import row_tables
 from .partition import Partition
@@ -91,3 +98,55 @@ class ByRows:
         keys = self.plan.keys(self._computed)
         self._computed = []
         return {"grad_spans": keys}
+
+
+class AccruedByRows:
+    """The accrued gradients of a job by rows (`accrued.Accrued`'s part), at the cost of the keys
+    its batches touch: summed into the outgoing buffers, taken in turn, each zero outside the
+    keys it last carried."""
+
+    def __init__(self, buffers: list[np.ndarray], flat: FlatParameters, plan: RowPlan):
+        self.buffers, self.flat = buffers, flat
+        self.poison_key = int(plan.dense[0][0]) if plan.dense[0].size else 0  # a key every push carries
+        self.count = 0
+        self.turn = 0
+        self._held: dict[int, spans.Spans | None] = dict.fromkeys(range(len(buffers)))  # None: unknown
+        self._taken: spans.Spans | None = None
+
+    @property
+    def current(self) -> np.ndarray:
+        return self.buffers[self.turn]
+
+    def add(self, flat: FlatParameters) -> None:
+        """Add the model's gradient (a RowSparse at its rows) to the sum, after clearing the
+        keys the buffer last carried if this is the first gradient of a new sum."""
+        total = self.current
+        if self.count == 0:
+            held = self._held[self.turn]
+            if held is None:         # never used: clear it whole, once
+                total.fill(0.0)
+            else:
+                spans.scatter(total, 0, held, np.zeros(spans.size(held), total.dtype))
+        flat.add_grads(total)
+        self.count += 1
+
+    def poison(self) -> None:
+        """Make the sum NaN where the push will carry it (fault injection)."""
+        self.current[self.poison_key] = np.nan
+
+    def take(self, keys: spans.Spans) -> tuple[np.ndarray, np.ndarray]:
+        """The buffer to push (the mean of the sum at `keys`, zero elsewhere) and the values of
+        its keys, packed: what the norm is taken of and clipping scales (see `clipped`)."""
+        grad, self._taken = self.current, keys
+        values = spans.gather(grad, 0, keys)
+        if self.count > 1:
+            values /= self.count
+            spans.scatter(grad, 0, keys, values)
+        self._held[self.turn] = keys
+        self.count = 0
+        self.turn = (self.turn + 1) % len(self.buffers)
+        return grad, values
+
+    def clipped(self, values: np.ndarray) -> None:
+        """Write the taken values back after clipping scaled them."""
+        spans.scatter(self.buffers[(self.turn - 1) % len(self.buffers)], 0, self._taken, values)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import zmq
 
-from downpour.ps.client import ControlClient, Heartbeat, ShardClient
-from downpour.ps.client import protocol as P
-from downpour.ps.client.faults import FaultPlan
+from downpour.ps import protocol as P
+from downpour.ps.client import ShardClient
+from downpour.ps.control import ControlClient, Heartbeat
+from downpour.ps.faults import FaultPlan
 from downpour.ps.layout import Layout, layout_from_dict
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,23 @@ class Session:
         self.role = role
         cluster = self.config["cluster"]
         self.control.timeout = cluster["request_timeout"]
+        self.control.give_up = self._given_up
         self.state = P.STARTING
         self.reason = ""
         self.coordinator_lost = False  # the job ended because we could no longer reach the coordinator
         self.shards: list[str] | None = None
+        self.epochs: list[int] | None = None  # each range's epoch (ps/ranges.py), with `shards`
         self.live: list[int] = []  # the live workers, as the coordinator last said
         self.min_clock = 0         # the slowest live worker's clock, as the coordinator last said
         self.clock = 0
         self.step = 0
         self._changed = threading.Condition()
-        self._unreachable_since: float | None = None
-        self._unreachable_limit = cluster["heartbeat_timeout"] * 3
         self.heartbeat = Heartbeat(self.ctx, coordinator, self.job_id, self.name,
                                    cluster["heartbeat_interval"], self._beat_body, self._on_beat,
                                    timeout=cluster["heartbeat_timeout"], configure=configure)
         self.heartbeat.start()
+        # a `stall` fault strikes where the role asks whether the job goes on (`check`, `wait_for`)
+        self._faults = FaultPlan(self.config["faults"], role, self.rank, self.config["seed"], self.restarted)
         self._clients: list[ShardClient] = []  # closed with the session: a socket left open blocks ctx.term
 
     def _beat_body(self) -> dict:
@@ -69,17 +72,13 @@ class Session:
 
     def _on_beat(self, body: dict) -> None:
         with self._changed:
-            if body.get("state") == "unreachable":
-                self._unreachable_since = self._unreachable_since or time.monotonic()
-                if time.monotonic() - self._unreachable_since > self._unreachable_limit:
-                    self.state, self.reason = P.FAILED, f"coordinator unreachable: {body.get('error')}"
-                    self.coordinator_lost = True
-            else:
-                self._unreachable_since = None
+            if body.get("lost"):  # the heartbeat gave the coordinator up
+                self.state, self.reason, self.coordinator_lost = P.FAILED, body["reason"], True
+            elif body.get("state") != "unreachable":  # a missed beat or two: wait and see
                 self.state = body["state"]
                 self.reason = body.get("reason", "")
                 if body.get("shards"):
-                    self.shards = body["shards"]
+                    self.shards, self.epochs = body["shards"], body.get("epochs")
                 if body.get("workers") is not None:
                     self.live = body["workers"]
                 self.min_clock = body.get("clock", self.min_clock)
@@ -88,6 +87,7 @@ class Session:
     def wait_for(self, states: set[str], timeout: float | None = None) -> str:
         """Block until the job reaches one of `states` (or ends); return the state."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        self._stall_point()
         with self._changed:
             while self.state not in states:
                 if self.state in P.FINAL_STATES:
@@ -101,8 +101,18 @@ class Session:
     def check(self) -> None:
         """Raise JobEnded once the job is over, however it ended: while we were computing, or
         while a round trip waits (say after early stopping) for shards that have left."""
+        self._stall_point()
         if self.state in P.FINAL_STATES:
             raise JobEnded(f"job {self.state}: {self.reason}")
+
+    def _given_up(self) -> None:
+        if self.coordinator_lost:  # a report or a goodbye would wait for nobody
+            raise JobEnded(f"job {self.state}: {self.reason}")
+
+    def _stall_point(self) -> None:
+        """Carry out a `stall` fault due now: a worker counts its steps, the evaluator the
+        slowest worker's clock."""
+        self._faults.stall(self.step if self.control.role == P.WORKER else self.min_clock, self.heartbeat.hold)
 
     def shard_client(self, faults: FaultPlan | None = None) -> ShardClient:
         """A client for every shard, following them if they move (restart, promotion)."""
@@ -117,7 +127,8 @@ class Session:
             compression = {**compression, "pull": "none"}
         client = ShardClient(self.ctx, self.layout, self.shards, self.job_id, self.name, timeout=patience,
                            max_bytes=int(self.config["cluster"]["max_message_mb"] * (1 << 20)),
-                           addresses_now=lambda: self.shards, faults=faults, configure=self.configure,
+                           addresses_now=lambda: self.shards, epochs=self.epochs, epochs_now=lambda: self.epochs,
+                           faults=faults, configure=self.configure,
                            compression=compression,
                            shared_memory=cluster["shared_memory"] and self.configure is None,
                            give_up=self.check)
@@ -131,10 +142,10 @@ class Session:
             client.close()
         self.heartbeat.stop()
         self.heartbeat.join(timeout=5)
-        if leave:
+        if leave and not self.coordinator_lost:
             try:
                 self.control.leave()
-            except (TimeoutError, RuntimeError) as exc:
+            except (TimeoutError, RuntimeError, JobEnded) as exc:
                 log.info("%s: could not say goodbye: %s", self.name, exc)
         self.control.close()
         self.ctx.term()

@@ -20,12 +20,14 @@ from .layers import (
 )
 from .module import LoadResult, Module, Parameter
 from .rnn import GRU, LSTM, RNN
+from .sparse import EmbeddingBag
 
 __all__ = [
     "AvgPool2d",
     "Conv2d",
     "Dropout",
     "Embedding",
+    "EmbeddingBag",
     "Flatten",
     "GRU",
     "LSTM",

@@ -1,5 +1,6 @@
 """Update rules over flat buffers: SGD (momentum, Nesterov), Adagrad, Adam, AdamW, clipping,
-and learning-rate schedules.
+and learning-rate schedules; for tables trained by rows, FTRL-proximal and the lazy variants
+(`sparse_rules.py`).
 
 The same code updates a parameter-server shard's flat key range and a single-process run's
 whole flat parameter buffer, so both give the same numbers. Hyper-parameter names, defaults
@@ -24,12 +25,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .base import RULES, Rule, _real, from_state_dict, make
 from .fused import HAVE_NUMBA, set_fused
-from .rules import RULES, SGD, Adagrad, Adam, AdamW, Rule, _real, from_state_dict, make
+from .rules import SGD, Adagrad, Adam, AdamW
 from .schedule import Schedule
+from .sparse_rules import FTRL, LazyAdagrad, LazyAdam, LazyAdamW, LazySGD
 
-__all__ = ["HAVE_NUMBA", "RULES", "SGD", "Adagrad", "Adam", "AdamW", "Rule", "Schedule", "clip_grad_norm_",
-           "from_state_dict", "make", "set_fused"]
+__all__ = ["FTRL", "HAVE_NUMBA", "RULES", "SGD", "Adagrad", "Adam", "AdamW", "LazyAdagrad", "LazyAdam",
+           "LazyAdamW", "LazySGD", "Rule", "Schedule", "clip_grad_norm_", "from_state_dict", "make", "set_fused"]
 
 
 def clip_grad_norm_(grads: np.ndarray | Iterable[np.ndarray | None], max_norm: float) -> float:

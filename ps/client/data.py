@@ -1,26 +1,20 @@
 """The data plane, client side: pull weights from and push gradients to every shard at once.
 
 Requests go out to all shards before any reply is awaited, so a round trip costs the slowest
-shard, not the sum. Gradients leave as views of the caller's buffer (no copy). Pulled weights
-go into a flat buffer (one copy, from the received frame) or into a `WeightSink`, such as the
-worker's `model.flat.FlatParameters`, which keeps the received frames as the parameters'
-memory (no copy at all; `sink.py`). Pushes may be compressed (`ps/compression.py`), with the
-error feedback kept here; so may reads (`compression.pull`, `ps/reads.py`): we keep our view of
-each shard's range, and a read carries the change since it. Every round trip can be split in
-two (`start`, `finish`), so a worker computes its next gradient while the previous push and
-read travel (overlap).
+shard, not the sum. Gradients leave as views of the caller's buffer; pulled weights go into a
+flat buffer or a `WeightSink` (`sink.py`) that keeps the received frames as its memory. Pushes
+may be compressed (`ps/compression.py`, error feedback kept here), and so may reads
+(`compression.pull`, `ps/reads.py`: we keep our view of each range, a read carries the change
+since it). A round trip can be split in two (`start`, `finish`) so compute overlaps it.
 
-With a shard on the same host (`ps/shm.py`) the arrays leave the messages: a pull's reply says
-where the weights are and we copy them from the shard's memory; a push names the place in our
-own gradient buffer (`gradient_buffers`) where the shard reads it. Whether a shard is local is
-learnt, not configured: every reply names the shard's segment, and if we can map it, the next
-requests go through shared memory. A shard that cannot map ours answers so, and we go back to
-the wire for it.
+With a shard on the same host (`ps/shm.py`) only headers travel: whether a shard is local is
+learnt from its replies, and a shard that cannot map our memory says so and we use the wire.
 
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
-once, so a push that got no reply is simply sent again. A request is resent after a retry
-interval that adapts to the measured round-trip time, and re-routed when the coordinator
-says a shard moved (restarted elsewhere, or its backup was promoted).
+once, so a push that got no reply is simply sent again after a retry interval that adapts to
+the round-trip time. Every request carries its range's epoch as the coordinator last gave it;
+a shard serving the range at another epoch, or no longer serving it, refuses with a request to
+ask again, and the request goes to wherever the coordinator says the range is now.
 """
 from __future__ import annotations
 
@@ -35,10 +29,10 @@ import zmq
 from .. import protocol as P
 from .. import shm, spans
 from ..compression import Compressor, wire_bytes
+from ..faults import FaultPlan
 from ..layout import Layout
 from ..reads import HeldWeights, StaleView
 from ..wire import Channel, Message, RemoteError, WireError, recv
-from .faults import FaultPlan
 from .sink import Out, WeightSink, deliver, deliver_spans
 
 MIN_RETRY = 0.25  # seconds before an unanswered request is sent again
@@ -74,6 +68,7 @@ class ShardClient:
     def __init__(self, ctx: zmq.Context, layout: Layout, addresses: Sequence[str], job: str,
                  sender: str, *, timeout: float = 30.0, max_bytes: int = P.DEFAULT_MAX_MESSAGE_BYTES,
                  configure=None, addresses_now: Callable[[], Sequence[str] | None] | None = None,
+                 epochs: Sequence[int] | None = None, epochs_now: Callable[[], Sequence[int] | None] | None = None,
                  faults: FaultPlan | None = None, compression: dict | None = None,
                  shared_memory: bool = True, give_up: Callable[[], None] | None = None):
         """`give_up` is called whenever a round trip has waited a retry interval in vain; it
@@ -89,12 +84,14 @@ class ShardClient:
         self.max_bytes = max_bytes
         self.configure = configure
         self.addresses_now = addresses_now
+        self.epochs_now = epochs_now
         self.give_up = give_up
         self.faults = faults
         self.compressor = Compressor(compression or {}, layout.ranges)
         compressed_reads = (compression or {}).get("pull", "none") != "none"
         self.held = HeldWeights(layout.ranges) if compressed_reads else None  # our views (ps/reads.py)
         self.addresses = list(addresses)
+        self.epochs: list[int | None] = list(epochs) if epochs is not None else [None] * layout.num_shards
         self.channels = [self._channel(i, a) for i, a in enumerate(addresses)]
         self._polled: zmq.Poller | None = None
         self.versions = [0] * layout.num_shards  # each shard's update count when last read
@@ -156,6 +153,8 @@ class ShardClient:
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
+            if self.epochs[shard] is not None:
+                header["epoch"] = self.epochs[shard]
             p = _Pending(shard, header, (), set(), now, now + self._retry_after)
             local = self.local[shard] is not None
             if local and out is not None:
@@ -163,16 +162,18 @@ class ShardClient:
             elif out is not None and self.held is not None:  # the change since the view we name
                 header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
-                p.read_spans = _part(read_spans, lo, hi)
+                p.read_spans = spans.part(read_spans, lo, hi)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
                     header["read_spans"] = spans.pack(p.read_spans)
+                    self.bytes_sent += len(header["read_spans"])  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
-                p.grad_spans = _part(grad_spans, lo, hi) if grad_spans is not None else None
+                p.grad_spans = spans.part(grad_spans, lo, hi) if grad_spans is not None else None
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
                         header["grad_spans"] = spans.pack(p.grad_spans)
+                        self.bytes_sent += len(header["grad_spans"])
                 else:
                     self._encode(p)
             self._send(p, now)
@@ -184,6 +185,7 @@ class ShardClient:
         lo = self.layout.ranges[p.shard][0]
         if p.grad_spans is not None and self.compressor.codec == "none":
             p.header["grad_spans"] = spans.pack(p.grad_spans)
+            self.bytes_sent += len(p.header["grad_spans"])
             p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
         else:
             fields, p.arrays = self.compressor.encode(p.shard, p.grad)
@@ -231,6 +233,8 @@ class ShardClient:
                 if moved:
                     poller = self._poller()
                 for p in pending.values():
+                    if p.shard in moved and self.epochs[p.shard] is not None:
+                        p.header["epoch"] = self.epochs[p.shard]
                     if p.retry_at <= now or p.shard in moved:
                         p.attempts += 1
                         p.retry_at = now + self._retry_after * min(2 ** (p.attempts - 1), 16)
@@ -274,12 +278,15 @@ class ShardClient:
         p.seqs.add(ch.send(p.header, p.arrays))
 
     def _accept(self, msg: Message, p: _Pending, out: Out) -> bool:
-        """Take a reply; False if it asks us to try again (the request was garbled on the way)."""
+        """Take a reply; False if it asks us to try again (the request was garbled on the way,
+        or the range has moved: then ask the coordinator's map again soon, without backing off)."""
         lo, hi = self.layout.ranges[p.shard]
         if msg.op == P.ERROR:
             if msg.header.get("local") is False:  # the shard cannot map our memory: use the wire
                 self._wire_only.add(p.shard)
                 self._to_wire(p)
+            if msg.header.get("moved"):
+                p.attempts, p.retry_at = 1, time.monotonic() + self._retry_after
             if msg.header.get("retry"):
                 return False
             raise RemoteError(f"shard {p.shard} at {self.addresses[p.shard]} replied with an error: "
@@ -315,8 +322,7 @@ class ShardClient:
         return True
 
     def _take_change(self, msg: Message, p: _Pending, out: np.ndarray | WeightSink) -> bool:
-        """A compressed read: the change since our view, or a full read that starts one. A change
-        to a view we no longer hold is asked again, naming none (a full read comes)."""
+        """A compressed read (the change since our view, or a full one); a stale view asks for a full read."""
         try:
             values, keys, keep = self.held.take(p.shard, msg.header, msg.arrays, p.read_spans)
         except StaleView:
@@ -361,43 +367,34 @@ class ShardClient:
 
     def _offset_in_shared(self, grad: np.ndarray | None) -> int | None:
         """Where `grad` starts in our gradient segment, or None if it is not in there."""
-        if grad is None or self._grads is None:
-            return None
-        base = self._grads.array
-        start = (grad.ctypes.data - base.ctypes.data)
-        if grad.dtype != np.float32 or start % 4 or not 0 <= start // 4 <= base.size - grad.size:
-            return None
-        return start // 4
+        return None if grad is None or self._grads is None else shm.offset_in(self._grads.array, grad)
 
     def _reroute(self) -> set[int]:
-        """Follow shards that moved (the coordinator's current map); return the ones that did."""
+        """Follow ranges that moved (the coordinator's current map: a shard restarted elsewhere,
+        or a backup promoted at a new epoch); return the ones that did."""
         if self.addresses_now is None:
             return set()
         current = self.addresses_now()
-        if not current or list(current) == self.addresses:
+        epochs = self.epochs_now() if self.epochs_now is not None else None
+        if not current or len(current) != len(self.addresses):
             return set()
-        moved = {i for i, (a, b) in enumerate(zip(self.addresses, current)) if a != b}
-        self._polled = None
+        epochs = list(epochs) if epochs and len(epochs) == len(current) else self.epochs
+        moved = {i for i in range(len(current)) if (current[i], epochs[i]) != (self.addresses[i], self.epochs[i])}
         for i in moved:
             self.local[i] = None
             self._wire_only.discard(i)
-            self.channels[i].close()
-            self.channels[i] = self._channel(i, current[i])
-        self.addresses = list(current)
+            if current[i] != self.addresses[i]:
+                self._polled = None
+                self.channels[i].close()
+                self.channels[i] = self._channel(i, current[i])
+        self.addresses, self.epochs = list(current), list(epochs)
         return moved
 
     def close(self) -> None:
-        """Close every socket and unmap shared memory; closing again does nothing."""
+        """Close every socket and unmap shared memory (again: nothing)."""
         for ch in self.channels:
             ch.close()
         self._attached.close()
         if self._grads is not None:
             self._grads.close()
             self._grads = None
-
-
-def _part(model_spans: spans.Spans, lo: int, hi: int) -> spans.Spans | None:
-    """A shard's part of model-wide spans; None for its whole range: when that is what they
-    cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
-    part = spans.clip(model_spans, lo, hi)
-    return None if spans.covers(part, lo, hi) or part[0].size > spans.MAX_SPANS else part

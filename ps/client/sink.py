@@ -1,4 +1,5 @@
-"""Where a read's weights go: a flat buffer, or a sink such as the worker's `FlatParameters`."""
+"""Where pulled weights go: a flat buffer of the whole model, or a `WeightSink` (the worker's
+`model.flat.FlatParameters` is one), which may keep the received frames as its memory."""
 from __future__ import annotations
 
 from typing import Protocol
@@ -22,7 +23,6 @@ Out = np.ndarray | WeightSink | None
 
 
 def deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray, keep: bool) -> None:
-    """Write keys [lo, hi); with `keep`, a sink may keep `weights` as its memory (no copy)."""
     if isinstance(out, np.ndarray):
         np.copyto(out[lo:hi], weights)
     else:

@@ -25,6 +25,8 @@ CASES = {
     "Dropout": lambda: (nn.Dropout(0.3, rng=np.random.default_rng(0)).eval(), [_x(3, 4)], None),
     "LayerNorm": lambda: (nn.LayerNorm(4), [_x(3, 4)], None),
     "Embedding": lambda: (nn.Embedding(6, 3), [], lambda m: m(np.array([[0, 5, 2], [2, 2, 1]]))),
+    "EmbeddingBag": lambda: (nn.EmbeddingBag(6, 3, mode="sum"), [_x(5)],
+                             lambda m, w: m(np.array([0, 5, 5, 2, 1]), np.array([0, 3, 3]), w)),
     "Sequential": lambda: (nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)), [_x(2, 4)], None),
     "RNN": lambda: (nn.RNN(3, 4, num_layers=2), [_x(5, 2, 3)], lambda m, x: m(x)[0]),
     "LSTM": lambda: (nn.LSTM(3, 4, num_layers=2, batch_first=True), [_x(2, 5, 3)],

@@ -302,7 +302,7 @@ def test_make_builds_each_rule_by_case_insensitive_name():
 @pytest.mark.parametrize(
     "name,hp,message",
     [
-        ("rmsprop", {}, "unknown optimizer 'rmsprop': expected one of adagrad, adam, adamw, sgd"),
+        ("rmsprop", {}, "unknown optimizer 'rmsprop': expected one of adagrad, adam, adamw, ftrl, lazy_adagrad, lazy_adam, lazy_adamw, lazy_sgd, sgd"),
         ("adam", {"momentum": 0.9}, "unknown hyper-parameter.*momentum.*expected some of lr, betas"),
         ("sgd", {}, "sgd needs hyper-parameter.*lr"),
         ("sgd", {"lr": -0.1}, "invalid lr"),

@@ -131,7 +131,7 @@ def test_a_round_trip_by_spans_sends_each_shard_its_part_and_writes_only_those_k
         msg = recv(sock, router=True)
         lo, hi = layout.ranges[shard]
         mine, wanted = spans.clip(pushed, lo, hi), spans.clip(read, lo, hi)
-        np.testing.assert_array_equal(np.frombuffer(msg.header["grad_spans"], "<i8"), np.stack(mine, 1).ravel())
+        np.testing.assert_array_equal(np.stack(spans.unpack(msg.header["grad_spans"], lo, hi), 1), np.stack(mine, 1))
         np.testing.assert_array_equal(msg.arrays[0], grad[spans.positions(*mine)])
         assert spans.unpack(msg.header["read_spans"], lo, hi)[0].tolist() == wanted[0].tolist()
         reply(sock, msg, arrays=(spans.gather(weights, 0, wanted),), version=1, clock=1)
@@ -141,4 +141,6 @@ def test_a_round_trip_by_spans_sends_each_shard_its_part_and_writes_only_those_k
     untouched = np.ones(SIZE, bool)
     untouched[at] = False
     assert np.all(out[untouched] == -1.0)
-    assert client.bytes_sent == 4 * spans.size(pushed) and client.bytes_received == 4 * spans.size(read)
+    named = sum(len(spans.pack(spans.clip(keys, lo, hi))) for keys in (pushed, read) for lo, hi in layout.ranges)
+    assert client.bytes_sent == 4 * spans.size(pushed) + named           # the values, and the keys named
+    assert client.bytes_received == 4 * spans.size(read)

@@ -33,10 +33,11 @@ def test_a_minimal_config_gets_every_default_filled_in():
     cfg = resolve(MINIMAL)
     assert cfg["seed"] == 0 and cfg["device"] == "cpu"
     assert cfg["workers"] == {"count": 2, "external": 0, "restart": "never", "max_restarts": 3}
-    assert cfg["shards"] == {"count": 1, "replication": 1}
+    assert cfg["shards"] == {"count": 1, "replication": 1, "memory_mb": None}
     assert cfg["consistency"] == {"mode": "async", "staleness": 2}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64,
-                           "limit_train": None, "max_chars": None}
+                           "limit_train": None, "max_chars": None,
+                           "features": {"kind": "char", "n_min": 1, "n_max": 4, "buckets": 1 << 20, "values": "l2"}}
     assert cfg["optimizer"] == {"type": "sgd", "lr": 0.01, "schedule": "constant", "final_lr": 0.0,
                                 "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0}
     assert cfg["train"] == {"steps": 1000, "batch_size": 32, "fetch_every": 1, "push_every": 1,
@@ -55,7 +56,7 @@ def test_a_minimal_config_gets_every_default_filled_in():
 def test_shorthand_counts_normalise_to_sections():
     cfg = resolve(with_(workers=4, shards=2))
     assert cfg["workers"] == {"count": 4, "external": 0, "restart": "never", "max_restarts": 3}
-    assert cfg["shards"] == {"count": 2, "replication": 1}
+    assert cfg["shards"] == {"count": 2, "replication": 1, "memory_mb": None}
 
 
 def test_optimizer_defaults_follow_the_chosen_type():
@@ -235,7 +236,15 @@ def test_optimizer_values_are_checked_per_type():
     assert error_of(with_(optimizer={"type": "adam", "betas": [0.9]})).path == "optimizer.betas"
     assert error_of(with_(optimizer={"momentum": 1.0})).path == "optimizer.momentum"
     assert str(error_of(with_(optimizer={"type": "rmsprop"}))) == \
-        "optimizer.type: expected one of sgd, adagrad, adam, adamw, got 'rmsprop'"
+        "optimizer.type: expected one of sgd, adagrad, adam, adamw, lazy_sgd, lazy_adagrad, lazy_adam, lazy_adamw, " \
+        "ftrl, got 'rmsprop'"
+
+
+def test_ftrl_takes_the_papers_names_and_no_learning_rate_to_schedule():
+    resolved = resolve(with_(optimizer={"type": "ftrl", "alpha": 0.5, "l1": 1.0}))
+    assert resolved["optimizer"] == {"type": "ftrl", "alpha": 0.5, "beta": 1.0, "l1": 1.0, "l2": 0.0}
+    err = error_of(with_(optimizer={"type": "ftrl", "lr": 0.1}))
+    assert str(err) == "optimizer.lr: not used by ftrl (it takes: alpha, beta, l1, l2)"
 
 
 def test_nesterov_needs_momentum_and_no_dampening():
@@ -248,7 +257,7 @@ def test_nesterov_needs_momentum_and_no_dampening():
 def test_bad_fault_specs_are_errors():
     kill = {"kind": "kill", "role": "worker", "rank": 1}
     assert str(error_of(with_(faults=[{"kind": "explode"}]))) == \
-        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, got 'explode'"
+        "faults[0].kind: expected one of kill, delay, drop, duplicate, corrupt, partition, nan, stall, got 'explode'"
     assert str(error_of(with_(faults=[kill]))) == \
         f"faults[0]: expected exactly one of at_step or at_seconds, got {kill!r}"
     assert error_of(with_(faults=[{**kill, "at_step": 1, "at_seconds": 1.0}])).path == "faults[0]"

@@ -33,7 +33,8 @@ def test_built_in_models_and_data_sets_resolve_as_before_with_the_default_loss()
     cfg = resolve({"name": "x", "model": {"type": "mlp"}, "data": {"dataset": "digits"}})
     assert cfg["model"] == {"type": "mlp"}
     assert cfg["data"] == {"dataset": "digits", "validation": 0.0, "seq_len": 64, "limit_train": None,
-                           "max_chars": None}
+                           "max_chars": None,
+                           "features": {"kind": "char", "n_min": 1, "n_max": 4, "buckets": 1 << 20, "values": "l2"}}
     assert cfg["loss"] is None
 
 

@@ -65,3 +65,20 @@ def test_bad_specs_are_rejected():
     with pytest.raises(KeyError):
         make_layout(MLP, 2).shard_of(10**9)
     assert ParamSpec("w", (3, 4)).size == 12
+
+
+def test_a_table_larger_than_one_shards_memory_budget_is_split_across_shards_that_each_fit():
+    """2^20 rows x 8 floats with Adagrad (one buffer of state): 64 MiB, for shards of 40 MiB."""
+    from downpour.ps.layout import check_memory, shard_bytes
+
+    table = [("bag.weight", (1 << 20, 8)), ("bias", (8,))]
+    with pytest.raises(ValueError, match=r"shards.memory_mb: shard 0 would hold 64.0 MB .* use shards.count >= 2"):
+        check_memory(make_layout(table, 1), 1, 1, 40)
+    layout = make_layout(table, 2)
+    check_memory(layout, 1, 1, 40)
+    assert all(n <= 40 << 20 for n in shard_bytes(layout, 1))
+    assert [piece[0] for piece in layout.pieces(0)] == ["bag.weight"]
+    assert [piece[0] for piece in layout.pieces(1)] == ["bag.weight", "bias"]   # the table spans both
+    with pytest.raises(ValueError, match=r"and a backup range\), over the budget of 40 MB: use shards.count >= 4"):
+        check_memory(layout, 1, 2, 40)                                      # each shard backs another up
+    check_memory(layout, 1, 2, None)                                        # no budget, no limit

@@ -24,3 +24,15 @@ def test_an_alarm_or_a_worker_yet_to_report_does_not_break_the_progress_line_or_
     assert "loss 0.5000" in summary_line(status)
     assert "worker-1" in status_table(status)
     assert "loss      -" in summary_line(_status(_worker(0, alarm)))
+
+
+def test_the_status_table_shows_each_ranges_primary_epoch_and_backup():
+    status = dict(_status(_worker(0, {"loss": 0.5, "step": 10})), ranges=[
+        {"range": 0, "primary": "shard-1", "epoch": 2, "backup": "shard-0", "backup_state": "waiting",
+         "unreplicated_seconds": 3.25},
+        {"range": 1, "primary": "shard-1", "epoch": 1, "backup": None, "backup_state": None,
+         "unreplicated_seconds": None}])
+    lines = status_table(status).splitlines()
+    assert lines[-3].split() == ["RANGE", "PRIMARY", "EPOCH", "BACKUP", "UNREPLICATED"]
+    assert lines[-2].split() == ["0", "shard-1", "2", "shard-0", "(waiting)", "3.2s"]
+    assert lines[-1].split() == ["1", "shard-1", "1", "-", "-"]

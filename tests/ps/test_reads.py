@@ -7,8 +7,8 @@ import pytest
 
 from downpour.ps import config, spans
 from downpour.ps.compression import CodecError
-from downpour.ps.config_schema import ConfigError
 from downpour.ps.reads import HeldWeights, ReaderViews, StaleView, apply_change, top_changes
+from downpour.ps.schema_nodes import ConfigError
 from downpour.ps.wire import WireError
 
 N = 4000

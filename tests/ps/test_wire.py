@@ -95,3 +95,29 @@ def test_a_shared_frame_goes_out_as_the_same_zeromq_frame_in_every_message_and_d
     msg = decode([first[0], shared.frame.bytes])
     np.testing.assert_array_equal(msg.arrays[0], weights[10:])
     assert msg.header["arrays"] == [["float32", [69_990]]]
+
+
+def test_every_operation_says_who_may_send_it():
+    assert set(P.SENDERS) == P.CONTROL_OPS | P.DATA_OPS | P.REPLY_OPS
+
+
+@pytest.mark.parametrize("op, sender", [
+    (P.PUSH, "shard-0"), (P.PUSH_PULL, "evaluator-0"), (P.PUSH, "client-0"),
+    (P.REPLICATE, "worker-1"), (P.DONE, "shard-1"), (P.RESULT, "worker-0"), (P.HEARTBEAT, "launcher"),
+])
+def test_an_operation_from_a_role_that_may_not_send_it_is_refused_naming_both(op, sender):
+    header = pull_header(op=op, **{"from": sender, "range": 0, "worker": 0, "epoch": 1, "gen": 1, "body": {}})
+    with pytest.raises(WireError, match=f"'{sender}' may not send '{op}'"):
+        decode(frames(header))
+
+
+def test_anybody_may_read_and_ask_for_the_status():
+    assert decode(frames(pull_header(**{"from": "client-0"}))).op == P.PULL
+    assert decode(frames({"op": P.STATUS, "seq": 1})).op == P.STATUS
+
+
+@pytest.mark.parametrize("shape", [[2 ** 62, 0], [0, 2 ** 40], [-1]])
+def test_an_array_of_no_bytes_but_an_impossible_shape_is_refused(shape):
+    header = msgpack.packb(dict(pull_header(op=P.PUSH), v=P.VERSION, arrays=[["float32", shape]]))
+    with pytest.raises(WireError, match="is not a list of non-negative ints"):
+        decode([header, b""])

@@ -318,7 +318,8 @@ def test_npz_that_is_missing_or_not_an_archive_is_a_dataset_error(tmp_path):
 # --- registry -------------------------------------------------------------------------------
 
 def test_available_lists_every_loader_name():
-    assert available() == ["digits", "fashion_mnist", "mnist1d", "npz:PATH", "text:jargon", "text:pydoc"]
+    assert available() == ["digits", "fashion_mnist", "fortunes_langid", "fortunes_topic", "mnist1d", "npz:PATH",
+                           "text:jargon", "text:pydoc"]
 
 
 def test_unknown_name_lists_the_known_ones_and_suggests_a_close_match():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from downpour.ps import config as job_config
-from downpour.ps.client import protocol as P
+from downpour.ps import protocol as P
 from downpour.worker import loop, overlap
 from downpour.worker.accrued import Accrued
 from downpour.worker.alarms import Alarms, Garbage
@@ -125,15 +125,17 @@ def test_the_worker_stops_at_once_when_the_evaluator_ends_training_early():
 
 
 def test_accrued_gradients_alternate_buffers_so_a_push_in_flight_stays_untouched():
-    flat = types.SimpleNamespace(gather_grads=lambda out: out.fill(grads.pop(0)))
+    flat = types.SimpleNamespace(gather_grads=lambda out: out.fill(grads.pop(0)),
+                                 add_grads=lambda out: out.__iadd__(grads.pop(0)))
     grads = [1.0, 3.0, 5.0]
     accrued = Accrued([np.zeros(2, np.float32), np.zeros(2, np.float32)], push_every=2)
     accrued.add(flat)
     accrued.add(flat)
-    first = accrued.take()
+    first, pushed = accrued.take()
+    assert pushed is first                                    # the norm and clipping act on it
     accrued.add(flat)
     np.testing.assert_array_equal(first, [2.0, 2.0])          # the mean, and still there
-    np.testing.assert_array_equal(accrued.take(), [5.0, 5.0])
+    np.testing.assert_array_equal(accrued.take()[0], [5.0, 5.0])
 
 
 def test_overlap_is_for_async_only():

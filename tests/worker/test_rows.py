@@ -69,3 +69,61 @@ def test_the_keys_of_several_batches_are_their_union():
     expected = np.union1d(spans.positions(*plan.keys([a])), spans.positions(*plan.keys([b])))
     np.testing.assert_array_equal(both, expected)
     assert net(Tensor(a)).shape == (3, 12, VOCAB)
+
+
+
+def _fasttext(buckets=5000):
+    from downpour.worker.datasets.hashing import Featurizer, HashedTexts
+
+    net = models.build({"type": "fasttext", "dim": 3}, {"input_shape": (buckets,), "num_classes": 4,
+                                                         "kind": "classification"}, seed=0)
+    flat = FlatParameters(net.named_parameters())
+    featurize = Featurizer("word", 1, 1, buckets)
+    return net, flat, lambda texts: HashedTexts(texts, featurize)
+
+
+def _backward(net, x):
+    net.zero_grad()
+    batch_loss(net, "classification", x, np.zeros(len(x), np.int64)).backward()
+
+
+def test_gradients_by_rows_are_the_dense_gradients_and_a_buffer_clears_only_what_it_carried():
+    """AccruedByRows sums into the outgoing buffers at the keys the batches touched and keeps each
+    zero elsewhere from one push to the next, without a pass over the table."""
+    from downpour.worker.rows import AccruedByRows
+
+    net, flat, texts = _fasttext()
+    plan = RowPlan(net, flat)
+    buffers = [np.full(flat.size, 7.0, np.float32), np.full(flat.size, 7.0, np.float32)]  # unused: cleared once
+    accrued = AccruedByRows(buffers, flat, plan)
+    for batch in (["a b c", "d e"], ["f g", "a"], ["h i j k"], ["b"]):
+        x = texts(batch)
+        _backward(net, x)
+        accrued.add(flat)
+        grad, pushed = accrued.take(plan.keys([x]))
+        dense = flat.gather_grads()
+        np.testing.assert_array_equal(grad, dense)                # the very gradient the dense gather makes
+        np.testing.assert_array_equal(np.sort(pushed), np.sort(dense[spans.positions(*plan.keys([x]))]))
+
+
+def test_gradients_by_rows_average_over_push_every_and_clipping_writes_back_to_the_pushed_keys():
+    from downpour.model import optim
+    from downpour.worker.rows import AccruedByRows
+
+    net, flat, texts = _fasttext()
+    plan = RowPlan(net, flat)
+    accrued = AccruedByRows([np.zeros(flat.size, np.float32)], flat, plan)
+    a, b = texts(["a b"]), texts(["b c"])
+    expected = np.zeros(flat.size, np.float32)
+    for x in (a, b):
+        _backward(net, x)
+        accrued.add(flat)
+        expected += flat.gather_grads()
+    expected /= 2
+    grad, pushed = accrued.take(plan.keys([a, b]))
+    np.testing.assert_array_equal(grad, expected)
+    optim.clip_grad_norm_(pushed, 1e-3)
+    accrued.clipped(pushed)
+    assert np.isclose(np.linalg.norm(grad), 1e-3, rtol=1e-3)
+    accrued.poison()
+    assert np.isnan(grad[accrued.poison_key]) and accrued.poison_key in spans.positions(*plan.keys([a]))
