@@ -196,16 +196,24 @@ def render_simulate(record: dict[str, Any]) -> str:
     lines += ["", f"Measured (over the wire) vs predicted on this machine: {points}."]
     links = figures.get("links")
     if links:
-        worst = ", ".join(f"{n} {e:.0%}" for n, e in links["max_abs_error"].items())
         issue = ", ".join(f"{p['network']} {p['pair']} {p['measured']:,.0f} vs {p['predicted']:,.0f}"
                           for p in links["issue_points"])
+        bound, cpu = links.get("link_bound") or {}, links.get("cpu_bound") or {}
         lines += ["", f"Link rate learnt from `{links['source']}`: the job's payload gets {links['efficiency']:.0%} of a "
-                      f"link's nominal rate; with that, the model is within {worst} of the {len(links['points'])} "
-                      f"measured codec-pair points (samples/s), and on the reference points measured before "
-                      f"compressed reads: {issue} (max error {links['issue_max_abs_error']:.0%})."]
+                      f"link's nominal rate. With that, on the {bound.get('points', 0)} measured codec-pair points "
+                      f"where the links bind, the model's error is at most {_share(bound.get('max_abs_error'))} "
+                      f"(median {_share(bound.get('median_abs_error'))}); on the {cpu.get('points', 0)} where the CPU "
+                      f"binds, predicted from the same pair's loopback run under the machine's shared load, at most "
+                      f"{_share(cpu.get('max_abs_error'))} (median {_share(cpu.get('median_abs_error'))}). On the "
+                      f"reference points measured before compressed reads: {issue} (max error "
+                      f"{links['issue_max_abs_error']:.0%})."]
     lines += ["",
               "![predicted updates/s](results/simulate.png)", "", _conditions(record)]
     return "\n".join(lines)
+
+
+def _share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
 
 
 def render_compression(record: dict[str, Any]) -> str:

@@ -216,7 +216,10 @@ def learn_links(cal: Calibration, multihost: dict[str, Any], cores: float) -> di
     efficiency = float(candidates[int(np.argmin(losses))])
     points = [{"network": c["network"], "pair": c["pair"], "measured": c["measured"],
                "predicted": predict(c, cores, efficiency), "push_share": c["traffic"].push,
-               "read_share": c["traffic"].read} for c in cases]
+               "read_share": c["traffic"].read,
+               # where the links bind, the point tests the link model; elsewhere, the loopback run's CPU figure
+               "link_bound": predict(c, cores, efficiency) < 0.999 * predict(c, cores, float("inf"))}
+              for c in cases]
     harness = dataclasses.replace(cal, model_bytes=HARNESS["params"] * 4)
     step = step_for(harness, ISSUE_LOOPBACK / HARNESS["batch"], cores)
     issue = [{"network": n, "pair": f"{push}/{read}", "measured": m,
@@ -226,9 +229,14 @@ def learn_links(cal: Calibration, multihost: dict[str, Any], cores: float) -> di
     for p in (*points, *issue):
         p["error"] = p["predicted"] / p["measured"] - 1
     errors = {n: [abs(p["error"]) for p in points if p["network"] == n] for n in RATES}
+    by_bound = {bound: [abs(p["error"]) for p in points if p["link_bound"] == bound] for bound in (True, False)}
     return {"efficiency": efficiency, "source": "benchmarks/results/multihost.json", "points": points,
             "issue_points": issue, "max_abs_error": {n: max(e) for n, e in errors.items() if e},
             "median_abs_error": {n: float(np.median(e)) for n, e in errors.items() if e},
+            "link_bound": {"points": len(by_bound[True]), "max_abs_error": max(by_bound[True], default=None),
+                           "median_abs_error": float(np.median(by_bound[True])) if by_bound[True] else None},
+            "cpu_bound": {"points": len(by_bound[False]), "max_abs_error": max(by_bound[False], default=None),
+                          "median_abs_error": float(np.median(by_bound[False])) if by_bound[False] else None},
             "issue_max_abs_error": max(abs(p["error"]) for p in issue)}
 
 
