@@ -155,8 +155,8 @@ class LocalCluster:
         policy = self.cfg["workers"]
         if role.name.startswith("worker"):
             return policy["restart"] == "on-failure" and role.restarts < policy["max_restarts"]
-        if role.name.startswith("shard"):
-            return self.cfg["shards"]["replication"] == 1 and role.restarts < policy["max_restarts"]
+        if role.name.startswith("shard"):  # from its checkpoint, or (replicated) as the backup of a range
+            return role.restarts < policy["max_restarts"]
         return False
 
     def _kill(self, name: str) -> None:
