@@ -76,6 +76,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 512 << 20
 MAX_EXTRA_WORKERS = 64     # workers beyond `workers.count` that may join a job (elastic)
 MAX_SPANS = 1 << 15        # key spans per header field (ps/spans.py), at most 12 bytes each: a
                            # read's and a push's fit one header together
+MAX_VIEW_TOKEN = (1 << 62) - 1  # a compressed read's view token (ps/reads.py); 0 means "I hold no view"
 
 # Array dtypes that may travel on the wire (compressed gradients: float16, uint8 bit-packed codes,
 # uint32 top-k indices; see ps/compression.py).

@@ -255,7 +255,6 @@ class Shard:
             raise WireError(f"{h['from']!r} is not a worker of this job")
         clock = h["clock"]
         wanted = header_spans(h["read_spans"], lo, hi, "read_spans") if "read_spans" in h and msg.op != P.PUSH else None
-        self.views.check(h)  # a read's "view", checked before it may be parked
         held = self._push(msg, rng, store, rank) if msg.op != P.PULL else None
         if msg.op == P.PUSH:
             self._respond(rng, held, msg, lambda: reply(self.sock, msg, version=store.updates_applied))

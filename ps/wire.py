@@ -240,7 +240,8 @@ _NODE = {"job": (_short_str, "a job id string"), "from": (_short_str, "a sender 
 _PEER = {**_DATA, "range": (_nonneg_int, "a range number"), "epoch": (_nonneg_int, "an epoch"),
          "gen": (_nonneg_int, "a backup assignment number")}
 # Checked only when present.
-OPTIONAL_FIELDS = {"epoch": (_nonneg_int, "a non-negative integer (the range's epoch)")}
+OPTIONAL_FIELDS = {"epoch": (_nonneg_int, "a non-negative integer (the range's epoch)"),
+                   "view": (_nonneg_int, f"an integer in [0, {P.MAX_VIEW_TOKEN}] (a read's view token, 0: none)")}
 OP_FIELDS: dict[str, dict] = {
     P.PULL: _DATA,
     P.PUSH: _DATA,

@@ -2,14 +2,16 @@
 carries the change since it, and the reader's copy of the view stays equal to the shard's.
 `sparse` gives the exact weights; a lossy codec's residual (weights - view) is kept per reader
 and per range, carried into the next read, and reset by a full read."""
+import msgpack
 import numpy as np
 import pytest
 
-from downpour.ps import config, spans
+from downpour.ps import config, spans, wire
+from downpour.ps import protocol as P
 from downpour.ps.compression import CodecError
 from downpour.ps.reads import HeldWeights, ReaderViews, StaleView, apply_change, top_changes
 from downpour.ps.schema_nodes import ConfigError
-from downpour.ps.wire import WireError
+from downpour.ps.wire import WireError  # noqa: F401
 
 N = 4000
 
@@ -221,9 +223,10 @@ def test_reads_of_some_keys_carry_the_change_of_those_keys_and_a_full_read_the_w
 
 @pytest.mark.parametrize("token", [-1, 1 << 62, "7", 1.5, True, None])
 def test_a_read_naming_a_view_that_is_not_a_token_is_refused_by_name(token):
-    views = ReaderViews({"pull": "topk"})
-    with pytest.raises(WireError, match="header field 'view': expected an integer in"):
-        views.answer({"from": "worker-0", "lo": 0, "hi": 4, "view": token}, np.zeros(4, np.float32), 0, None)
+    header = {"v": P.VERSION, "op": P.PULL, "seq": 1, "job": "j", "from": "worker-0", "clock": 0, "lo": 0, "hi": 4,
+              "view": token}
+    with pytest.raises(WireError, match="header field 'view': expected an integer in"):  # checked by the wire
+        wire.decode([msgpack.packb(header)])
 
 
 def test_a_malformed_change_is_refused_before_the_view_is_touched():
