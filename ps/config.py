@@ -231,11 +231,15 @@ def get(cfg: Mapping, dotted: str, default: Any = _MISSING) -> Any:
     return value
 
 
+def expected_workers(cfg: dict) -> int:
+    """The workers a job waits for: those the launcher starts and those that join from outside."""
+    return cfg["workers"]["count"] + cfg["workers"]["external"]
+
+
 def planned_updates(cfg: Mapping) -> int:
     """How many updates each shard range will apply if every worker runs all its steps: the
     span of a learning-rate schedule. BSP applies one averaged update per clock; async and SSP
     one per push. External workers are counted as if they push as often as the built-in ones."""
     t = cfg["train"]
     pushes = -(-t["steps"] // t["push_every"])
-    workers = cfg["workers"]["count"] + cfg["workers"].get("external", 0)
-    return pushes if cfg["consistency"]["mode"] == "bsp" else pushes * workers
+    return pushes if cfg["consistency"]["mode"] == "bsp" else pushes * expected_workers(cfg)

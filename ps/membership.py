@@ -27,6 +27,7 @@ from typing import Any
 
 from . import protocol as P
 from . import reports
+from .config import expected_workers
 from .ranges import Ranges
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,6 @@ class Node:
     @property
     def name(self) -> str:
         return f"{self.role}-{self.rank}"
-
-
-def expected_workers(config: dict) -> int:
-    """The workers a job waits for: those the launcher starts and those that join from outside."""
-    return config["workers"]["count"] + config["workers"]["external"]
 
 
 class Membership:

@@ -23,6 +23,7 @@ from . import protocol as P
 from . import security, spans
 from .address import advertised
 from .backups import state_of
+from .config import expected_workers
 from .control import ControlClient, Heartbeat, Mailbox
 from .faults import FaultPlan
 from .holdings import Holdings
@@ -92,8 +93,7 @@ class Shard:
         self.heartbeat_interval = cluster["heartbeat_interval"]
         self.heartbeat_timeout = cluster["heartbeat_timeout"]
         self.checkpoint_every = self.config["checkpoint"]["every_seconds"]
-        self.max_workers = self.config["workers"]["count"] + self.config["workers"].get("external", 0) \
-            + P.MAX_EXTRA_WORKERS
+        self.max_workers = expected_workers(self.config) + P.MAX_EXTRA_WORKERS
         self.faults = FaultPlan(self.config["faults"], P.SHARD, self.rank, self.config["seed"],
                                 restarted=bool(info.get("restart")))
         self.incoming.local = self.incoming.local and cluster["shared_memory"]

@@ -16,7 +16,7 @@ from downpour.ps.wire import Message, WireError, recv, reply, reply_error
 
 LAYOUT = make_layout([("w", (40,)), ("b", (24,))], 2)
 CONFIG = {"consistency": {"mode": "async", "staleness": 0}, "optimizer": {"type": "adagrad", "lr": 0.1},
-          "train": {"steps": 100, "push_every": 1}, "workers": {"count": 2}}
+          "train": {"steps": 100, "push_every": 1}, "workers": {"count": 2, "external": 0}}
 GRADS = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
 
 
