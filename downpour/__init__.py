@@ -11,6 +11,7 @@ of a job runs, starts no slower for them.
 from __future__ import annotations
 
 import importlib
+import pathlib
 from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,13 @@ if TYPE_CHECKING:
 
 _WHERE = {"launch": ".job", "Job": ".job", "train": ".local", "connect": ".client", "Client": ".client",
           "JobError": ".control", "ConfigError": "downpour.ps.schema_nodes", "JobEnded": "downpour.worker.session"}
+
+# `python` started in a source checkout puts it first on sys.path, so this folder is found
+# before the installed package, and its subpackages are the folders beside it (model/, ps/,
+# worker/), not inside it: name them here as setuptools' package-dir does on install.
+_CHECKOUT = pathlib.Path(__file__).resolve().parent.parent
+if (_CHECKOUT / "ps" / "protocol.py").is_file() and (_CHECKOUT / "model" / "tensor.py").is_file():
+    __path__.append(str(_CHECKOUT))
 
 try:
     __version__ = _metadata.version("downpour")
