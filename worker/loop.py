@@ -109,7 +109,7 @@ class Worker:
         self.cadence = Cadence(t["steps"], t["push_every"], t["fetch_every"])
         self.clip_norm = t["clip_norm"]
         self.trips = overlap.for_job(cfg, self.client)
-        self.partition = Partition(job.data, session, t["batch_size"], cfg["seed"])
+        self.partition = Partition(job.data, session, t["batch_size"], cfg["seed"], cfg["workers"]["count"])
         buffers = self.client.gradient_buffers(self.trips.buffers)
         if cfg["compression"]["rows"]:
             plan = RowPlan(self.net, self.flat)

@@ -175,15 +175,25 @@ class CountingData:
 
 def test_the_survivors_re_cut_the_data_among_themselves_from_the_next_epoch():
     session = types.SimpleNamespace(live=[0, 1, 2], rank=1, world=3, name="worker-1")
-    partition = Partition(CountingData(), session, batch_size=8, seed=0)
+    partition = Partition(CountingData(), session, batch_size=8, seed=0, sharing=3)
     assert [partition.next(s)[0] for s in range(2)] == [(1, 3, 0, 0), (1, 3, 0, 1)]
     session.live = [1, 2]                                             # worker 0 died
     assert partition.next(2)[0] == (0, 2, 1, 0)                       # rank 0 of 2, epoch 1
 
 
+def test_external_workers_bring_their_own_data_so_the_jobs_own_workers_cut_it_among_themselves():
+    session = types.SimpleNamespace(live=[], rank=1, world=4, name="worker-1")   # workers: {count: 2, external: 2}
+    partition = Partition(CountingData(), session, batch_size=8, seed=0, sharing=2)
+    assert partition.next(0)[0] == (1, 2, 0, 0)                       # before the first heartbeat: half
+    session.live = [0, 1, 2, 3]
+    assert partition.next(1)[0] == (1, 2, 0, 1)                       # the external 2 and 3 change nothing
+    session.live = [1, 2, 3]                                          # worker 0 died
+    assert partition.next(2)[0] == (0, 1, 1, 0)                       # all of it, from the next epoch
+
+
 def test_batches_peeked_at_for_a_read_by_rows_are_the_ones_the_next_steps_train_on():
     session = types.SimpleNamespace(live=[0], rank=0, world=1, name="worker-0")
-    partition = Partition(CountingData(), session, batch_size=8, seed=0)
+    partition = Partition(CountingData(), session, batch_size=8, seed=0, sharing=1)
     assert partition.next(0)[0][3] == 0
     served = [x[3] for x, _ in partition.peek(0, first=1, count=2)]   # overlapped: from step 2 on
     assert served == [2, 3]
