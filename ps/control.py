@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -68,7 +69,10 @@ class ControlClient:
         return msg
 
     def register(self, body: dict, startup_timeout: float = 60.0) -> Message:
-        """Join the job, retrying until the coordinator answers or `startup_timeout` passes."""
+        """Join the job, retrying until the coordinator answers or `startup_timeout` passes. Every
+        try carries one token, so a coordinator that answered a try too late to be heard gives the
+        next the same rank rather than a second one."""
+        body = {**body, "token": secrets.token_hex(8)}
         deadline = time.monotonic() + startup_timeout
         while True:
             try:

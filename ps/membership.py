@@ -54,6 +54,7 @@ class Node:
     stats: dict = dataclasses.field(default_factory=dict)
     registrations: int = 1
     beats: int = 0  # heartbeats received since it registered
+    token: str = ""  # the registration's own id: a request sent again is the same registration
 
     @property
     def name(self) -> str:
@@ -100,6 +101,12 @@ class Membership:
         """A node joins (or a restarted one joins again); returns it and whether it is a restart."""
         if self.state in P.FINAL_STATES:
             raise Refused(f"the job is over ({self.state}): not accepting {role}s")
+        token = str(body.get("token") or "")[:P.MAX_NAME_CHARS]
+        again = next((n for n in self.nodes.values() if token and n.token == token and n.role == role
+                      and n.state == ALIVE), None)
+        if again is not None:  # its reply was late or lost and it asked again: the same node, the same rank
+            again.last_seen = now
+            return again, again.registrations > 1
         # an external worker (downpour.connect) never takes a rank the launcher's workers ask for
         first = self.builtin_workers if role == P.WORKER and body.get("external") else 0
         rank = self._assign_rank(role, body.get("rank"), first)
@@ -108,7 +115,7 @@ class Membership:
                           f"the {self.num_workers} expected may join")
         name = f"{role}-{rank}"
         previous = self.nodes.get(name)
-        node = Node(role, rank, now, address=str(body.get("address", ""))[:P.MAX_NAME_CHARS])
+        node = Node(role, rank, now, address=str(body.get("address", ""))[:P.MAX_NAME_CHARS], token=token)
         if previous is not None:
             node.registrations = previous.registrations + 1
             node.stats = {"before_restart": previous.stats.get("updates", 0)}

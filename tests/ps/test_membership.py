@@ -54,6 +54,17 @@ def test_nodes_get_the_rank_they_ask_for_or_the_lowest_free_one():
     assert taken.value.retry                                 # the holder may yet be declared dead
 
 
+def test_a_registration_asked_again_after_a_lost_reply_keeps_its_rank_instead_of_taking_a_second():
+    m = Membership(config(), 0.0)
+    first, restart = m.register(P.SHARD, {"token": "a1"}, 0.0)
+    again, restart_again = m.register(P.SHARD, {"token": "a1"}, 1.0)    # the reply was lost: asked again
+    assert (again.rank, restart_again) == (first.rank, restart) == (0, False)
+    assert m.register(P.SHARD, {"token": "b2"}, 1.0)[0].rank == 1       # another shard
+    named = m.register(P.WORKER, {"rank": 1, "token": "c3"}, 1.0)[0]
+    assert m.register(P.WORKER, {"rank": 1, "token": "c3"}, 2.0)[0] is named   # not "rank 1 already taken"
+    assert [n.name for n in m.nodes.values()] == ["shard-0", "shard-1", "worker-1"]
+
+
 def test_an_external_worker_never_takes_a_rank_the_launchers_workers_will_ask_for():
     m = Membership(config(workers=2, external=2), 0.0)
     assert m.register(P.WORKER, {"external": True}, 0.0)[0].rank == 2
