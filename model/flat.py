@@ -217,6 +217,27 @@ class FlatParameters:
             else:
                 view += grad
 
+    def grads_at(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every parameter's `.grad` as flat positions (sorted, distinct) and the values there: a
+        RowSparse at its rows only, any other gradient whole, a None not at all. A rule that
+        `steps_by_rows` steps these at the cost of the rows a batch touched, not of the table."""
+        positions, values = [np.zeros(0, np.int64)], [np.zeros(0, self.data.dtype)]
+        for (name, shape), tensor, start in zip(self.specs, self._tensors, self.offsets):
+            grad = tensor.grad
+            if grad is None:
+                continue
+            if np.shape(grad) != shape:
+                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+            if isinstance(grad, RowSparse):
+                rows = grad.coalesce()
+                width = int(np.prod(shape[1:], dtype=np.int64))
+                positions.append((start + rows.rows[:, None] * width + np.arange(width)).reshape(-1))
+                values.append(rows.values.reshape(-1))
+            else:
+                positions.append(np.arange(start, start + int(np.prod(shape, dtype=np.int64))))
+                values.append(np.reshape(grad, -1))
+        return np.concatenate(positions), np.concatenate(values).astype(self.data.dtype, copy=False)
+
     def check_views(self) -> None:
         """Raise if any parameter's `.data` is neither its view into `data` nor the received
         memory `receive` gave it (something else rebound it)."""

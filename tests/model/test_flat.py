@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from downpour.model import optim
+from downpour.model import RowSparse, optim
 from downpour.model.flat import FlatParameters, flatten, unflatten
 from downpour.model.tensor import Tensor
 
@@ -294,3 +294,16 @@ def test_rows_received_by_position_keep_the_rest_of_their_table_and_leave_other_
     flat.receive_at(np.zeros(0, np.int64), np.zeros(0, np.float32))
     with pytest.raises(ValueError, match="positions"):
         flat.receive_at(np.array([25, 26]), np.zeros(2, np.float32))
+
+
+def test_grads_at_gives_a_tables_touched_rows_and_every_other_gradient_whole_by_flat_position():
+    table, bias, frozen = Tensor(np.zeros((5, 2), np.float32)), Tensor(np.zeros(3, np.float32)), \
+        Tensor(np.zeros(2, np.float32))
+    flat = FlatParameters([("table", table), ("bias", bias), ("frozen", frozen)])
+    table.grad = RowSparse(np.array([3, 1, 3]), np.array([[1, 2], [3, 4], [5, 6]], np.float32), (5, 2))
+    bias.grad, frozen.grad = np.array([7, 8, 9], np.float32), None
+    positions, values = flat.grads_at()
+    assert positions.tolist() == [2, 3, 6, 7, 10, 11, 12]          # rows 1 and 3 of the table, then the bias
+    assert values.tolist() == [3, 4, 6, 8, 7, 8, 9]                # row 3's two entries summed
+    dense = flat.gather_grads()
+    assert np.array_equal(dense[positions], values) and not np.delete(dense, positions).any()

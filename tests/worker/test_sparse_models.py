@@ -1,6 +1,8 @@
 """The sparse models: built by name from a job's `model:` section over a hashed data set; the
 table's gradient is a RowSparse of the rows the batch read, and those are the rows the worker
 reads and pushes by rows (`rows_used`)."""
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,26 @@ def test_a_sparse_model_on_dense_data_or_with_bad_settings_is_refused_by_name():
         models.build({"type": "fasttext", "dim": 0}, INFO, seed=0)
     with pytest.raises(models.ModelConfigError, match="model.width: not used by fasttext"):
         models.build({"type": "fasttext", "width": 3}, INFO, seed=0)
+
+
+@pytest.mark.parametrize("optimizer", ["{type: ftrl, alpha: 1.0, l1: 0.001}", "{type: adagrad, lr: 0.5}",
+                                       "{type: lazy_adam, lr: 0.01}"])
+def test_training_in_one_process_steps_only_the_touched_rows_and_equals_the_dense_step(monkeypatch, optimizer):
+    from downpour.model.optim.base import Rule
+    from downpour.ps import config as job_config
+    from downpour.worker.local import train_local
+
+    cfg = job_config.load(pathlib.Path(__file__).parents[2] / "configs" / "fortunes_langid.yaml",
+                          ["data.features.buckets=1048576", "train.steps=12", "train.batch_size=16",
+                           "train.clip_norm=0.5", f"optimizer={optimizer}"])
+    stepped_at = []
+    step_at = Rule.step_at
+    monkeypatch.setattr(Rule, "step_at", lambda self, p, g, at: stepped_at.append(at.size) or step_at(self, p, g, at))
+    by_rows, _ = train_local(cfg)
+    assert len(stepped_at) == 12 and max(stepped_at) < by_rows.flat.size // 20   # a few % of the table a step
+    monkeypatch.setattr(Rule, "steps_by_rows", property(lambda self: False))      # the dense step instead
+    if "lazy" in optimizer:   # a lazy rule steps only the rows pushed: that is its point, and the difference
+        with pytest.raises(AssertionError):
+            np.testing.assert_array_equal(by_rows.flat.data, train_local(cfg)[0].flat.data)
+        return
+    np.testing.assert_array_equal(by_rows.flat.data, train_local(cfg)[0].flat.data)
