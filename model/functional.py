@@ -84,9 +84,10 @@ def avg_pool2d(
     return _pool("avg_pool2d", x, kernel_size, stride, padding)
 
 
-def embedding(indices: Any, weight: Tensor) -> Tensor:
-    """Rows of `weight` (num_embeddings, dim) for integer `indices` of any shape."""
-    return Tensor.apply("embedding", indices, weight)
+def embedding(indices: Any, weight: Tensor, sparse: bool = False) -> Tensor:
+    """Rows of `weight` (num_embeddings, dim) for integer `indices` of any shape; with `sparse`,
+    the table's gradient is a RowSparse of the rows looked up (torch's `sparse=True`)."""
+    return Tensor.apply("embedding", indices, weight, sparse=sparse)
 
 
 def embedding_bag(

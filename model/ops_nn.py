@@ -9,6 +9,7 @@ from .backend import array_module, writable
 from .ops import stable_sigmoid
 from .ops_shape import scatter_add_rows
 from .registry import Context, Op, register, samples
+from .sparse import RowSparse
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -254,33 +255,36 @@ class Embedding(Op):
     """weight[indices]: rows of a (V, D) table for integer indices of any shape.
 
     Inputs are (indices, weight), as torch's F.embedding(input, weight); the backward
-    scatter-adds the output gradient into the rows that were looked up.
+    scatter-adds the output gradient into the rows that were looked up, or with `sparse`
+    (torch's `sparse=True`) hands them over as a RowSparse, never a table-sized array.
     """
 
     name = "embedding"
     nondiff = (0,)
 
     @staticmethod
-    def forward(ctx: Context, indices, weight):
+    def forward(ctx: Context, indices, weight, sparse=False):
         if indices.dtype.kind not in "iu":
             raise TypeError(f"embedding indices must be integers, got {indices.dtype}")
         n_rows = weight.shape[0]
         if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_rows):
             raise IndexError(f"embedding indices must lie in [0, {n_rows})")
-        ctx.indices, ctx.weight_shape = indices, weight.shape
+        ctx.indices, ctx.weight_shape, ctx.sparse = indices, weight.shape, bool(sparse)
         return array_module(weight).take(weight, indices, axis=0)
 
     @staticmethod
     def backward(ctx: Context, grad):
-        xp = array_module(grad)
-        grad_w = xp.zeros(ctx.weight_shape, dtype=grad.dtype)
-        rows = grad.reshape(-1, ctx.weight_shape[1])
+        rows = grad.reshape(-1, *ctx.weight_shape[1:])
+        if ctx.sparse:
+            return None, RowSparse(ctx.indices.reshape(-1).astype(np.int64, copy=False), rows, ctx.weight_shape)
+        grad_w = array_module(grad).zeros(ctx.weight_shape, dtype=grad.dtype)
         scatter_add_rows(grad_w, ctx.indices.reshape(-1), rows)
         return None, grad_w
 
     @samples
     def samples(rng):
         yield (np.array([[0, 2, 2], [4, 0, 2]]), rng.standard_normal((5, 3))), {}
+        yield (np.array([[0, 2, 2], [4, 0, 2]]), rng.standard_normal((5, 3))), {"sparse": True}
         yield (np.array([1, 1, 1]), rng.standard_normal((3, 2))), {}
 
 

@@ -173,18 +173,20 @@ class Sequential(Module):
 
 
 class Embedding(Module):
-    """A lookup table of num_embeddings vectors of size embedding_dim, drawn from N(0, 1)."""
+    """A lookup table of num_embeddings vectors of size embedding_dim, drawn from N(0, 1). With
+    `sparse` (as in torch) its gradient is a RowSparse of the rows a batch looked up, which the
+    shards, `compression.rows` and the optimizers take as it is."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, rng: Generator | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, rng: Generator | None = None, sparse: bool = False):
         super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.num_embeddings, self.embedding_dim, self.sparse = num_embeddings, embedding_dim, bool(sparse)
         self.weight = Parameter(init.normal((num_embeddings, embedding_dim), rng))
 
     def forward(self, indices: Any) -> Tensor:
-        return F.embedding(indices, self.weight)
+        return F.embedding(indices, self.weight, sparse=self.sparse)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        return f"{self.num_embeddings}, {self.embedding_dim}" + (", sparse=True" if self.sparse else "")
 
 
 class LayerNorm(Module):

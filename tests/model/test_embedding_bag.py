@@ -147,3 +147,18 @@ def test_adding_rows_with_numba_gives_the_bits_of_numpy_add_at_repeats_included(
     add_rows(by_numba, rows, values, use_numba=True)
     add_rows(by_numpy, rows, values, use_numba=False)
     np.testing.assert_array_equal(by_numba, by_numpy)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_sparse_embedding_gives_the_rows_looked_up_as_torchs_sparse_embedding_does(dtype):
+    theirs = torch.nn.Embedding(10, 4, sparse=True).to(torch.float64 if dtype == np.float64 else torch.float32)
+    ours = nn.Embedding(10, 4, sparse=True)
+    ours.weight.data = theirs.weight.detach().numpy().copy()
+    ids = np.array([[4, 0, 4], [2, 9, 2]])
+    out, expected = ours(ids), theirs(torch.tensor(ids))
+    np.testing.assert_allclose(out.numpy(), expected.detach().numpy(), atol=0)
+    _backward_both(out, expected, np.random.default_rng(1))
+    grad = ours.weight.grad
+    assert isinstance(grad, RowSparse) and sorted(set(grad.rows.tolist())) == [0, 2, 4, 9]
+    np.testing.assert_allclose(grad.to_dense(), theirs.weight.grad.to_dense().numpy(), atol=1e-12 if dtype == np.float64
+                               else 1e-6)
