@@ -206,28 +206,19 @@ class FlatParameters:
         gathers a batch's gradient with no table-sized pass at all."""
         if out.shape != (self.size,):
             raise ValueError(f"out has shape {out.shape}, expected ({self.size},)")
-        for (name, shape), tensor, view in zip(self.specs, self._tensors, self.unflatten(out).values()):
-            grad = tensor.grad
-            if grad is None:
-                continue
-            if np.shape(grad) != shape:
-                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+        views = self.unflatten(out)
+        for name, _, _, grad in self._grads():
             if isinstance(grad, RowSparse):
-                grad.add_to(view)
+                grad.add_to(views[name])
             else:
-                view += grad
+                views[name] += grad
 
     def grads_at(self) -> tuple[np.ndarray, np.ndarray]:
         """Every parameter's `.grad` as flat positions (sorted, distinct) and the values there: a
         RowSparse at its rows only, any other gradient whole, a None not at all. A rule that
         `steps_by_rows` steps these at the cost of the rows a batch touched, not of the table."""
         positions, values = [np.zeros(0, np.int64)], [np.zeros(0, self.data.dtype)]
-        for (name, shape), tensor, start in zip(self.specs, self._tensors, self.offsets):
-            grad = tensor.grad
-            if grad is None:
-                continue
-            if np.shape(grad) != shape:
-                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+        for _, shape, start, grad in self._grads():
             if isinstance(grad, RowSparse):
                 rows = grad.coalesce()
                 width = int(np.prod(shape[1:], dtype=np.int64))
@@ -237,6 +228,16 @@ class FlatParameters:
                 positions.append(np.arange(start, start + int(np.prod(shape, dtype=np.int64))))
                 values.append(np.reshape(grad, -1))
         return np.concatenate(positions), np.concatenate(values).astype(self.data.dtype, copy=False)
+
+    def _grads(self):
+        """(name, shape, flat offset, gradient) of every parameter that has a gradient, its shape checked."""
+        for (name, shape), tensor, start in zip(self.specs, self._tensors, self.offsets):
+            grad = tensor.grad
+            if grad is None:
+                continue
+            if np.shape(grad) != shape:
+                raise ValueError(f"gradient of {name!r} has shape {np.shape(grad)}, expected {shape}")
+            yield name, shape, start, grad
 
     def check_views(self) -> None:
         """Raise if any parameter's `.data` is neither its view into `data` nor the received
