@@ -129,8 +129,9 @@ class Worker:
         resume carries on from the clock the shards have on record for us. Returns the first step."""
         session = self.session
         self.client.pull(session.clock, self.flat)
-        if self.client.clock_hint > session.clock:
-            session.clock = self.client.clock_hint
+        on_record = self.client.resume_clock(session.config["consistency"]["mode"] == "bsp")
+        if on_record > session.clock:
+            session.clock = on_record
             log.info("%s: the shards have us at clock %d: resuming there", session.name, session.clock)
         return session.clock * self.cadence.push_every
 

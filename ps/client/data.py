@@ -241,11 +241,12 @@ class ShardClient:
                         self.retries += 1
                         self._send(p, now)
 
-    @property
-    def clock_hint(self) -> int:
+    def resume_clock(self, bsp: bool) -> int:
         """The clock to carry on from after a restart or resume: the lowest any shard has on
-        record for us. A shard that is further along ignores the repeated pushes (exactly once)."""
-        return min(self.shard_clocks)
+        record for us, as a shard that is further along ignores the repeated pushes (exactly
+        once). In bsp the highest: a clock one shard applied without us was applied without us
+        on every shard (the others apply it once our next push shows we are past it)."""
+        return max(self.shard_clocks) if bsp else min(self.shard_clocks)
 
     # ---- the machinery -------------------------------------------------------------------
     def _poller(self) -> zmq.Poller:

@@ -232,7 +232,9 @@ def test_chaos_matrix(jobs, request, fault, target, mode, replication):
     if target == "worker" and mode == "bsp":
         # BSP applies the clocks of a worker declared dead without it, and refuses (never
         # acknowledges) its later pushes for them: each clock is applied once, whoever is in it.
-        # (A worker of a BSP job cannot rejoin yet: it is refused until its restarts run out.)
+        # Restarted (killed, or failed on such a refusal after a stall), it carries on from the
+        # latest clock any shard applied without it: it comes back at the first try.
         assert s["updates_per_shard"] == [total] * 2
+        assert [e["event"] for e in s["events"] if e["node"] == TARGETS[target]].count("re-registered") == 1
         return
     assert_nothing_lost(s, mode, total)

@@ -8,6 +8,7 @@ import pytest
 
 from downpour.ps import config as job_config
 from downpour.ps import protocol as P
+from downpour.ps.client.data import ShardClient
 from downpour.worker import loop, overlap
 from downpour.worker.accrued import Accrued
 from downpour.worker.alarms import Alarms, Garbage
@@ -31,7 +32,10 @@ class RecordingClient:
         self.session, self.size = session, size
         self.trips: list[Trip] = []
         self.pushed: list[np.ndarray] = []
-        self.clock_hint, self.retries, self.waited, self.bytes_sent, self.bytes_received = 0, 0, 0.0, 0, 0
+        self.shard_clocks, self.retries, self.waited, self.bytes_sent, self.bytes_received = [0], 0, 0.0, 0, 0
+
+    def resume_clock(self, bsp):
+        return ShardClient.resume_clock(self, bsp)
 
     def gradient_buffers(self, n):
         return [np.zeros(self.size, np.float32) for _ in range(n)]
@@ -105,9 +109,16 @@ def test_every_log_every_steps_and_at_the_last_the_worker_reports_loss_clock_and
 
 def test_a_worker_that_restarts_carries_on_from_the_clock_the_shards_have_for_it():
     session = RecordingSession("train.steps=6", "train.push_every=2", "train.fetch_every=2")
-    session.client.clock_hint = 2
+    session.client.shard_clocks = [2, 3]       # the lowest: the shard at 3 ignores our clock 2 as a repeat
     loop.train(session)
     assert [(t.op, t.clock) for t in session.client.trips] == [(P.PULL, 0), (P.PUSH, 2)]   # steps 4 and 5
+
+
+def test_a_bsp_worker_that_rejoins_carries_on_from_the_latest_clock_any_shard_applied_without_it():
+    session = RecordingSession("train.steps=8", "consistency.mode=bsp")
+    session.client.shard_clocks = [6, 5]       # shard 0 applied clock 5 before we joined: nobody takes it again
+    loop.train(session)
+    assert [(t.op, t.clock) for t in session.client.trips][:2] == [(P.PULL, 0), (P.PUSH_PULL, 6)]
 
 
 def test_a_poisoned_gradient_stops_the_job_before_it_is_pushed():
