@@ -216,4 +216,8 @@ def learn(multihost: dict[str, Any]) -> tuple[LinkModel, dict[str, Any]]:
         "median_abs_error": {n: float(np.median([abs(r["error"]) for r in rows if r["network"] == n]))
                              for n in shaped},
         "noisy_points": [f"{r['network']} {r['pair']}" for r in rows if r["noisy"]],
+        "acceptance": {"tolerance": TOLERANCE, "networks": shaped,
+                       "over": [f"{r['network']} {r['pair']} {r['error']:+.0%}" for r in rows
+                                if r["network"] != "loopback" and abs(r["error"]) > TOLERANCE],
+                       "met": all(abs(r["error"]) <= TOLERANCE for r in rows if r["network"] != "loopback")},
     }
