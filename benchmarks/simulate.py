@@ -230,10 +230,14 @@ def log_links(learnt: dict[str, Any]) -> None:
                  network, 100 * s["median_abs_error"], 100 * s["max_abs_error"], s["over_tolerance"], s["points"],
                  100 * links.TOLERANCE, clean["points"],
                  "-" if clean["max_abs_error"] is None else f"{100 * clean['max_abs_error']:.0f}%")
-    verdict = learnt["acceptance"]
-    log.info("within %.0f%% of every %s point: %s%s", 100 * verdict["tolerance"], " and ".join(verdict["networks"]),
-             "yes" if verdict["met"] else "no", "" if verdict["met"] else f" ({', '.join(verdict['over'])})")
     log.info("on issue #19's table: max |error| %.0f%%", 100 * learnt["issue_max_abs_error"])
+    verdict = learnt["acceptance"]
+    if verdict["met"] is None:
+        log.info("no point across shaped links in the grid: nothing to judge the links by")
+    else:
+        log.info("within %.0f%% of every %s point: %s%s", 100 * verdict["tolerance"],
+                 " and ".join(verdict["networks"]), "yes" if verdict["met"] else "no",
+                 "" if verdict["met"] else f" ({', '.join(verdict['over'])})")
 
 
 def main(argv: list[str] | None = None) -> int:
