@@ -150,7 +150,7 @@ def fit(cells: Sequence[Point]) -> LinkModel:
     loop = [p.measured for p in cells if p.network == "loopback"] or [p.measured for p in cells]
     base_ms = 1e3 * HARNESS["batch"] / float(np.median(loop))
     n = len(push) + len(read)
-    x0 = np.array([base_ms, *[0.1 * base_ms] * n, 0.95, 4.0])
+    x0 = np.array([base_ms, *[0.1 * base_ms] * n, 0.95, min(max(4.0, K_BOUNDS[0]), K_BOUNDS[1])])
     lower = np.array([1e-4, *[-1e3] * n, 0.2, K_BOUNDS[0]])
     upper = np.array([1e4, *[1e4] * n, 1.5, K_BOUNDS[1]])
 
