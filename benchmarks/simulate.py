@@ -11,18 +11,18 @@ parallel, so the station's service time is one shard's). The knobs come from mea
 - the shard's share of a round trip (`SHARD_SHARE`): receive, apply the rule, send;
 - on one machine, the workers and shards share `cores`: compute slows by the over-subscription.
 
-On a network, a round trip adds 2 x latency, and the links bound the throughput (a roofline,
-`links_bound`): every update moves its bytes through its worker's link and 1/shards of them
-through each shard's, at the link's rate times its learnt `efficiency` (below), full duplex, so
-the heavier direction (pushes to the shards or reads to the workers, each by its codec:
-`Traffic`) paces each link.
+On a network, a round trip adds 2 x latency, and the links carry a bounded rate (`links_bound`):
+every update moves its bytes through its worker's link and 1/shards of them through each
+shard's, at the link's rate times its learnt `efficiency`, full duplex, so the heavier direction
+(pushes to the shards or reads to the workers, each by its codec: `Traffic`) paces each link.
+The CPUs' throughput and the links' are joined as the learnt `overlap` k says (a k-norm of the
+times per update: 1 a serial sum, large k the roofline).
 
-The link rate is learnt from `multihost.json` (benchmarks/multihost.py: the digits job on six
-hosts behind shaped links, per codec pair, beside the same pair on loopback): each pair's
-loopback throughput fixes its CPU cost (the step time at which the model gives it, on the
-machine's cores), and one efficiency, the share of the nominal rate the job's payload gets
-(TCP/IP headers, the shaper's bursts, the control plane), is fitted to every 100 Mbit/s and
-1 Gbit/s point; the error on each point is reported, and on the figures of issue #19's table.
+Both are learnt from `multihost.json` (benchmarks/multihost.py: the digits job on six hosts
+behind shaped links, per codec pair, beside the same pair on loopback) by
+benchmarks/simulate_links.py, which models every point of that grid with a few physical
+parameters (a CPU cost per update and per codec, the efficiency, k), fits them to all the points
+at once and reports the error on each, and on the figures of issue #19's table.
 
     python benchmarks/simulate.py [--bandwidth-gbit 10] [--latency-us 50] [--model mlp]
                                   [--push none] [--read none] [--ratio 0.01]
@@ -46,6 +46,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from benchmarks import common  # noqa: E402
+from benchmarks import simulate_links as links  # noqa: E402
 
 log = logging.getLogger("benchmarks.simulate")
 
@@ -74,6 +75,7 @@ class Network:
     latency_seconds: float
     cores: float | None = None  # all roles on one machine of this many cores, or None: a host each
     efficiency: float = 1.0     # the share of the nominal rate the job's payload gets (learnt)
+    overlap: float = math.inf   # how the CPU and the links share the time: 1 serial, inf the roofline (learnt)
 
 
 # Payload bytes per float32 value each codec sends (ps/compression.py, ps/reads.py); `sparse`
@@ -98,7 +100,8 @@ class Traffic:
 def updates_per_second(cal: Calibration, workers: int, shards: int, net: Network,
                        traffic: Traffic = Traffic()) -> float:
     """Throughput of the closed network of `workers` workers and `shards` shards: exact MVA
-    over the CPUs, capped by what the links carry (`traffic`: the codecs' bytes each way)."""
+    over the CPUs, joined with what the links carry (`traffic`: the codecs' bytes each way) as the
+    harness taught (`links.combine`, with the network's learnt `overlap`)."""
     slice_bytes = cal.model_bytes / shards
     shard_cpu = SHARD_SHARE * cal.round_trip(slice_bytes)
     client_cpu = (1 - SHARD_SHARE) * cal.round_trip(slice_bytes) * shards  # one message per shard
@@ -119,7 +122,7 @@ def updates_per_second(cal: Calibration, workers: int, shards: int, net: Network
         if abs(wanted - slowdown) < 1e-4:
             break
         slowdown = 0.5 * (slowdown + wanted)
-    return min(throughput, links_bound(cal, workers, shards, net, traffic))
+    return links.combine(throughput, links_bound(cal, workers, shards, net, traffic), net.overlap)
 
 
 def links_bound(cal: Calibration, workers: int, shards: int, net: Network, traffic: Traffic) -> float:
@@ -158,86 +161,36 @@ def check(cal: Calibration, cluster: dict[str, Any], model: str, cores: float) -
     return points
 
 
-# ---- the link rate, learnt from the multi-host harness ---------------------------------------------
+# ---- the links, learnt from the multi-host harness (benchmarks/simulate_links.py) ------------------
 
-HARNESS = {"params": 76_810, "workers": 2, "shards": 2, "batch": 32}  # deploy/job.yaml's digits MLP
-RATES = {"100mbit": 100e6 / 8, "1gbit": 1e9 / 8}                      # tc's units, in bytes/s
-# Issue #19's table (the same job on the harness, another day): samples/s per (link, push, read),
-# and 38 599 samples/s on loopback, which fixes the CPU side of those points.
+# Issue #19's table (the same job on the harness, another day, a quieter machine): samples/s per
+# (link, push, read); its loopback run (38 599 samples/s, none/none) gives that day's machine speed.
 ISSUE_POINTS = (("100mbit", "none", "none", 2487), ("100mbit", "fp16", "none", 2490),
                 ("100mbit", "topk", "none", 2491), ("1gbit", "none", "none", 24275))
 ISSUE_LOOPBACK = 38599
 
 
-def step_for(cal: Calibration, updates: float, cores: float) -> float:
-    """The step time at which the model on loopback (`cores` cores) gives `updates`/s."""
-    lo, hi = 1e-7, 10.0
-    for _ in range(60):   # bisection in log space: throughput falls as the step grows
-        mid = math.sqrt(lo * hi)
-        fast = updates_per_second(dataclasses.replace(cal, step_seconds=mid), HARNESS["workers"], HARNESS["shards"],
-                                  Network(None, 0.0, cores)) > updates
-        lo, hi = (mid, hi) if fast else (lo, mid)
-    return math.sqrt(lo * hi)
+def issue_points(model: links.LinkModel) -> list[dict[str, Any]]:
+    """The learnt model on issue #19's table: the CPU costs scaled to that day's loopback speed,
+    the codecs' nominal bytes (only pushes were compressed then)."""
+    model_bytes = 4 * links.HARNESS["params"]
+    scale = links.HARNESS["batch"] / ISSUE_LOOPBACK / model.cpu_seconds("none", "none", "loopback")
+    out = []
+    for network, push, read, measured in ISSUE_POINTS:
+        traffic = Traffic.of(push, read)
+        predicted = model.samples_per_s(push, read, network, traffic.push * model_bytes, traffic.read * model_bytes,
+                                        cpu_scale=scale)
+        out.append({"network": network, "pair": f"{push}/{read}", "measured": measured, "predicted": predicted,
+                    "error": predicted / measured - 1})
+    return out
 
 
-def link_cases(cal: Calibration, multihost: dict[str, Any], cores: float) -> list[dict[str, Any]]:
-    """Each measured 100 Mbit/s and 1 Gbit/s point of the grid with what predicts it: the
-    calibration with the step time its pair's loopback run gives, and its payload each way."""
-    figures = multihost["figures"]
-    grid, batch = figures["grid"], HARNESS["batch"]
-    updates = figures["grid_steps"] * HARNESS["workers"]
-    model_bytes = HARNESS["params"] * 4
-    harness = dataclasses.replace(cal, model_bytes=model_bytes)
-    cases = []
-    for network in RATES:
-        for pair, run in grid.get(network, {}).items():
-            loop = grid["loopback"][pair]
-            traffic = Traffic(run["client_bytes_sent"] / updates / model_bytes,
-                              run["client_bytes_received"] / updates / model_bytes)
-            step = step_for(harness, loop["samples_per_s"] / batch, cores)
-            cases.append({"network": network, "pair": pair, "measured": run["samples_per_s"],
-                          "cal": dataclasses.replace(harness, step_seconds=step), "traffic": traffic})
-    return cases
-
-
-def predict(case: dict[str, Any], cores: float, efficiency: float) -> float:
-    """Samples/s the model gives for a harness case at a link efficiency."""
-    net = Network(RATES[case["network"]], 0.0, cores, efficiency)
-    return HARNESS["batch"] * updates_per_second(case["cal"], HARNESS["workers"], HARNESS["shards"], net,
-                                                 case["traffic"])
-
-
-def learn_links(cal: Calibration, multihost: dict[str, Any], cores: float) -> dict[str, Any]:
-    """The efficiency that fits the measured link points best (least squares of log errors), and
-    the model's error on each of them and on the issue's table."""
-    cases = link_cases(cal, multihost, cores)
-    candidates = np.linspace(0.5, 1.25, 151)
-    losses = [sum(math.log(predict(c, cores, e) / c["measured"]) ** 2 for c in cases) for e in candidates]
-    efficiency = float(candidates[int(np.argmin(losses))])
-    points = [{"network": c["network"], "pair": c["pair"], "measured": c["measured"],
-               "predicted": predict(c, cores, efficiency), "push_share": c["traffic"].push,
-               "read_share": c["traffic"].read,
-               # where the links bind, the point tests the link model; elsewhere, the loopback run's CPU figure
-               "link_bound": predict(c, cores, efficiency) < 0.999 * predict(c, cores, float("inf"))}
-              for c in cases]
-    harness = dataclasses.replace(cal, model_bytes=HARNESS["params"] * 4)
-    step = step_for(harness, ISSUE_LOOPBACK / HARNESS["batch"], cores)
-    issue = [{"network": n, "pair": f"{push}/{read}", "measured": m,
-              "predicted": predict({"network": n, "cal": dataclasses.replace(harness, step_seconds=step),
-                                    "traffic": Traffic.of(push, read)}, cores, efficiency)}
-             for n, push, read, m in ISSUE_POINTS]
-    for p in (*points, *issue):
-        p["error"] = p["predicted"] / p["measured"] - 1
-    errors = {n: [abs(p["error"]) for p in points if p["network"] == n] for n in RATES}
-    by_bound = {bound: [abs(p["error"]) for p in points if p["link_bound"] == bound] for bound in (True, False)}
-    return {"efficiency": efficiency, "source": "benchmarks/results/multihost.json", "points": points,
-            "issue_points": issue, "max_abs_error": {n: max(e) for n, e in errors.items() if e},
-            "median_abs_error": {n: float(np.median(e)) for n, e in errors.items() if e},
-            "link_bound": {"points": len(by_bound[True]), "max_abs_error": max(by_bound[True], default=None),
-                           "median_abs_error": float(np.median(by_bound[True])) if by_bound[True] else None},
-            "cpu_bound": {"points": len(by_bound[False]), "max_abs_error": max(by_bound[False], default=None),
-                          "median_abs_error": float(np.median(by_bound[False])) if by_bound[False] else None},
-            "issue_max_abs_error": max(abs(p["error"]) for p in issue)}
+def learn_links(multihost: dict[str, Any]) -> tuple[links.LinkModel, dict[str, Any]]:
+    """The link model fitted to multihost.json, its report, and its error on the issue's table."""
+    model, report = links.learn(multihost)
+    report["issue_points"] = issue_points(model)
+    report["issue_max_abs_error"] = max(abs(p["error"]) for p in report["issue_points"])
+    return model, report
 
 
 def plot(grid: dict[str, dict[str, float]], path: pathlib.Path, title: str) -> None:
@@ -261,6 +214,32 @@ def plot(grid: dict[str, dict[str, float]], path: pathlib.Path, title: str) -> N
     plt.close(fig)
 
 
+def log_links(learnt: dict[str, Any]) -> None:
+    """The learnt parameters, and the error on every measured point, network by network."""
+    cpu = learnt["cpu_ms_per_update"]
+    log.info("links: efficiency %.3f, overlap k %.1f; CPU ms per update: base %.3f, push %s, read %s",
+             learnt["efficiency"], learnt["overlap_exponent"], cpu["base"],
+             " ".join(f"{c} {v:+.3f}" for c, v in cpu["push"].items()),
+             " ".join(f"{c} {v:+.3f}" for c, v in cpu["read"].items()))
+    for p in learnt["points"]:
+        log.info("  %-8s %-13s measured %8.0f  predicted %8.0f  %+5.0f%%  %-4s%s", p["network"], p["pair"],
+                 p["measured"], p["predicted"], 100 * p["error"], p["bound"], "  noisy" if p["noisy"] else "")
+    for network, s in learnt["by_network"].items():
+        clean = learnt["by_network_not_noisy"][network]
+        log.info("%-8s median |error| %3.0f%%, max %3.0f%%, %d of %d points over %.0f%% (not noisy: %d points, max %s)",
+                 network, 100 * s["median_abs_error"], 100 * s["max_abs_error"], s["over_tolerance"], s["points"],
+                 100 * links.TOLERANCE, clean["points"],
+                 "-" if clean["max_abs_error"] is None else f"{100 * clean['max_abs_error']:.0f}%")
+    log.info("on issue #19's table: max |error| %.0f%%", 100 * learnt["issue_max_abs_error"])
+    verdict = learnt["acceptance"]
+    if verdict["met"] is None:
+        log.info("no point across shaped links in the grid: nothing to judge the links by")
+    else:
+        log.info("within %.0f%% of every %s point: %s%s", 100 * verdict["tolerance"],
+                 " and ".join(verdict["networks"]), "yes" if verdict["met"] else "no",
+                 "" if verdict["met"] else f" ({', '.join(verdict['over'])})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bandwidth-gbit", type=float, default=10.0)
@@ -277,21 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     cal = calibrate(wire, cluster, args.model)
     points = check(cal, cluster, args.model, args.cores)
     measured = common.RESULTS / "multihost.json"
-    links = learn_links(cal, common.read_result(measured), args.cores) if measured.exists() else None
-    efficiency = links["efficiency"] if links else 1.0
-    net = Network(args.bandwidth_gbit * 1e9 / 8, args.latency_us * 1e-6, efficiency=efficiency)
+    model, learnt = learn_links(common.read_result(measured)) if measured.exists() else (None, None)
+    efficiency, overlap = (model.efficiency, model.overlap) if model else (1.0, math.inf)
+    net = Network(args.bandwidth_gbit * 1e9 / 8, args.latency_us * 1e-6, efficiency=efficiency, overlap=overlap)
     traffic = Traffic.of(args.push, args.read, args.ratio)
     grid = {str(s): {str(w): updates_per_second(cal, w, s, net, traffic) for w in WORKERS} for s in SHARDS}
     title = (f"{args.model}: {cal.model_bytes / 1e6:.1f} MB model, step {cal.step_seconds * 1e3:.1f} ms, "
-             f"{args.bandwidth_gbit:g} Gbit/s x {efficiency:.2f}, {args.latency_us:g} us, push {args.push}, "
+             f"{args.bandwidth_gbit:g} Gbit/s x {efficiency:.2f} (k {overlap:.1f}), {args.latency_us:g} us, push {args.push}, "
              f"read {args.read}, one host per role")
     plot(grid, common.RESULTS / "simulate.png", title)
     errors = [abs(p["error"]) for p in points]
     figures = {
         "model": args.model, "calibration": dataclasses.asdict(cal), "shard_share": SHARD_SHARE,
         "network": {"bandwidth_gbit": args.bandwidth_gbit, "latency_us": args.latency_us, "efficiency": efficiency,
+                    "overlap_exponent": overlap,
                     "push": args.push, "read": args.read, "ratio": args.ratio},
-        "links": links,
+        "links": learnt,
         "check": {"cores": args.cores, "points": points,
                   "median_abs_error": float(np.median(errors)), "max_abs_error": float(np.max(errors))},
         "predicted_updates_per_s": grid, "plot": "benchmarks/results/simulate.png",
@@ -299,10 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     log.info("check against %d measured points: median |error| %.0f%%, max %.0f%%", len(points),
              100 * figures["check"]["median_abs_error"], 100 * figures["check"]["max_abs_error"])
-    if links:
-        log.info("links: efficiency %.2f; max |error| %s; on issue #19's table %.0f%%", efficiency,
-                 ", ".join(f"{n} {e:.0%}" for n, e in links["max_abs_error"].items()),
-                 100 * links["issue_max_abs_error"])
+    if learnt:
+        log_links(learnt)
     common.write_result("simulate", figures)
     return 0
 

@@ -1,0 +1,1 @@
+"""The benchmarks' own models (not their measurements): pure code, no processes."""
