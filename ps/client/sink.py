@@ -35,8 +35,8 @@ def deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.
     if isinstance(out, np.ndarray):
         spans.scatter(out, 0, wanted, values)
         return
-    slices, keys, at = spans.pieces(wanted, 0)
+    slices, keys, runs = spans.pieces(wanted, 0)
     for a, b, o in slices:
         out.receive(a, b, values[o:o + b - a], keep=keep)
     if keys.size:
-        out.receive_at(keys, values[at])
+        out.receive_at(keys, spans.short_values(values, runs))
