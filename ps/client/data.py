@@ -51,6 +51,7 @@ class _Pending:
     attempts: int = 1
     grad: np.ndarray | None = None  # this shard's part of a push through shared memory
     grad_spans: spans.Spans | None = None  # the keys of it to push, if not all (`compression.rows`)
+    grad_packed: bytes = b""  # those keys in the header's form
     read_spans: spans.Spans | None = None  # the keys to read, if not all
 
 
@@ -108,6 +109,7 @@ class ShardClient:
         self._wire_only: set[int] = set()     # shards that cannot map our memory (until they move)
         self._attached = shm.Attached(limit=4 * layout.num_shards)
         self._grads: shm.Segment | None = None
+        self._parts: collections.deque = collections.deque(maxlen=4)  # (model-wide spans, {shard: part, packed})
 
     def gradient_buffers(self, n: int) -> list[np.ndarray]:
         """`n` flat buffers for outgoing gradients. Pushed from one of these, a gradient reaches
@@ -162,29 +164,43 @@ class ShardClient:
             elif out is not None and self.held is not None:  # the change since the view we name
                 header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
-                p.read_spans = spans.part(read_spans, lo, hi)
+                p.read_spans, packed = self._part(read_spans, shard)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
-                    header["read_spans"] = spans.pack(p.read_spans)
-                    self.bytes_sent += len(header["read_spans"])  # the keys named are payload too
+                    header["read_spans"] = packed
+                    self.bytes_sent += len(packed)  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
-                p.grad_spans = spans.part(grad_spans, lo, hi) if grad_spans is not None else None
+                if grad_spans is not None:
+                    p.grad_spans, p.grad_packed = self._part(grad_spans, shard)
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
-                        header["grad_spans"] = spans.pack(p.grad_spans)
-                        self.bytes_sent += len(header["grad_spans"])
+                        header["grad_spans"] = p.grad_packed
+                        self.bytes_sent += len(p.grad_packed)
                 else:
                     self._encode(p)
             self._send(p, now)
             trip.pending[shard] = p
         return trip
 
+    def _part(self, model_spans: spans.Spans, shard: int) -> tuple[spans.Spans | None, bytes]:
+        """A shard's part of model-wide spans (`spans.part`) and its header form, worked out once
+        for each of the last few span lists: the read that fetches a batch's rows and the push
+        of its gradient, a step later, name the same spans (`worker/rows.py`)."""
+        parts = next((known for held, known in self._parts if held is model_spans), None)
+        if parts is None:
+            parts = {}
+            self._parts.append((model_spans, parts))
+        if shard not in parts:
+            piece = spans.part(model_spans, *self.layout.ranges[shard])
+            parts[shard] = (piece, b"" if piece is None else spans.pack(piece))
+        return parts[shard]
+
     def _encode(self, p: _Pending) -> None:
         """Put the push's frames into `p`: once per push, as a retry resends these very frames."""
         lo = self.layout.ranges[p.shard][0]
         if p.grad_spans is not None and self.compressor.codec == "none":
-            p.header["grad_spans"] = spans.pack(p.grad_spans)
+            p.header["grad_spans"] = p.grad_packed or spans.pack(p.grad_spans)
             self.bytes_sent += len(p.header["grad_spans"])
             p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
         else:
