@@ -23,6 +23,8 @@ loop over elements.
 """
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 
 from . import protocol as P
@@ -251,3 +253,36 @@ def part(model_spans: Spans, lo: int, hi: int) -> Spans | None:
     cover, or when they are too many for a header (then all of it moves, which is never wrong)."""
     piece = clip(model_spans, lo, hi)
     return None if covers(piece, lo, hi) or piece[0].size > MAX_SPANS else piece
+
+
+class Parts:
+    """Each shard's part of the last few model-wide span lists (`part`), in the header's form, and
+    where its values start among the list's packed values: worked out once per list, as the
+    read that fetches a batch's rows and the push of its gradient, steps later, name the same
+    spans (`worker/rows.py` hands out one object for both)."""
+
+    def __init__(self, ranges: list[tuple[int, int]], keep: int = 4):
+        self.ranges = ranges
+        self._recent: collections.deque = collections.deque(maxlen=keep)  # (spans, {shard: part})
+
+    def __call__(self, model_spans: Spans, shard: int) -> tuple[Spans | None, bytes, int]:
+        """(the part or None for the whole range, its packed form, keys of `model_spans` before it)."""
+        parts = next((known for held, known in self._recent if held is model_spans), None)
+        if parts is None:
+            parts = {}
+            self._recent.append((model_spans, parts))
+        if shard not in parts:
+            lo, hi = self.ranges[shard]
+            piece = part(model_spans, lo, hi)
+            parts[shard] = (piece, b"" if piece is None else pack(piece), below(model_spans, lo))
+        return parts[shard]
+
+
+def below(spans: Spans, key: int) -> int:
+    """How many keys of `spans` are less than `key`."""
+    starts, stops = spans
+    whole = int(np.searchsorted(stops, key, side="right"))          # spans that end at or before it
+    count = int(np.sum(stops[:whole] - starts[:whole]))
+    if whole < starts.size and starts[whole] < key:
+        count += key - int(starts[whole])
+    return count

@@ -52,6 +52,7 @@ class _Pending:
     grad: np.ndarray | None = None  # this shard's part of a push through shared memory
     grad_spans: spans.Spans | None = None  # the keys of it to push, if not all (`compression.rows`)
     grad_packed: bytes = b""  # those keys in the header's form
+    grad_values: np.ndarray | None = None  # their values, packed, if the caller had them
     read_spans: spans.Spans | None = None  # the keys to read, if not all
 
 
@@ -109,7 +110,7 @@ class ShardClient:
         self._wire_only: set[int] = set()     # shards that cannot map our memory (until they move)
         self._attached = shm.Attached(limit=4 * layout.num_shards)
         self._grads: shm.Segment | None = None
-        self._parts: collections.deque = collections.deque(maxlen=4)  # (model-wide spans, {shard: part, packed})
+        self._parts = spans.Parts(layout.ranges)  # each shard's part of the last few span lists
 
     def gradient_buffers(self, n: int) -> list[np.ndarray]:
         """`n` flat buffers for outgoing gradients. Pushed from one of these, a gradient reaches
@@ -141,13 +142,14 @@ class ShardClient:
 
     # ---- split in two, so that a worker can compute while the round trip is under way ------
     def start(self, op: str, clock: int, grad: np.ndarray | None, out: Out, *,
-              grad_spans: spans.Spans | None = None, read_spans: spans.Spans | None = None) -> RoundTrip:
+              grad_spans: spans.Spans | None = None, read_spans: spans.Spans | None = None,
+              grad_values: np.ndarray | None = None) -> RoundTrip:
         """Send `op` to every shard and return at once. Until `finish`, `grad` must stay as it
         is (it leaves without a copy and a retry sends it again) and `out` is not written.
 
         `grad_spans` and `read_spans` (model-wide key spans, `ps/spans.py`) limit what is pushed
         (the gradient must be zero outside them) and what is read: the keys outside them in
-        `out` keep what they held."""
+        `out` keep what they held; `grad_values` (if the caller has them): `grad` at `grad_spans`, packed."""
         self._reroute()
         now = time.monotonic()
         trip = RoundTrip(op, out, now + self.timeout)
@@ -164,14 +166,16 @@ class ShardClient:
             elif out is not None and self.held is not None:  # the change since the view we name
                 header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
-                p.read_spans, packed = self._part(read_spans, shard)
+                p.read_spans, packed, _ = self._parts(read_spans, shard)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
                     header["read_spans"] = packed
                     self.bytes_sent += len(packed)  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
                 if grad_spans is not None:
-                    p.grad_spans, p.grad_packed = self._part(grad_spans, shard)
+                    p.grad_spans, p.grad_packed, first = self._parts(grad_spans, shard)
+                    if grad_values is not None and p.grad_spans is not None:
+                        p.grad_values = grad_values[first:first + spans.size(p.grad_spans)]
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
@@ -183,26 +187,13 @@ class ShardClient:
             trip.pending[shard] = p
         return trip
 
-    def _part(self, model_spans: spans.Spans, shard: int) -> tuple[spans.Spans | None, bytes]:
-        """A shard's part of model-wide spans (`spans.part`) and its header form, worked out once
-        for each of the last few span lists: the read that fetches a batch's rows and the push
-        of its gradient, a step later, name the same spans (`worker/rows.py`)."""
-        parts = next((known for held, known in self._parts if held is model_spans), None)
-        if parts is None:
-            parts = {}
-            self._parts.append((model_spans, parts))
-        if shard not in parts:
-            piece = spans.part(model_spans, *self.layout.ranges[shard])
-            parts[shard] = (piece, b"" if piece is None else spans.pack(piece))
-        return parts[shard]
-
     def _encode(self, p: _Pending) -> None:
         """Put the push's frames into `p`: once per push, as a retry resends these very frames."""
         lo = self.layout.ranges[p.shard][0]
         if p.grad_spans is not None and self.compressor.codec == "none":
-            p.header["grad_spans"] = p.grad_packed or spans.pack(p.grad_spans)
+            p.header["grad_spans"] = p.grad_packed
             self.bytes_sent += len(p.header["grad_spans"])
-            p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
+            p.arrays = (spans.gather(p.grad, lo, p.grad_spans) if p.grad_values is None else p.grad_values,)
         else:
             fields, p.arrays = self.compressor.encode(p.shard, p.grad)
             p.header.update(fields)
