@@ -261,7 +261,7 @@ class Parts:
     read that fetches a batch's rows and the push of its gradient, steps later, name the same
     spans (`worker/rows.py` hands out one object for both)."""
 
-    def __init__(self, ranges: list[tuple[int, int]], keep: int = 4):
+    def __init__(self, ranges: list[tuple[int, int]], keep: int = 8):
         self.ranges = ranges
         self._recent: collections.deque = collections.deque(maxlen=keep)  # (spans, {shard: part})
 

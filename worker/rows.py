@@ -44,7 +44,7 @@ class RowPlan:
         self.tables = {name: (where[name][0], int(np.prod(shapes[name][1:], dtype=np.int64))) for name in names}
         self.dense = spans.union(*(spans.whole(*where[name]) for name, _ in flat.specs if name not in self.tables))
         self._recent: collections.deque = collections.deque(maxlen=8)
-        self._keyed: collections.deque = collections.deque(maxlen=4)
+        self._keyed: collections.deque = collections.deque(maxlen=8)  # reads and pushes: a few steps
 
     def keys(self, batches: Iterable[np.ndarray]) -> spans.Spans:
         """Every key that a step on any of `batches` (model inputs) reads or changes. The same
