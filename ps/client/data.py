@@ -316,7 +316,7 @@ class ShardClient:
             if p.read_spans is None:
                 deliver(out, lo, hi, weights, keep=False)  # it keeps changing
             else:
-                deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
+                deliver_spans(out, p.read_spans, weights, keep=False, base=lo)  # copied from where they lie
         elif out is not None:
             n = hi - lo if p.read_spans is None else spans.size(p.read_spans)
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (n,):
