@@ -118,6 +118,23 @@ def positions(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     return np.cumsum(step, out=step)
 
 
+_indexed: collections.deque = collections.deque(maxlen=8)  # (spans, base, their index), the last few
+
+
+def index(spans: Spans, base: int) -> np.ndarray:
+    """Every key of `spans` less `base` (read-only). Kept for the last few span lists by their
+    identity: a worker gathers a push's keys and clears them two steps later, a shard gathers a
+    read's keys and steps them when the batch's push names them again (`ps/incoming.py`)."""
+    for held, at, keys in _indexed:
+        if held is spans and at == base:
+            return keys
+    keys = positions(*spans)
+    keys -= base
+    keys.flags.writeable = False
+    _indexed.append((spans, base, keys))
+    return keys
+
+
 def pieces(spans: Spans, base: int) -> tuple[list[tuple[int, int, int]], np.ndarray, list[tuple[int, int, int]]]:
     """How to copy the keys of `spans` between a buffer holding keys [base, ...) and their values
     packed: the long spans as slices (first key - base, last key - base + 1, first value); the
@@ -127,8 +144,7 @@ def pieces(spans: Spans, base: int) -> tuple[list[tuple[int, int, int]], np.ndar
     lengths = stops - starts
     long = lengths >= LONG
     if not long.any():
-        keys = positions(starts, stops)
-        keys -= base
+        keys = index(spans, base)
         return [], keys, [(0, 0, keys.size)] if keys.size else []
     at = np.cumsum(lengths) - lengths                # each span's first value in the packed array
     slices = list(zip((starts[long] - base).tolist(), (stops[long] - base).tolist(), at[long].tolist()))
