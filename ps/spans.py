@@ -272,17 +272,18 @@ def part(model_spans: Spans, lo: int, hi: int) -> Spans | None:
 
 
 class Parts:
-    """Each shard's part of the last few model-wide span lists (`part`), in the header's form, and
-    where its values start among the list's packed values: worked out once per list, as the
-    read that fetches a batch's rows and the push of its gradient, steps later, name the same
-    spans (`worker/rows.py` hands out one object for both)."""
+    """Each shard's part of the last few model-wide span lists (`part`) and its header form,
+    worked out once per list: the read that fetches a batch's rows and the push of its
+    gradient, steps later, name the same spans (`worker/rows.py` hands out one object for both)."""
 
     def __init__(self, ranges: list[tuple[int, int]], keep: int = 8):
         self.ranges = ranges
         self._recent: collections.deque = collections.deque(maxlen=keep)  # (spans, {shard: part})
 
-    def __call__(self, model_spans: Spans, shard: int) -> tuple[Spans | None, bytes, int]:
-        """(the part or None for the whole range, its packed form, keys of `model_spans` before it)."""
+    def __call__(self, model_spans: Spans, shard: int,
+                 values: np.ndarray | None = None) -> tuple[Spans | None, bytes, np.ndarray | None]:
+        """(the part, or None for the whole range; its packed form; its share of `values`, the
+        values of `model_spans` packed, if given and the part is not None)."""
         parts = next((known for held, known in self._recent if held is model_spans), None)
         if parts is None:
             parts = {}
@@ -291,7 +292,9 @@ class Parts:
             lo, hi = self.ranges[shard]
             piece = part(model_spans, lo, hi)
             parts[shard] = (piece, b"" if piece is None else pack(piece), below(model_spans, lo))
-        return parts[shard]
+        piece, packed, first = parts[shard]
+        share = None if values is None or piece is None else values[first:first + size(piece)]
+        return piece, packed, share
 
 
 def below(spans: Spans, key: int) -> int:

@@ -173,9 +173,7 @@ class ShardClient:
             if grad is not None:
                 p.grad = grad[lo:hi]
                 if grad_spans is not None:
-                    p.grad_spans, p.grad_packed, first = self._parts(grad_spans, shard)
-                    if grad_values is not None and p.grad_spans is not None:
-                        p.grad_values = grad_values[first:first + spans.size(p.grad_spans)]
+                    p.grad_spans, p.grad_packed, p.grad_values = self._parts(grad_spans, shard, grad_values)
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these

@@ -135,17 +135,18 @@ def test_a_client_asks_a_shard_for_its_whole_range_when_the_spans_cover_it_or_wo
     assert 2 * 2 * S.MAX_VARINT * S.MAX_SPANS <= P.MAX_HEADER_BYTES - (64 << 10)  # a read's and a push's spans fit
 
 
-def test_a_shards_part_comes_with_its_header_form_and_where_its_values_start_among_all():
+def test_a_shards_part_comes_with_its_header_form_and_its_share_of_the_packed_values():
     sp = spans((0, 10), (20, 30), (40, 50))
+    values = S.positions(*sp)                                           # each packed value: its key
     parts = S.Parts([(0, 25), (25, 60)])
-    first, second = parts(sp, 0), parts(sp, 1)
-    assert as_list(first[0]) == [(0, 10), (20, 25)] and first[2] == 0
-    assert as_list(second[0]) == [(25, 30), (40, 50)] and second[2] == 15
+    first, second = parts(sp, 0, values), parts(sp, 1, values)
+    assert as_list(first[0]) == [(0, 10), (20, 25)] and as_list(second[0]) == [(25, 30), (40, 50)]
+    np.testing.assert_array_equal(first[2], S.positions(*first[0]))
+    np.testing.assert_array_equal(second[2], S.positions(*second[0]))
     assert as_list(S.unpack(second[1], 25, 60)) == as_list(second[0])
-    assert parts(sp, 1) is second                                       # the same spans: worked out once
-    assert parts(spans((0, 10), (20, 30), (40, 50)), 1) is not second   # equal spans, another list
-    keys = S.positions(*sp)                                             # all the packed values' keys
-    np.testing.assert_array_equal(keys[second[2]:second[2] + S.size(second[0])], S.positions(*second[0]))
+    assert parts(sp, 1)[1] is second[1] and parts(sp, 1)[2] is None      # the same spans: worked out once
+    assert parts(spans((0, 10), (20, 30), (40, 50)), 1)[1] is not second[1]   # equal spans, another list
+    assert parts(S.whole(0, 60), 1) == (None, b"", None)                # the whole range: no spans named
     assert [S.below(sp, k) for k in (0, 5, 10, 15, 25, 45, 99)] == [0, 5, 10, 10, 15, 25, 30]
 
 
