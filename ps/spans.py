@@ -119,6 +119,7 @@ def positions(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
 
 
 _indexed: collections.deque = collections.deque(maxlen=8)  # (spans, base, their index), the last few
+INDEX_KEPT = 1 << 20  # keys: a larger index is built again each time rather than held (8 bytes a key)
 
 
 def index(spans: Spans, base: int) -> np.ndarray:
@@ -131,7 +132,8 @@ def index(spans: Spans, base: int) -> np.ndarray:
     keys = positions(*spans)
     keys -= base
     keys.flags.writeable = False
-    _indexed.append((spans, base, keys))
+    if keys.size <= INDEX_KEPT:
+        _indexed.append((spans, base, keys))
     return keys
 
 
