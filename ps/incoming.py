@@ -15,6 +15,7 @@ forward to its backup).
 """
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from .compression import CodecError, decode
 from .wire import Message, WireError
 
 WAYS = ("codec", "grad_at", "grad_spans")
+RECENT = 16  # span lists remembered by their bytes: a batch's read and, a step later, its push name the same
+_recent: collections.OrderedDict = collections.OrderedDict()
 
 
 class Incoming:
@@ -104,8 +107,21 @@ class Incoming:
 
 
 def header_spans(raw: Any, lo: int, hi: int, field: str) -> spans.Spans:
-    """Key spans from header field `field`, checked against [lo, hi)."""
+    """Key spans from header field `field`, checked against [lo, hi). The last few are kept
+    (read-only) by their bytes: by rows, the push of a batch names the keys its read named a
+    step before, and reading them again would cost as much as the push's own step."""
+    key = (raw, lo, hi) if isinstance(raw, bytes) else None
+    found = _recent.get(key) if key is not None else None
+    if found is not None:
+        return found
     try:
-        return spans.unpack(raw, lo, hi)
+        found = spans.unpack(raw, lo, hi)
     except spans.SpanError as err:
         raise WireError(f"header field {field!r}: {err}") from None
+    for array in found:
+        array.flags.writeable = False
+    if key is not None:
+        _recent[key] = found
+        while len(_recent) > RECENT:
+            _recent.popitem(last=False)
+    return found

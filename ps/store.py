@@ -72,7 +72,7 @@ class ParameterStore:
             if isinstance(read_version, int) and not isinstance(read_version, bool):
                 self.push_staleness[min(MAX_GAP, max(0, self.updates_applied - read_version))] += 1
             if keys is not None and self.rule.steps_by_rows:
-                self._step_at(spans.positions(*keys) - self.lo, grad)
+                self._step_at(spans.index(keys, self.lo), grad)
             else:
                 self._step(lo, hi, grad if keys is None else self._spread(lo, hi, keys, grad))
         else:

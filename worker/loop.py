@@ -172,21 +172,24 @@ class Worker:
         op, grad = P.PULL, None
         if push:
             keys.update(self.keys.pushed())
-            op, grad = P.PUSH_PULL if fetch else P.PUSH, self._outgoing(step, keys.get("grad_spans"))
+            op = P.PUSH_PULL if fetch else P.PUSH
+            grad, values = self._outgoing(step, keys.get("grad_spans"))
+            if "grad_spans" in keys:  # by rows: the values pushed, packed, as they are already
+                keys["grad_values"] = values
         trip = self.client.start(op, self.session.clock, grad, self.flat if fetch else None, **keys)
         if push:
             self.session.clock += 1
         self.trips.send(trip, last=self.cadence.last(step))
 
-    def _outgoing(self, step: int, keys) -> np.ndarray:
-        """The mean of the accrued gradients, checked and clipped: what the push sends (by rows,
-        only the keys it carries are read and written)."""
+    def _outgoing(self, step: int, keys) -> tuple[np.ndarray, np.ndarray]:
+        """The mean of the accrued gradients, checked and clipped: what the push sends, and the
+        values of the keys it carries, packed (by rows, only those are read and written)."""
         grad, pushed = self.accrued.take(keys)
         self.alarms.check_norm(pushed, step)
         if self.clip_norm:
             optim.clip_grad_norm_(pushed, self.clip_norm)
             self.accrued.clipped(pushed)
-        return grad
+        return grad, pushed
 
     def report(self, step: int, loss: float, samples: int) -> None:
         """Count the step done; every `log_every` steps (and at the last) report to the coordinator."""

@@ -63,6 +63,17 @@ def adagrad(p, g, acc, clr, weight_decay, eps):
 
 
 @_jit
+def adagrad_at(p, g, acc, at, clr, weight_decay, eps):
+    """`adagrad` on the elements at positions `at` only, `g` holding their gradient packed."""
+    for k in range(at.size):
+        i = at[k]
+        d = g[k] + p[i] * weight_decay if weight_decay != 0 else g[k]
+        a = acc[i] + d * d
+        acc[i] = a
+        p[i] = p[i] - d / (np.sqrt(a) + eps) * clr
+
+
+@_jit
 def adam(p, g, m, v, vmax, decay, weight_decay, w1, beta2, w2, step_size, bc2_sqrt, eps, amsgrad):
     for i in range(p.size):
         pi = p[i] * decay if decay != 1 else p[i]

@@ -95,6 +95,11 @@ class Adagrad(Rule):
         clr, weight_decay, eps = cast(self._decayed_lr()), cast(h["weight_decay"]), cast(h["eps"])
         fused.adagrad(p, g, state["sum"], clr, weight_decay, eps)
 
+    def _fused_step_at(self, p, g, at, cast):
+        h = self._hparams
+        clr, weight_decay, eps = cast(self._decayed_lr()), cast(h["weight_decay"]), cast(h["eps"])
+        fused.adagrad_at(p, g, self._state["sum"], at, clr, weight_decay, eps)
+
     def _numpy_step(self, p, g, state, scratch):
         h, (s, t), acc = self._hparams, scratch, state["sum"]
         d = g

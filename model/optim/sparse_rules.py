@@ -57,6 +57,25 @@ def _ftrl_kernel(p, g, z, n, alpha, beta, l1, l2):
             p[i] = -(shrunk / ((np.sqrt(grown) + beta) / alpha + l2))
 
 
+@_jit
+def _ftrl_at_kernel(p, g, z, n, at, alpha, beta, l1, l2):
+    """`_ftrl_kernel` on the elements at positions `at` only, `g` holding their gradient packed."""
+    for k in range(at.size):
+        i = at[k]
+        gi = g[k]
+        ni = n[i]
+        grown = ni + gi * gi
+        sigma = (np.sqrt(grown) - np.sqrt(ni)) / alpha
+        zi = z[i] + (gi - sigma * p[i])
+        z[i] = zi
+        n[i] = grown
+        if abs(zi) <= l1:
+            p[i] = 0
+        else:
+            shrunk = zi - l1 if zi > 0 else zi + l1
+            p[i] = -(shrunk / ((np.sqrt(grown) + beta) / alpha + l2))
+
+
 class FTRL(Rule):
     """FTRL-proximal with L1 and L2 (McMahan et al. 2013); see the module's docstring."""
 
@@ -118,6 +137,11 @@ class FTRL(Rule):
     def _fused_step(self, p, g, state, cast):
         h = self._hparams
         _ftrl_kernel(p, g, state["z"], state["n"], cast(h["alpha"]), cast(h["beta"]), cast(h["l1"]), cast(h["l2"]))
+
+    def _fused_step_at(self, p, g, at, cast):
+        h = self._hparams
+        _ftrl_at_kernel(p, g, self._state["z"], self._state["n"], at, cast(h["alpha"]), cast(h["beta"]), cast(h["l1"]),
+                        cast(h["l2"]))
 
     def _numpy_step(self, p, g, state, scratch):
         h, (s, t, u), z, n = self._hparams, scratch, state["z"], state["n"]

@@ -51,6 +51,8 @@ class _Pending:
     attempts: int = 1
     grad: np.ndarray | None = None  # this shard's part of a push through shared memory
     grad_spans: spans.Spans | None = None  # the keys of it to push, if not all (`compression.rows`)
+    grad_packed: bytes = b""  # those keys in the header's form
+    grad_values: np.ndarray | None = None  # their values, packed, if the caller had them
     read_spans: spans.Spans | None = None  # the keys to read, if not all
 
 
@@ -108,6 +110,7 @@ class ShardClient:
         self._wire_only: set[int] = set()     # shards that cannot map our memory (until they move)
         self._attached = shm.Attached(limit=4 * layout.num_shards)
         self._grads: shm.Segment | None = None
+        self._parts = spans.Parts(layout.ranges)  # each shard's part of the last few span lists
 
     def gradient_buffers(self, n: int) -> list[np.ndarray]:
         """`n` flat buffers for outgoing gradients. Pushed from one of these, a gradient reaches
@@ -139,13 +142,14 @@ class ShardClient:
 
     # ---- split in two, so that a worker can compute while the round trip is under way ------
     def start(self, op: str, clock: int, grad: np.ndarray | None, out: Out, *,
-              grad_spans: spans.Spans | None = None, read_spans: spans.Spans | None = None) -> RoundTrip:
+              grad_spans: spans.Spans | None = None, read_spans: spans.Spans | None = None,
+              grad_values: np.ndarray | None = None) -> RoundTrip:
         """Send `op` to every shard and return at once. Until `finish`, `grad` must stay as it
         is (it leaves without a copy and a retry sends it again) and `out` is not written.
 
         `grad_spans` and `read_spans` (model-wide key spans, `ps/spans.py`) limit what is pushed
         (the gradient must be zero outside them) and what is read: the keys outside them in
-        `out` keep what they held."""
+        `out` keep what they held; `grad_values` (if the caller has them): `grad` at `grad_spans`, packed."""
         self._reroute()
         now = time.monotonic()
         trip = RoundTrip(op, out, now + self.timeout)
@@ -162,18 +166,19 @@ class ShardClient:
             elif out is not None and self.held is not None:  # the change since the view we name
                 header["view"] = self.held.token(shard)
             if out is not None and read_spans is not None:
-                p.read_spans = spans.part(read_spans, lo, hi)
+                p.read_spans, packed, _ = self._parts(read_spans, shard)
                 if p.read_spans is not None:  # also through shared memory: if we fall back to the wire
-                    header["read_spans"] = spans.pack(p.read_spans)
-                    self.bytes_sent += len(header["read_spans"])  # the keys named are payload too
+                    header["read_spans"] = packed
+                    self.bytes_sent += len(packed)  # the keys named are payload too
             if grad is not None:
                 p.grad = grad[lo:hi]
-                p.grad_spans = spans.part(grad_spans, lo, hi) if grad_spans is not None else None
+                if grad_spans is not None:
+                    p.grad_spans, p.grad_packed, p.grad_values = self._parts(grad_spans, shard, grad_values)
                 if local and shared is not None:
                     header["grad_at"] = {**self._grads.ref, "offset": shared + lo}
                     if p.grad_spans is not None:  # no values: the shard reads them; it may step only these
-                        header["grad_spans"] = spans.pack(p.grad_spans)
-                        self.bytes_sent += len(header["grad_spans"])
+                        header["grad_spans"] = p.grad_packed
+                        self.bytes_sent += len(p.grad_packed)
                 else:
                     self._encode(p)
             self._send(p, now)
@@ -184,9 +189,9 @@ class ShardClient:
         """Put the push's frames into `p`: once per push, as a retry resends these very frames."""
         lo = self.layout.ranges[p.shard][0]
         if p.grad_spans is not None and self.compressor.codec == "none":
-            p.header["grad_spans"] = spans.pack(p.grad_spans)
+            p.header["grad_spans"] = p.grad_packed
             self.bytes_sent += len(p.header["grad_spans"])
-            p.arrays = (spans.gather(p.grad, lo, p.grad_spans),)
+            p.arrays = (spans.gather(p.grad, lo, p.grad_spans) if p.grad_values is None else p.grad_values,)
         else:
             fields, p.arrays = self.compressor.encode(p.shard, p.grad)
             p.header.update(fields)
@@ -310,7 +315,7 @@ class ShardClient:
             if p.read_spans is None:
                 deliver(out, lo, hi, weights, keep=False)  # it keeps changing
             else:
-                deliver_spans(out, p.read_spans, spans.gather(weights, lo, p.read_spans), keep=True)
+                deliver_spans(out, p.read_spans, weights, keep=False, base=lo)  # copied from where they lie
         elif out is not None:
             n = hi - lo if p.read_spans is None else spans.size(p.read_spans)
             if len(msg.arrays) != 1 or msg.arrays[0].shape != (n,):

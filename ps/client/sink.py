@@ -29,14 +29,26 @@ def deliver(out: np.ndarray | WeightSink, lo: int, hi: int, weights: np.ndarray,
         out.receive(lo, hi, weights, keep=keep)
 
 
-def deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.ndarray, keep: bool) -> None:
-    """Write the keys of `wanted` (packed in `values`): long spans (dense parameters) as
-    ranges, which a sink may keep without a copy, the short ones (rows) through one index."""
+def deliver_spans(out: np.ndarray | WeightSink, wanted: spans.Spans, values: np.ndarray, keep: bool,
+                  base: int | None = None) -> None:
+    """Write the keys of `wanted` (packed in `values`, or with `base`, read from `values` holding
+    keys [base, ...): a shard's memory): long spans (dense parameters) as ranges, which a sink
+    may keep without a copy, the short ones (rows) through one index."""
+    if base is not None:
+        slices, keys, _ = spans.pieces(wanted, base)
+        for a, b, _ in slices:
+            deliver(out, a + base, b + base, values[a:b], keep=keep)
+        if keys.size:
+            if isinstance(out, np.ndarray):
+                out[keys + base] = values[keys]
+            else:
+                out.receive_at(keys + base, values[keys])
+        return
     if isinstance(out, np.ndarray):
         spans.scatter(out, 0, wanted, values)
         return
-    slices, keys, at = spans.pieces(wanted, 0)
+    slices, keys, runs = spans.pieces(wanted, 0)
     for a, b, o in slices:
         out.receive(a, b, values[o:o + b - a], keep=keep)
     if keys.size:
-        out.receive_at(keys, values[at])
+        out.receive_at(keys, spans.short_values(values, runs))

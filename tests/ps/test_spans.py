@@ -133,3 +133,38 @@ def test_a_client_asks_a_shard_for_its_whole_range_when_the_spans_cover_it_or_wo
     many = S.of_rows(0, 1, np.arange(0, 4 * (S.MAX_SPANS + 1), 2))     # every other key: no merging
     assert _part(many, 0, 4 * (S.MAX_SPANS + 1)) is None
     assert 2 * 2 * S.MAX_VARINT * S.MAX_SPANS <= P.MAX_HEADER_BYTES - (64 << 10)  # a read's and a push's spans fit
+
+
+def test_a_shards_part_comes_with_its_header_form_and_its_share_of_the_packed_values():
+    sp = spans((0, 10), (20, 30), (40, 50))
+    values = S.positions(*sp)                                           # each packed value: its key
+    parts = S.Parts([(0, 25), (25, 60)])
+    first, second = parts(sp, 0, values), parts(sp, 1, values)
+    assert as_list(first[0]) == [(0, 10), (20, 25)] and as_list(second[0]) == [(25, 30), (40, 50)]
+    np.testing.assert_array_equal(first[2], S.positions(*first[0]))
+    np.testing.assert_array_equal(second[2], S.positions(*second[0]))
+    assert as_list(S.unpack(second[1], 25, 60)) == as_list(second[0])
+    assert parts(sp, 1)[1] is second[1] and parts(sp, 1)[2] is None      # the same spans: worked out once
+    assert parts(spans((0, 10), (20, 30), (40, 50)), 1)[1] is not second[1]   # equal spans, another list
+    assert parts(S.whole(0, 60), 1) == (None, b"", None)                # the whole range: no spans named
+    assert [S.below(sp, k) for k in (0, 5, 10, 15, 25, 45, 99)] == [0, 5, 10, 10, 15, 25, 30]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_fast_paths_agree_with_the_definitions(seed):
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, 5000, 700).astype(np.int32)
+    sp = S.of_rows(3, 5, rows)
+    keys = np.unique(3 + 5 * rows[:, None] + np.arange(5))              # every key of those rows
+    np.testing.assert_array_equal(S.positions(*sp), keys)
+    assert np.all(sp[0][1:] > sp[1][:-1])                               # consecutive rows merged
+    mixed = S.union(sp, S.whole(9000, 9000 + 3 * S.LONG), S.whole(30_000, 30_000 + S.LONG))
+    source = rng.standard_normal(40_000).astype(np.float32)
+    index = S.positions(*mixed)
+    np.testing.assert_array_equal(S.gather(source, 0, mixed), source[index])
+    dest = np.ones_like(source)
+    S.clear(dest, 0, mixed)
+    assert not dest[index].any() and dest.sum() == source.size - index.size
+    raw = S.pack(mixed)
+    assert as_list(S.unpack(raw, 0, 40_000)) == as_list(mixed)
+    assert S.unpack(S.pack(spans((1 << 39, (1 << 39) + 1))), 0, 1 << 40)[0][0] == 1 << 39   # a 6-byte varint

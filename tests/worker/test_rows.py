@@ -127,3 +127,18 @@ def test_gradients_by_rows_average_over_push_every_and_clipping_writes_back_to_t
     assert np.isclose(np.linalg.norm(grad), 1e-3, rtol=1e-3)
     accrued.poison()
     assert np.isnan(grad[accrued.poison_key]) and accrued.poison_key in spans.positions(*plan.keys([a]))
+
+
+def test_a_batch_read_ahead_and_pushed_steps_later_is_named_by_the_very_same_spans():
+    """The read that fetches a batch's rows and the push of its gradient, two exchanges later
+    when overlapped, hand the client one object, which it packs for a header once."""
+    net = char_model(ngram_buckets=500)
+    plan = RowPlan(net, FlatParameters(net.named_parameters()))
+    xs = [batch(seed)[0] for seed in range(8)]
+    read = {}
+    for step in range(6):                         # read step + 2 ahead, push this step's batch
+        read[step + 2] = plan.keys([xs[step + 2]])
+        pushed = plan.keys([xs[step]])
+        if step in read:
+            assert pushed is read[step]
+        np.testing.assert_array_equal(spans.positions(*pushed), spans.positions(*plan.keys([xs[step].copy()])))
