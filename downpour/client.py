@@ -110,9 +110,10 @@ class Client:
                                  for n in wanted))
         first = self._session is not None and self._session.step == 0 and self._session.clock == 0
         shards.finish(shards.start(P.PULL, self.clock, None, flat, read_spans=read))
-        if first and shards.clock_hint > 0:  # a restarted job (resume) has us further on
-            self._session.clock = self._session.step = shards.clock_hint
-            log.info("the shards have us at clock %d: carrying on from there", shards.clock_hint)
+        on_record = shards.resume_clock(self._session.config["consistency"]["mode"] == "bsp") if first else 0
+        if on_record > 0:  # a restarted job (resume), or a rejoin, has us further on
+            self._session.clock = self._session.step = on_record
+            log.info("the shards have us at clock %d: carrying on from there", on_record)
         return {n: flat[self._offsets[n]:self._offsets[n] + math.prod(self.shapes[n])].reshape(self.shapes[n])
                 for n in wanted}
 
