@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from . import halves
+
 CODECS = ("none", "fp16", "topk", "onebit", "twobit", "sparse")
 LOSSY = frozenset({"topk", "onebit", "twobit"})   # these keep a residual (error feedback)
 FIELDS = {"none": (), "fp16": ("exponent",), "topk": ("count",), "onebit": ("scale",), "twobit": ("threshold",),
@@ -114,7 +116,10 @@ def encode_fp16(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:
     peak = float(np.max(np.abs(x))) if x.size else 0.0
     if not (peak > 0 and math.isfinite(peak)):
         return {"exponent": 0}, (np.clip(x, -FP16_MAX, FP16_MAX).astype(np.float16),)
-    exponent = max(-MAX_EXPONENT, min(MAX_EXPONENT, 15 - math.frexp(peak)[1]))
+    unclamped = 15 - math.frexp(peak)[1]
+    exponent = max(-MAX_EXPONENT, min(MAX_EXPONENT, unclamped))
+    if exponent <= unclamped:   # no value overflows float16: by bits (ps/halves.py), 2x faster
+        return {"exponent": exponent}, (halves.scaled_to_float16(x, exponent),)
     y = np.multiply(x, np.float32(2.0 ** exponent))
     y *= np.abs(y) >= FP16_TINY
     return {"exponent": exponent}, (y.astype(np.float16),)
@@ -220,9 +225,8 @@ def decode(header: dict, arrays: Sequence[np.ndarray], n: int, out: np.ndarray |
         if not _is_int(exponent) or abs(exponent) > MAX_EXPONENT:
             raise CodecError(f"fp16 exponent {str(exponent)[:40]}: expected an integer in "
                              f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]")
-        np.copyto(out, _frame(arrays[0], "float16", n, codec, "values"))
-        _finite(out, codec)   # checked in float32: 20x faster than on float16
-        out *= np.float32(2.0 ** -exponent)
+        if not halves.float16_scaled(_frame(arrays[0], "float16", n, codec, "values"), exponent, out):
+            raise CodecError(f"{codec} values include inf or NaN: expected finite numbers")
     elif codec in ("topk", "sparse"):
         idx, values = indexed(header, arrays, n)
         out.fill(0.0)
