@@ -136,21 +136,33 @@ def encode_topk(x: np.ndarray, ratio: float) -> tuple[dict, tuple[np.ndarray, np
 def largest(a: np.ndarray, k: int) -> np.ndarray:
     """The positions (in no order) of the k largest values of `a` (non-negative), ties at the
     boundary broken arbitrarily, as np.argpartition gives them, at a third of its cost on big
-    vectors: a strided sample of 1 024 values gives a threshold that about 3k values reach, and
-    only those are partitioned (measured: 38 400 values, k = 1%: 0.11 ms against 0.33 ms). If
-    fewer than k reach it (or it is 0), all of `a` is partitioned."""
+    vectors (`above_sampled`). If fewer than k reach the sample's threshold (or it is 0), all of
+    `a` is partitioned."""
     n = a.size
     if k >= n:
         return np.arange(n)
-    if n >= 8192 and 4 * k < n:
-        sample = a[::n // 1024]
-        j = sample.size - 1 - 3 * k * sample.size // n
-        threshold = np.partition(sample, j)[j]
-        if threshold > 0:
-            reach = np.flatnonzero(a >= threshold)
-            if reach.size >= k:
-                return reach[np.argpartition(a[reach], reach.size - k)[reach.size - k:]]
-    return np.argpartition(a, n - k)[n - k:]
+    found = above_sampled(a, k)
+    return found if found is not None else np.argpartition(a, n - k)[n - k:]
+
+
+def above_sampled(a: np.ndarray, k: int) -> np.ndarray | None:
+    """The positions (in no order) of the k largest values of `a` (non-negative, k < a.size),
+    found among those that reach a threshold that about 3k values reach, taken from a strided
+    sample of 1 024 values (measured: 38 400 values, k = 1%: 0.11 ms against np.argpartition's
+    0.33 ms); None where that does not pay (a small `a`, a big k) or fails (a threshold of 0,
+    fewer than k values reach it). Only values above 0 are ever returned."""
+    n = a.size
+    if n < 8192 or 4 * k >= n:
+        return None
+    sample = a[::n // 1024]
+    j = sample.size - 1 - 3 * k * sample.size // n
+    threshold = np.partition(sample, j)[j]
+    if not threshold > 0:
+        return None
+    reach = np.flatnonzero(a >= threshold)
+    if reach.size < k:
+        return None
+    return reach[np.argpartition(a[reach], reach.size - k)[reach.size - k:]]
 
 
 def encode_onebit(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:
