@@ -140,9 +140,14 @@ class ReaderViews:
         return {"codec": "none"}, (values,)
 
     def _encode(self, current: np.ndarray, held: np.ndarray) -> tuple[dict, tuple[np.ndarray, ...]]:
+        """The codec's message for the change, or `current` itself as `none` where a sparse one
+        is sure to be no smaller (counted before the keys are gathered)."""
         codec = self.codec
         if codec == "sparse":   # by bits: -0.0 for 0.0 is a change, and so is every NaN
-            idx = np.flatnonzero(current.view(np.uint32) != held.view(np.uint32)).astype(np.uint32)
+            changed = current.view(np.uint32) != held.view(np.uint32)
+            if 2 * np.count_nonzero(changed) >= changed.size:   # 8 bytes a key would be no smaller
+                return {"codec": "none"}, (current,)
+            idx = np.flatnonzero(changed).astype(np.uint32)
             fields, frames = {"count": int(idx.size)}, (idx, current[idx])
         elif codec == "topk":
             idx = top_changes(current - held, self.ratio)
