@@ -114,7 +114,7 @@ class Compressor:
 def encode_fp16(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:
     """float16 of x * 2^exponent, the largest magnitude scaled to [2^14, 2^15), subnormals
     flushed to zero; a non-finite x is sent clipped (and refused by the shard if NaN)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    peak = float(np.maximum(x.max(), -x.min())) if x.size else 0.0   # max |x| without |x|; NaN stays NaN
     if not (peak > 0 and math.isfinite(peak)):
         return {"exponent": 0}, (np.clip(x, -FP16_MAX, FP16_MAX).astype(np.float16),)
     unclamped = 15 - math.frexp(peak)[1]
