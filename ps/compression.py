@@ -211,7 +211,7 @@ def _twobit_values(packed: np.ndarray, n: int, t: np.float32, out: np.ndarray | 
         if bad.any():
             raise CodecError("twobit code 01 found: expected only 11 (+t), 10 (-t) and 00 (0)")
     table = np.array([0, 0, -t, t], np.float32)[_BYTE_CODES]
-    if out is not None and n % 4 == 0:
+    if out is not None and n % 4 == 0 and out.flags.c_contiguous:   # written in place, four values a row
         return np.take(table, packed, axis=0, out=out.reshape(-1, 4)).reshape(-1)
     values = np.take(table, packed, axis=0).reshape(-1)[:n]
     if out is None:
