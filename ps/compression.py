@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from . import halves
+
 CODECS = ("none", "fp16", "topk", "onebit", "twobit", "sparse")
 LOSSY = frozenset({"topk", "onebit", "twobit"})   # these keep a residual (error feedback)
 FIELDS = {"none": (), "fp16": ("exponent",), "topk": ("count",), "onebit": ("scale",), "twobit": ("threshold",),
@@ -51,6 +53,7 @@ FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 FP16_TINY = np.float32(2.0 ** -14)           # the smallest normal float16
 MAX_EXPONENT = 100                           # fp16 scaling stays within float32's normal range
 _POS, _NEG = 3, 2                             # twobit codes (MXNet's bit patterns)
+_BYTE_CODES = np.array([[(b >> s) & 3 for s in (6, 4, 2, 0)] for b in range(256)], np.uint8)  # a byte's 4 codes
 
 
 class CodecError(ValueError):
@@ -111,10 +114,13 @@ class Compressor:
 def encode_fp16(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:
     """float16 of x * 2^exponent, the largest magnitude scaled to [2^14, 2^15), subnormals
     flushed to zero; a non-finite x is sent clipped (and refused by the shard if NaN)."""
-    peak = float(np.max(np.abs(x))) if x.size else 0.0
+    peak = float(np.maximum(x.max(), -x.min())) if x.size else 0.0   # max |x| without |x|; NaN stays NaN
     if not (peak > 0 and math.isfinite(peak)):
         return {"exponent": 0}, (np.clip(x, -FP16_MAX, FP16_MAX).astype(np.float16),)
-    exponent = max(-MAX_EXPONENT, min(MAX_EXPONENT, 15 - math.frexp(peak)[1]))
+    unclamped = 15 - math.frexp(peak)[1]
+    exponent = max(-MAX_EXPONENT, min(MAX_EXPONENT, unclamped))
+    if exponent <= unclamped:   # no value overflows float16: by bits (ps/halves.py), 2x faster
+        return {"exponent": exponent}, (halves.scaled_to_float16(x, exponent),)
     y = np.multiply(x, np.float32(2.0 ** exponent))
     y *= np.abs(y) >= FP16_TINY
     return {"exponent": exponent}, (y.astype(np.float16),)
@@ -131,21 +137,33 @@ def encode_topk(x: np.ndarray, ratio: float) -> tuple[dict, tuple[np.ndarray, np
 def largest(a: np.ndarray, k: int) -> np.ndarray:
     """The positions (in no order) of the k largest values of `a` (non-negative), ties at the
     boundary broken arbitrarily, as np.argpartition gives them, at a third of its cost on big
-    vectors: a strided sample of 1 024 values gives a threshold that about 3k values reach, and
-    only those are partitioned (measured: 38 400 values, k = 1%: 0.11 ms against 0.33 ms). If
-    fewer than k reach it (or it is 0), all of `a` is partitioned."""
+    vectors (`above_sampled`). If fewer than k reach the sample's threshold (or it is 0), all of
+    `a` is partitioned."""
     n = a.size
     if k >= n:
         return np.arange(n)
-    if n >= 8192 and 4 * k < n:
-        sample = a[::n // 1024]
-        j = sample.size - 1 - 3 * k * sample.size // n
-        threshold = np.partition(sample, j)[j]
-        if threshold > 0:
-            reach = np.flatnonzero(a >= threshold)
-            if reach.size >= k:
-                return reach[np.argpartition(a[reach], reach.size - k)[reach.size - k:]]
-    return np.argpartition(a, n - k)[n - k:]
+    found = above_sampled(a, k)
+    return found if found is not None else np.argpartition(a, n - k)[n - k:]
+
+
+def above_sampled(a: np.ndarray, k: int) -> np.ndarray | None:
+    """The positions (in no order) of the k largest values of `a` (non-negative, k < a.size),
+    found among those that reach a threshold that about 3k values reach, taken from a strided
+    sample of 1 024 values (measured: 38 400 values, k = 1%: 0.11 ms against np.argpartition's
+    0.33 ms); None where that does not pay (a small `a`, a big k) or fails (a threshold of 0,
+    fewer than k values reach it). Only values above 0 are ever returned."""
+    n = a.size
+    if n < 8192 or 4 * k >= n:
+        return None
+    sample = a[::n // 1024]
+    j = sample.size - 1 - 3 * k * sample.size // n
+    threshold = np.partition(sample, j)[j]
+    if not threshold > 0:
+        return None
+    reach = np.flatnonzero(a >= threshold)
+    if reach.size < k:
+        return None
+    return reach[np.argpartition(a[reach], reach.size - k)[reach.size - k:]]
 
 
 def encode_onebit(x: np.ndarray) -> tuple[dict, tuple[np.ndarray]]:
@@ -182,21 +200,24 @@ def _onebit_values(packed: np.ndarray, n: int, scale: np.float32, out: np.ndarra
     return out
 
 
-def _unpack_codes(packed: np.ndarray, n: int) -> np.ndarray:
-    codes = np.empty((packed.size, 4), np.uint8)
-    for j in range(4):
-        np.right_shift(packed, 6 - 2 * j, out=codes[:, j])
-    codes &= 3
-    return codes.reshape(-1)[:n]
-
-
 def _twobit_values(packed: np.ndarray, n: int, t: np.float32, out: np.ndarray | None = None,
                    check: bool = False) -> np.ndarray:
-    """0, -t, +t for the codes 00, 10, 11; with `check`, code 01 is refused."""
-    codes = _unpack_codes(packed, n)
-    if check and np.any(codes == 1):
-        raise CodecError("twobit code 01 found: expected only 11 (+t), 10 (-t) and 00 (0)")
-    return np.take(np.array([0, 0, -t, t], np.float32), codes, out=out)
+    """0, -t, +t for the codes 00, 10, 11; with `check`, code 01 is refused. Four values a byte
+    at once, from a table of the 256 bytes' values (3x faster than unpacking the codes)."""
+    if check:
+        bad = packed & ~(packed >> np.uint8(1)) & np.uint8(0x55)   # a set low bit under a clear high one
+        if n % 4:   # the last byte's padding codes are not looked at
+            bad[-1] &= np.uint8((0x55 << (8 - 2 * (n % 4))) & 0x55)
+        if bad.any():
+            raise CodecError("twobit code 01 found: expected only 11 (+t), 10 (-t) and 00 (0)")
+    table = np.array([0, 0, -t, t], np.float32)[_BYTE_CODES]
+    if out is not None and n % 4 == 0 and out.flags.c_contiguous:   # written in place, four values a row
+        return np.take(table, packed, axis=0, out=out.reshape(-1, 4)).reshape(-1)
+    values = np.take(table, packed, axis=0).reshape(-1)[:n]
+    if out is None:
+        return values
+    out[...] = values
+    return out
 
 
 # ---- shard side --------------------------------------------------------------------------------
@@ -220,9 +241,8 @@ def decode(header: dict, arrays: Sequence[np.ndarray], n: int, out: np.ndarray |
         if not _is_int(exponent) or abs(exponent) > MAX_EXPONENT:
             raise CodecError(f"fp16 exponent {str(exponent)[:40]}: expected an integer in "
                              f"[-{MAX_EXPONENT}, {MAX_EXPONENT}]")
-        np.copyto(out, _frame(arrays[0], "float16", n, codec, "values"))
-        _finite(out, codec)   # checked in float32: 20x faster than on float16
-        out *= np.float32(2.0 ** -exponent)
+        if not halves.float16_scaled(_frame(arrays[0], "float16", n, codec, "values"), exponent, out):
+            raise CodecError(f"{codec} values include inf or NaN: expected finite numbers")
     elif codec in ("topk", "sparse"):
         idx, values = indexed(header, arrays, n)
         out.fill(0.0)

@@ -140,9 +140,14 @@ class ReaderViews:
         return {"codec": "none"}, (values,)
 
     def _encode(self, current: np.ndarray, held: np.ndarray) -> tuple[dict, tuple[np.ndarray, ...]]:
+        """The codec's message for the change, or `current` itself as `none` where a sparse one
+        is sure to be no smaller (counted before the keys are gathered)."""
         codec = self.codec
         if codec == "sparse":   # by bits: -0.0 for 0.0 is a change, and so is every NaN
-            idx = np.flatnonzero(current.view(np.uint32) != held.view(np.uint32)).astype(np.uint32)
+            changed = current.view(np.uint32) != held.view(np.uint32)
+            if 2 * np.count_nonzero(changed) >= changed.size:   # 8 bytes a key would be no smaller
+                return {"codec": "none"}, (current,)
+            idx = np.flatnonzero(changed).astype(np.uint32)
             fields, frames = {"count": int(idx.size)}, (idx, current[idx])
         elif codec == "topk":
             idx = top_changes(current - held, self.ratio)
@@ -198,15 +203,21 @@ class ReaderViews:
 
 def top_changes(change: np.ndarray, ratio: float) -> np.ndarray:
     """The keys (sorted uint32) of the k = ceil(ratio * n) largest non-zero changes, or of every
-    non-zero change if there are no more than k. Selected among the non-zero ones only: weights
-    that did not move (a dead unit, a blank pixel) tie at zero, and ties make NumPy's
-    introselect 10-20x slower (measured: 38 400 values, 90% zeros, 3.4 ms against 0.2 ms)."""
+    non-zero change if there are no more than k. Found by a sampled threshold over all the
+    magnitudes (`C.above_sampled`: only non-zero ones reach it) where that works, else among the
+    non-zero ones only: weights that did not move (a dead unit, a blank pixel) tie at zero, and
+    ties make NumPy's introselect 10-20x slower (measured: 38 400 values, 90% zeros, 3.4 ms
+    against 0.2 ms). Sampling first spares the gather of the moved keys (38 917 changes, 10%
+    zeros: 100 -> 39 us)."""
     k = min(change.size, max(1, math.ceil(ratio * change.size)))
-    moved = np.flatnonzero(change != 0)   # 10x faster than flatnonzero(change) on float32
-    if moved.size > k:
-        moved = moved[C.largest(np.abs(change[moved]), k)]
-        moved.sort()
-    return moved.astype(np.uint32)
+    magnitude = np.abs(change)
+    found = C.above_sampled(magnitude, k) if k < change.size else None
+    if found is None:
+        found = np.flatnonzero(magnitude != 0)   # 10x faster than flatnonzero(magnitude) on float32
+        if found.size > k:
+            found = found[C.largest(magnitude[found], k)]
+    found.sort()
+    return found.astype(np.uint32)
 
 
 def apply_change(view: np.ndarray, header: dict, arrays: Sequence[np.ndarray]) -> None:

@@ -17,7 +17,7 @@ import yaml
 
 from downpour.ps import config as job_config
 from downpour.ps.cli import main as cli
-from downpour.ps.role_env import ONE_THREAD
+from downpour.ps.role_env import HEAP, ONE_THREAD
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -174,7 +174,7 @@ def test_the_image_starts_every_role_in_the_environment_the_launcher_gives_it():
     text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
     env = dict(pair.split("=", 1) for line in text.splitlines() if line.startswith("ENV ")
                for pair in line.split()[1:])
-    assert ONE_THREAD.items() <= env.items()
+    assert ONE_THREAD.items() <= env.items() and HEAP.items() <= env.items()
 
 
 # ---- Kubernetes ------------------------------------------------------------------------------

@@ -124,6 +124,23 @@ def test_twobit_sends_plus_t_minus_t_or_zero_four_codes_a_byte_first_value_high(
     assert codes.tolist() == [0b11_10_00_11, 0b00_10_00_00]   # 11 = +t, 10 = -t, 00 = 0; padding 00
 
 
+@pytest.mark.parametrize("n", [8, 7, 6, 5])
+def test_twobit_decodes_every_byte_and_refuses_code_01_only_among_the_values_sent(n):
+    """Each of the 256 bytes as the last of a push of n values: its codes decode to 0, -t, +t
+    (00, 10, 11) first value high; a 01 among the n codes is refused, one in the padding is not."""
+    t = np.float32(0.25)
+    for byte in range(256):
+        codes = [(byte >> shift) & 3 for shift in (6, 4, 2, 0)][:4 - (8 - n)]
+        frames = (np.array([0b11_10_00_11, byte], np.uint8),)
+        header = {"codec": "twobit", "threshold": float(t)}
+        if 1 in codes:
+            with pytest.raises(CodecError, match="code 01"):
+                decode(header, frames, n)
+            continue
+        out = decode(header, frames, n)
+        assert out.tolist() == [t, -t, 0, t] + [[0, 0, -t, t][c] for c in codes]
+
+
 @pytest.mark.parametrize("codec, most", [("fp16", 0.5), ("topk", 0.025), ("onebit", 1 / 32 + 0.001),
                                          ("twobit", 1 / 16 + 0.001)])
 def test_bytes_on_the_wire_against_the_dense_float32_push(codec, most):
