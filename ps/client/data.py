@@ -11,10 +11,9 @@ With a shard on the same host (`ps/shm.py`) only headers travel: whether a shard
 learnt from its replies, and a shard that cannot map our memory says so and we use the wire.
 
 Pushes are exactly-once: a push is identified by (worker, clock), the shard applies each id
-once, so a push that got no reply is simply sent again after a retry interval that adapts to
-the round-trip time. Every request carries its range's epoch as the coordinator last gave it;
-a shard serving the range at another epoch, or no longer serving it, refuses with a request to
-ask again, and the request goes to wherever the coordinator says the range is now.
+once, so a push that got no reply is sent again after a retry interval that adapts to the
+round-trip time. Every request carries its range's epoch; a shard serving the range at another
+epoch, or not at all, asks us to ask again wherever the coordinator now says the range is.
 """
 from __future__ import annotations
 
@@ -153,7 +152,8 @@ class ShardClient:
         self._reroute()
         now = time.monotonic()
         trip = RoundTrip(op, out, now + self.timeout)
-        shared = self._offset_in_shared(grad)
+        # where `grad` starts in our gradient segment, if it is in there
+        shared = None if grad is None or self._grads is None else shm.offset_in(self._grads.array, grad)
         for shard, (lo, hi) in enumerate(self.layout.ranges):
             header = {"op": op, "job": self.job, "from": self.sender, "clock": clock, "lo": lo, "hi": hi,
                       "read_version": self.versions[shard]}
@@ -247,10 +247,8 @@ class ShardClient:
                         self._send(p, now)
 
     def resume_clock(self, bsp: bool) -> int:
-        """The clock to carry on from after a restart or resume: the lowest any shard has on
-        record for us, as a shard that is further along ignores the repeated pushes (exactly
-        once). In bsp the highest: a clock one shard applied without us was applied without us
-        on every shard (the others apply it once our next push shows we are past it)."""
+        """The clock to carry on from after a restart: the lowest any shard has for us (one further
+        along ignores repeats); in bsp the highest (a clock applied without us is so everywhere)."""
         return max(self.shard_clocks) if bsp else min(self.shard_clocks)
 
     # ---- the machinery -------------------------------------------------------------------
@@ -371,17 +369,12 @@ class ShardClient:
             self._encode(p)
         p.retry_at = time.monotonic()  # resend at once
 
-    def _offset_in_shared(self, grad: np.ndarray | None) -> int | None:
-        """Where `grad` starts in our gradient segment, or None if it is not in there."""
-        return None if grad is None or self._grads is None else shm.offset_in(self._grads.array, grad)
-
     def _reroute(self) -> set[int]:
         """Follow ranges that moved (the coordinator's current map: a shard restarted elsewhere,
         or a backup promoted at a new epoch); return the ones that did."""
         if self.addresses_now is None:
             return set()
-        current = self.addresses_now()
-        epochs = self.epochs_now() if self.epochs_now is not None else None
+        current, epochs = self.addresses_now(), self.epochs_now() if self.epochs_now is not None else None
         if not current or len(current) != len(self.addresses):
             return set()
         epochs = list(epochs) if epochs and len(epochs) == len(current) else self.epochs
