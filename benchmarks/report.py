@@ -198,15 +198,18 @@ def render_simulate(record: dict[str, Any]) -> str:
     if links:
         issue = ", ".join(f"{p['network']} {p['pair']} {p['measured']:,.0f} vs {p['predicted']:,.0f}"
                           for p in links["issue_points"])
-        bound, cpu = links.get("link_bound") or {}, links.get("cpu_bound") or {}
-        lines += ["", f"Link rate learnt from `{links['source']}`: the job's payload gets {links['efficiency']:.0%} of a "
-                      f"link's nominal rate. With that, on the {bound.get('points', 0)} measured codec-pair points "
-                      f"where the links bind, the model's error is at most {_share(bound.get('max_abs_error'))} "
-                      f"(median {_share(bound.get('median_abs_error'))}); on the {cpu.get('points', 0)} where the CPU "
-                      f"binds, predicted from the same pair's loopback run under the machine's shared load, at most "
-                      f"{_share(cpu.get('max_abs_error'))} (median {_share(cpu.get('median_abs_error'))}). On the "
-                      f"reference points measured before compressed reads: {issue} (max error "
-                      f"{links['issue_max_abs_error']:.0%})."]
+        cpu = links["cpu_ms_per_update"]
+        costs = "; ".join(f"{side} " + ", ".join(f"{c} +{ms:.2f}" for c, ms in cpu[side].items()) for side in ("push", "read"))
+        errors = "; ".join(f"{net}: median {_share(e['median_abs_error'])}, max {_share(e['max_abs_error'])}, "
+                           f"{e['over_tolerance']} of {e['points']} points over 25%" for net, e in links["by_network"].items())
+        verdict = links["acceptance"]
+        lines += ["", f"Links learnt from `{links['source']}` (`benchmarks/simulate_links.py`): every grid point is a "
+                      f"CPU time per update (base {cpu['base']:.2f} ms; {costs} ms) and a link roofline at "
+                      f"{links['efficiency']:.1%} of the nominal rate, joined by a k-norm (k = "
+                      f"{links['overlap_exponent']:.1f}: the job overlaps its round trips with compute), all fitted at "
+                      f"once over the grid. Error per network: {errors}. Within 25% of every 100 Mbit/s and 1 Gbit/s "
+                      f"point: " + ("yes" if verdict["met"] else "no (" + ", ".join(verdict["over"]) + ")")
+                      + f". On issue #19's reference points: {issue} (max error {links['issue_max_abs_error']:.0%})."]
     lines += ["",
               "![predicted updates/s](results/simulate.png)", "", _conditions(record)]
     return "\n".join(lines)
@@ -320,6 +323,22 @@ def render_sparse(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_sparse_step(record: dict[str, Any]) -> str:
+    """Where a step by rows spends its CPU, phase by phase, as the table grows."""
+    sizes = record["figures"]["sizes"]
+    columns = list(sizes)
+    lines = ["**Where a step by rows spends its CPU** (`benchmarks/sparse_step.py`: one worker's step of the sparse "
+             "benchmark and both shards' handling of it, in one process, without the wire; CPU ms a step)", "",
+             "| phase | " + " | ".join(f"2^{int(b).bit_length() - 1}" for b in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for phase in sizes[columns[0]]["phases_ms"]:
+        lines.append(f"| {phase} | " + " | ".join(f"{sizes[b]['phases_ms'][phase]:.2f}" for b in columns) + " |")
+    for key, label in (("moving_rows_ms", "moving rows, in all"), ("cpu_ms", "the whole step")):
+        lines.append(f"| **{label}** | " + " | ".join(f"**{sizes[b][key]:.2f}**" for b in columns) + " |")
+    lines += ["", _conditions(record)]
+    return "\n".join(lines)
+
+
 def render_multihost(record: dict[str, Any]) -> str:
     """Samples/s and bytes each way per (push, read) codec pair on six hosts, and time to target."""
     figures = record["figures"]
@@ -371,6 +390,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
     "rows": render_rows,
     "multihost": render_multihost,
     "sparse": render_sparse,
+    "sparse_step": render_sparse_step,
 }
 
 
