@@ -285,7 +285,8 @@ def plot(figures: dict[str, Any], path: pathlib.Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--codecs", default=",".join(GRID_CODECS), help="the grid's codecs, each way")
-    parser.add_argument("--grid-steps", type=int, default=300, help="train.steps of each grid run")
+    parser.add_argument("--grid-steps", type=int, default=1500,
+                        help="train.steps of each grid run (300 last a second where the CPU binds: too short to measure)")
     parser.add_argument("--grid-rounds", type=int, default=1, help="runs of each grid pair on each network")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each acceptance pair")
     parser.add_argument("--fashion-rounds", type=int, default=2, help="runs of each fashion pair")
