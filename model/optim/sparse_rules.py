@@ -41,39 +41,32 @@ _jit = jit.kernel(cache=True, nogil=True, error_model="numpy")
 
 
 @_jit
+def _ftrl_element(p, z, n, i, gi, alpha, beta, l1, l2):
+    """One coordinate's FTRL-proximal step, its gradient `gi`: the state (z, n), then the weight."""
+    ni = n[i]
+    grown = ni + gi * gi
+    sigma = (np.sqrt(grown) - np.sqrt(ni)) / alpha
+    zi = z[i] + (gi - sigma * p[i])
+    z[i] = zi
+    n[i] = grown
+    if abs(zi) <= l1:
+        p[i] = 0
+    else:
+        shrunk = zi - l1 if zi > 0 else zi + l1
+        p[i] = -(shrunk / ((np.sqrt(grown) + beta) / alpha + l2))
+
+
+@_jit
 def _ftrl_kernel(p, g, z, n, alpha, beta, l1, l2):
     for i in range(p.size):
-        gi = g[i]
-        ni = n[i]
-        grown = ni + gi * gi
-        sigma = (np.sqrt(grown) - np.sqrt(ni)) / alpha
-        zi = z[i] + (gi - sigma * p[i])
-        z[i] = zi
-        n[i] = grown
-        if abs(zi) <= l1:
-            p[i] = 0
-        else:
-            shrunk = zi - l1 if zi > 0 else zi + l1
-            p[i] = -(shrunk / ((np.sqrt(grown) + beta) / alpha + l2))
+        _ftrl_element(p, z, n, i, g[i], alpha, beta, l1, l2)
 
 
 @_jit
 def _ftrl_at_kernel(p, g, z, n, at, alpha, beta, l1, l2):
     """`_ftrl_kernel` on the elements at positions `at` only, `g` holding their gradient packed."""
     for k in range(at.size):
-        i = at[k]
-        gi = g[k]
-        ni = n[i]
-        grown = ni + gi * gi
-        sigma = (np.sqrt(grown) - np.sqrt(ni)) / alpha
-        zi = z[i] + (gi - sigma * p[i])
-        z[i] = zi
-        n[i] = grown
-        if abs(zi) <= l1:
-            p[i] = 0
-        else:
-            shrunk = zi - l1 if zi > 0 else zi + l1
-            p[i] = -(shrunk / ((np.sqrt(grown) + beta) / alpha + l2))
+        _ftrl_element(p, z, n, at[k], g[k], alpha, beta, l1, l2)
 
 
 class FTRL(Rule):
